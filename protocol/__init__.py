@@ -1,0 +1,37 @@
+"""The skyrelay wire contract: message types, topics, checksums and their JSON codec.
+
+Pure: this package performs no I/O and imports nothing else of skyrelay.
+"""
+
+from protocol.arrival import ArrivalNotice, ExposureNotice
+from protocol.checksum import format_checksum, parse_checksum
+from protocol.codec import SCHEMA_VERSION, Message, all_schemas, decode
+from protocol.control import RouteControl
+from protocol.custody import Custody
+from protocol.errors import ProtocolError
+from protocol.events import Event, Problem
+from protocol.names import validate_name
+from protocol.presence import Presence
+from protocol.transfer import Ack, AckStatus, FileIdentity, Offer
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Ack",
+    "AckStatus",
+    "ArrivalNotice",
+    "Custody",
+    "Event",
+    "ExposureNotice",
+    "FileIdentity",
+    "Message",
+    "Offer",
+    "Presence",
+    "Problem",
+    "ProtocolError",
+    "RouteControl",
+    "all_schemas",
+    "decode",
+    "format_checksum",
+    "parse_checksum",
+    "validate_name",
+]
