@@ -1,0 +1,1 @@
+"""The asyncio runtime of one skyrelay site: journal, watcher, transfers, routes, ingest."""

@@ -1,0 +1,78 @@
+"""The site's HTTP face: file bytes for authorised pullers, status for operators."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from daemon.config import Endpoint
+from daemon.journal import Journal
+
+log = structlog.get_logger()
+
+StatusFn = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def bearer_ok(request: web.Request, token: str) -> bool:
+    """Constant-time check of ``Authorization: Bearer <token>``."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
+
+
+def build_app(
+    journal: Journal, token: str, status: StatusFn, extra_routes: list[web.RouteDef] | None = None
+) -> web.Application:
+    """The data server: ``GET /v1/transfers/{id}`` streams that transfer's file (token required)."""
+    app = web.Application()
+
+    async def transfer(request: web.Request) -> web.StreamResponse:
+        if not bearer_ok(request, token):
+            log.warning("pull_unauthorised", peer=request.remote, path=request.path)
+            raise web.HTTPUnauthorized(text="missing or wrong bearer token")
+        transfer_id = request.match_info["transfer_id"]
+        row = await journal.transfer_source(transfer_id)
+        if row is None:
+            raise web.HTTPNotFound(text=f"no transfer {transfer_id}")
+        path = Path(row.local_path)
+        try:
+            size = await asyncio.to_thread(lambda: os.stat(path).st_size)
+        except FileNotFoundError as exc:
+            raise web.HTTPGone(text=f"{row.name} is no longer held here") from exc
+        if size != row.size:
+            raise web.HTTPConflict(text=f"{row.name} changed on disk: {size} bytes, journal says {row.size}")
+        return web.FileResponse(path, chunk_size=1 << 20, headers={"X-Skyrelay-Checksum": row.checksum})
+
+    async def status_handler(request: web.Request) -> web.Response:
+        return web.json_response(await status())
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app.router.add_get("/v1/transfers/{transfer_id}", transfer)
+    app.router.add_get("/v1/status", status_handler)
+    app.router.add_get("/healthz", health)
+    if extra_routes:
+        app.router.add_routes(extra_routes)
+    return app
+
+
+async def serve(app: web.Application, endpoint: Endpoint, ready: asyncio.Event) -> None:
+    """Serve ``app`` on ``endpoint`` until cancelled."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
+        await site.start()
+        log.info("http_listening", address=str(endpoint))
+        ready.set()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,206 @@
+"""MQTT: the site's own mailbox, and one publishing link into each peer's mailbox.
+
+A daemon subscribes only to its own broker and delivers a message by publishing into the
+addressed site's broker over the link between the sites (DESIGN §2). The state of each link's
+connection is health evidence: a cut link drops the connection at once. Each link also carries
+presence: our ``online`` (retained) with an ``offline`` last will on the peer's broker, and the
+peer's own presence, which we watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from daemon.backoff import backoff_delay
+from daemon.config import Endpoint, Topology
+from daemon.errors import PeerUnreachable
+from protocol import topics
+from protocol.errors import ProtocolError
+from protocol.presence import Presence
+
+log = structlog.get_logger()
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+PeerListener = Callable[[str, bool], None]
+SESSION_EXPIRY_S = 3600
+
+
+def _presence(site: str, state: str) -> bytes:
+    return Presence(site=site, state=state, at=time.time()).to_json()  # type: ignore[arg-type]
+
+
+class Mailbox:
+    """Own-broker subscriber plus per-peer publishers, each reconnecting with capped jittered backoff."""
+
+    def __init__(self, topology: Topology, site: str, on_message: MessageHandler) -> None:
+        self.topology = topology
+        self.site = site
+        self.tuning = topology.tuning
+        self._on_message = on_message
+        self._local: aiomqtt.Client | None = None
+        self._peers: dict[str, aiomqtt.Client | None] = {p: None for p in topology.peers(site)}
+        self.peer_online: dict[str, bool] = {p: False for p in self._peers}
+        self.local_ready = asyncio.Event()
+        self.peers_ready: dict[str, asyncio.Event] = {p: asyncio.Event() for p in self._peers}
+        self._listeners: list[PeerListener] = []
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        """The sites this mailbox links to."""
+        return tuple(self._peers)
+
+    def add_peer_listener(self, listener: PeerListener) -> None:
+        """Call ``listener(peer, connected)`` whenever a link connects or drops."""
+        self._listeners.append(listener)
+
+    def connected(self, peer: str) -> bool:
+        """Whether the link into ``peer``'s mailbox is up now."""
+        return self._peers.get(peer) is not None
+
+    async def run(self, tg: asyncio.TaskGroup) -> None:
+        """Start the own-mailbox loop and one loop per peer link inside ``tg``."""
+        tg.create_task(self._own_loop(), name=f"{self.site}.mailbox")
+        for peer in self._peers:
+            tg.create_task(self._peer_loop(peer), name=f"{self.site}.link.{peer}")
+
+    def _client(self, endpoint: Endpoint, identifier: str, will_site: str) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        return aiomqtt.Client(
+            endpoint.host,
+            endpoint.port,
+            identifier=identifier,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            username=self.topology.mqtt_username,
+            password=self.topology.mqtt_password,
+            will=aiomqtt.Will(topics.presence(will_site), _presence(will_site, "offline"), qos=1, retain=True),
+            keepalive=self.tuning.mqtt_keepalive_s,
+            clean_start=False,
+            properties=props,
+            timeout=self.tuning.publish_timeout_s,
+        )
+
+    async def _own_loop(self) -> None:
+        me = self.topology.sites[self.site]
+        attempt = 0
+        while True:
+            delay = self.tuning.backoff_initial_s
+            try:
+                async with self._client(me.broker, f"skyrelay-{self.site}", self.site) as client:
+                    await client.subscribe(topics.site_wildcard(self.site), qos=1)
+                    await client.publish(topics.presence(self.site), _presence(self.site, "online"), qos=1, retain=True)
+                    self._local = client
+                    self.local_ready.set()
+                    attempt = 0
+                    log.info("mailbox_connected", broker=str(me.broker))
+                    async for message in client.messages:
+                        payload = message.payload if isinstance(message.payload, bytes) else b""
+                        await self._on_message(str(message.topic), payload)
+            except aiomqtt.MqttError as exc:
+                attempt += 1
+                delay = backoff_delay(attempt, initial_s=self.tuning.backoff_initial_s, cap_s=5.0)
+                log.warning("mailbox_disconnected", broker=str(me.broker), error=str(exc), retry_in_s=round(delay, 2))
+            finally:
+                self._local = None
+                self.local_ready.clear()
+            await asyncio.sleep(delay)
+
+    async def _peer_loop(self, peer: str) -> None:
+        link = self.topology.link(self.site, peer)
+        attempt = 0
+        while True:
+            delay = self.tuning.backoff_initial_s
+            try:
+                async with self._client(link.broker, f"skyrelay-{self.site}-to-{peer}", self.site) as client:
+                    await client.subscribe(topics.presence(peer), qos=1)
+                    await client.publish(topics.presence(self.site), _presence(self.site, "online"), qos=1, retain=True)
+                    self._peers[peer] = client
+                    self.peers_ready[peer].set()
+                    attempt = 0
+                    log.info("link_connected", peer=peer, broker=str(link.broker))
+                    self._notify(peer, True)
+                    async for message in client.messages:
+                        self._on_presence(peer, message.payload)
+            except aiomqtt.MqttError as exc:
+                attempt += 1
+                delay = backoff_delay(attempt, initial_s=self.tuning.backoff_initial_s, cap_s=5.0)
+                log.warning("link_down", peer=peer, broker=str(link.broker), error=str(exc), retry_in_s=round(delay, 2))
+            finally:
+                was_up = self._peers.get(peer) is not None
+                self._peers[peer] = None
+                self.peers_ready[peer].clear()
+                self.peer_online[peer] = False
+                if was_up:
+                    self._notify(peer, False)
+            await asyncio.sleep(delay)
+
+    def _on_presence(self, peer: str, payload: object) -> None:
+        if not isinstance(payload, bytes):
+            return
+        try:
+            presence = Presence.from_json(payload)
+        except ProtocolError as exc:
+            log.warning("bad_presence", peer=peer, error=str(exc))
+            return
+        online = presence.state == "online"
+        if self.peer_online.get(peer) != online:
+            self.peer_online[peer] = online
+            log.info("peer_presence", peer=peer, state=presence.state)
+            self._notify(peer, self.connected(peer))
+
+    def _notify(self, peer: str, up: bool) -> None:
+        for listener in self._listeners:
+            listener(peer, up)
+
+    async def send(self, peer: str, kind: topics.SiteTopicKind, payload: bytes) -> None:
+        """Publish into ``peer``'s mailbox (QoS 1, waiting for the broker's PUBACK).
+
+        Raises:
+            PeerUnreachable: the link is down or the broker did not acknowledge in time.
+        """
+        client = self._peers.get(peer)
+        if client is None:
+            raise PeerUnreachable(f"no connection to {peer}'s mailbox")
+        try:
+            await client.publish(topics.site(peer, kind), payload, qos=1, timeout=self.tuning.publish_timeout_s)
+        except aiomqtt.MqttError as exc:
+            raise PeerUnreachable(f"publish to {peer} failed: {exc}") from exc
+
+    async def publish_local(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Publish on the site's own broker (notices, problems, events); False when it is down."""
+        client = self._local
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=self.tuning.publish_timeout_s)
+        except aiomqtt.MqttError as exc:
+            log.warning("local_publish_failed", topic=topic, error=str(exc))
+            return False
+        return True
+
+    async def wait_local(self) -> None:
+        """Wait until the own mailbox is connected."""
+        await self.local_ready.wait()
+
+    async def goodbye(self) -> None:
+        """Publish ``offline`` presence on every connected broker before a clean shutdown."""
+        for peer, client in list(self._peers.items()):
+            if client is not None:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.publish(
+                        topics.presence(self.site), _presence(self.site, "offline"), qos=1, retain=True, timeout=1.0
+                    )
+            del peer
+        if self._local is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._local.publish(
+                    topics.presence(self.site), _presence(self.site, "offline"), qos=1, retain=True, timeout=1.0
+                )

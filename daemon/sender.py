@@ -1,0 +1,277 @@
+"""Reliable delivery of offers and custody messages, one channel per peer.
+
+An item stays here (and in the journal) until the peer acknowledges it with an Ack whose
+checksum equals ours. Each peer's channel sends up to ``window_per_peer`` items at a time, waits
+for each ack up to a size-aware timeout, and retries failures forever with capped, jittered
+backoff. Timers drive every wait; nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import heapq
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import structlog
+
+from daemon.backoff import backoff_delay
+from daemon.config import Topology
+from daemon.errors import PeerUnreachable
+from daemon.mailbox import Mailbox
+from daemon.report import Reporter
+from daemon.routes import RouteTable
+from protocol.transfer import ACCEPTED_STATUSES, Ack
+
+log = structlog.get_logger()
+
+Accepted = Callable[[Ack], Awaitable[None]]
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Outgoing:
+    """A message awaiting its application-level ack."""
+
+    msg_id: str
+    kind: Literal["offer", "custody"]
+    peer: str
+    file_key: str
+    name: str
+    checksum: str
+    size: int
+    payload: Callable[[int], bytes]
+    on_accepted: Accepted
+    route: str | None = None
+    attempt: int = 0
+    failures: int = 0
+    generation: int = 0
+    inflight: bool = False
+    last_error: str = ""
+    created: float = dataclasses.field(default_factory=time.monotonic)
+
+
+class Channel:
+    """Sends one peer's items in order, within a window, and times out their acks."""
+
+    def __init__(self, sender: Sender, peer: str) -> None:
+        self.sender = sender
+        self.peer = peer
+        self.ready: collections.deque[str] = collections.deque()
+        self.inflight: set[str] = set()
+        self.waiting: set[str] = set()
+        self._timers: list[tuple[float, int, str, int, str]] = []
+        self._seq = itertools.count()
+        self.wake = asyncio.Event()
+
+    def push_timer(self, when: float, item: Outgoing, what: str) -> None:
+        heapq.heappush(self._timers, (when, next(self._seq), item.msg_id, item.generation, what))
+        self.wake.set()
+
+    def retry_now(self) -> None:
+        """The peer came back: retry every waiting item at once instead of at its backoff time."""
+        for msg_id in list(self.waiting):
+            item = self.sender.items.get(msg_id)
+            if item is not None and not item.inflight:
+                item.generation += 1
+                self.ready.append(msg_id)
+        self.waiting.clear()
+        self.wake.set()
+
+    async def run(self) -> None:
+        tuning = self.sender.topology.tuning
+        while True:
+            self.wake.clear()
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, msg_id, generation, what = heapq.heappop(self._timers)
+                item = self.sender.items.get(msg_id)
+                if item is None or item.generation != generation:
+                    continue
+                if what == "deadline" and item.inflight:
+                    await self.sender.failed(item, "ack timeout")
+                elif what == "retry" and not item.inflight:
+                    self.waiting.discard(msg_id)
+                    self.ready.append(msg_id)
+            await self._send_ready(tuning.window_per_peer)
+            timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
+
+    async def _send_ready(self, window: int) -> None:
+        sender = self.sender
+        while self.ready and len(self.inflight) < window:
+            if not sender.mailbox.connected(self.peer):
+                return
+            breaker = sender.routes.breaker(self.peer) if sender.routes else None
+            if breaker is not None and not breaker.allows(time.monotonic()):
+                return
+            if breaker is not None and breaker.state == "half_open" and self.inflight:
+                return  # one probe at a time while half-open
+            msg_id = self.ready.popleft()
+            item = sender.items.get(msg_id)
+            if item is None or item.inflight:
+                continue
+            item.attempt += 1
+            item.generation += 1
+            try:
+                await sender.mailbox.send(self.peer, item.kind, item.payload(item.attempt))
+            except PeerUnreachable as exc:
+                await sender.failed(item, str(exc))
+                continue
+            item.inflight = True
+            self.inflight.add(msg_id)
+            self.push_timer(time.monotonic() + sender.ack_timeout(item), item, "deadline")
+
+
+class Sender:
+    """Owns every outgoing item of a site and the per-peer channels that deliver them."""
+
+    def __init__(
+        self, site: str, topology: Topology, mailbox: Mailbox, reporter: Reporter, routes: RouteTable | None
+    ) -> None:
+        self.site = site
+        self.topology = topology
+        self.mailbox = mailbox
+        self.reporter = reporter
+        self.routes = routes
+        self.items: dict[str, Outgoing] = {}
+        self.channels: dict[str, Channel] = {p: Channel(self, p) for p in mailbox.peers}
+        self.acked_total = 0
+        self.failures_total = 0
+        mailbox.add_peer_listener(self._on_peer_change)
+
+    async def run(self, tg: asyncio.TaskGroup) -> None:
+        """Start one channel task per peer."""
+        for peer, channel in self.channels.items():
+            tg.create_task(channel.run(), name=f"{self.site}.send.{peer}")
+
+    def ack_timeout(self, item: Outgoing) -> float:
+        """How long to wait for an ack: a base plus an allowance for the bytes to cross."""
+        tuning = self.topology.tuning
+        return tuning.ack_timeout_s + (item.size / 1e6) * tuning.ack_timeout_per_mb_s
+
+    def add(self, item: Outgoing) -> None:
+        """Queue an item for delivery (it must already be journaled)."""
+        if item.msg_id in self.items:
+            return
+        channel = self.channels.get(item.peer)
+        if channel is None:
+            raise KeyError(f"{self.site} has no link to {item.peer}")
+        self.items[item.msg_id] = item
+        channel.ready.append(item.msg_id)
+        channel.wake.set()
+
+    def remove(self, msg_id: str) -> Outgoing | None:
+        """Stop delivering an item (its file reached custody, or it was re-routed)."""
+        item = self.items.pop(msg_id, None)
+        if item is not None:
+            channel = self.channels[item.peer]
+            channel.inflight.discard(msg_id)
+            channel.waiting.discard(msg_id)
+            channel.wake.set()
+        return item
+
+    def of_file(self, file_key: str) -> list[Outgoing]:
+        """Items in flight or waiting for one file."""
+        return [i for i in self.items.values() if i.file_key == file_key]
+
+    async def on_ack(self, ack: Ack) -> None:
+        """Handle an ack from a peer: accept it if its checksum is ours, otherwise retry."""
+        item = self.items.get(ack.transfer_id)
+        if item is None or item.kind != ack.kind:
+            log.debug("ack_ignored", transfer_id=ack.transfer_id, status=ack.status, reason="not pending")
+            return
+        if ack.sender != item.peer:
+            await self.reporter.problem(
+                "bad_ack", f"ack for {item.msg_id} came from {ack.sender}, not {item.peer}", transfer_id=item.msg_id
+            )
+            return
+        if ack.status in ACCEPTED_STATUSES and ack.checksum == item.checksum:
+            self.remove(item.msg_id)
+            self.acked_total += 1
+            if self.routes is not None and self.routes.breaker(item.peer).record_success():
+                await self.reporter.event(
+                    "breaker_closed", f"hop {self.site}->{item.peer} healthy again", peer=item.peer
+                )
+            await item.on_accepted(ack)
+            return
+        if ack.status in ACCEPTED_STATUSES:
+            reason = f"{ack.status} with checksum {ack.checksum}, expected {item.checksum}"
+        else:
+            reason = f"{ack.status}: {ack.reason or ''}".strip()
+        await self.failed(item, reason)
+
+    async def failed(self, item: Outgoing, reason: str) -> None:
+        """One delivery attempt failed: back off and retry, feeding the hop's breaker."""
+        channel = self.channels[item.peer]
+        item.inflight = False
+        channel.inflight.discard(item.msg_id)
+        item.failures += 1
+        item.generation += 1
+        item.last_error = reason
+        self.failures_total += 1
+        tuning = self.topology.tuning
+        delay = backoff_delay(item.failures, initial_s=tuning.backoff_initial_s, cap_s=tuning.backoff_max_s)
+        channel.waiting.add(item.msg_id)
+        channel.push_timer(time.monotonic() + delay, item, "retry")
+        log.info(
+            "delivery_retry",
+            kind=item.kind,
+            transfer_id=item.msg_id,
+            peer=item.peer,
+            file=item.name,
+            failures=item.failures,
+            reason=reason,
+            retry_in_s=round(delay, 2),
+        )
+        if self.routes is not None and self.routes.breaker(item.peer).record_failure(reason, time.monotonic()):
+            await self.reporter.event(
+                "breaker_open", f"hop {self.site}->{item.peer} failing: {reason}", peer=item.peer, reason=reason
+            )
+        if item.failures % tuning.report_retry_every == 0:
+            await self.reporter.problem(
+                "delivery_retrying",
+                f"{item.kind} to {item.peer} failed {item.failures} times: {reason}",
+                name=item.name,
+                transfer_id=item.msg_id,
+                peer=item.peer,
+                failures=item.failures,
+            )
+
+    def _on_peer_change(self, peer: str, up: bool) -> None:
+        channel = self.channels.get(peer)
+        if channel is None:
+            return
+        if up:
+            channel.retry_now()
+        else:
+            channel.wake.set()
+
+    def queue_by_route(self) -> dict[str, int]:
+        """Offers waiting or in flight, counted by route."""
+        return dict(collections.Counter(i.route for i in self.items.values() if i.route is not None))
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """Every pending item, for ``skyrelay queue``."""
+        now = time.monotonic()
+        return [
+            {
+                "id": i.msg_id,
+                "kind": i.kind,
+                "peer": i.peer,
+                "file": i.name,
+                "route": i.route,
+                "attempt": i.attempt,
+                "failures": i.failures,
+                "inflight": i.inflight,
+                "age_s": round(now - i.created, 1),
+                "last_error": i.last_error,
+            }
+            for i in self.items.values()
+        ]

@@ -1,0 +1,864 @@
+"""One site's daemon: ``run(topology, site)`` wires journal, mailbox, data server, sender and roles.
+
+Roles:
+- **summit**: watches the inbox, journals each closed file, offers it along the first healthy
+  route, re-routes files whose hop fails or whose custody is overdue.
+- **relay** (base): pulls offered files, journals them, acks, and offers them to the next hop.
+- **archive**: pulls, verifies and fixes headers, stores under ``raw/`` (or ``quarantine/``),
+  catalogues, publishes arrival notices, and sends custody back along the route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from daemon import archive as archive_ops
+from daemon import journal as jr
+from daemon.config import Route, Topology
+from daemon.dataserver import build_app, serve
+from daemon.errors import ChecksumMismatch, PeerUnreachable, PullError
+from daemon.fsutil import durable_rename
+from daemon.journal import FileRow, Journal, TransferRow
+from daemon.mailbox import Mailbox
+from daemon.puller import pull_file
+from daemon.report import Reporter
+from daemon.routes import RouteTable
+from daemon.sdnotify import notify, watchdog_interval_s
+from daemon.sender import Outgoing, Sender
+from daemon.watcher import InboxWatcher, is_candidate
+from protocol import topics
+from protocol.arrival import ArrivalNotice
+from protocol.checksum import format_checksum
+from protocol.control import RouteControl
+from protocol.custody import Custody
+from protocol.errors import ProtocolError
+from protocol.names import validate_name
+from protocol.transfer import ACCEPTED_STATUSES, Ack, AckStatus, FileIdentity, Offer
+
+log = structlog.get_logger()
+
+VERSION = "0.1.0"
+
+
+def new_id(prefix: str) -> str:
+    """A fresh id for a transfer, custody message or notice."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class Site:
+    """The runtime of one site."""
+
+    def __init__(self, topology: Topology, name: str) -> None:
+        self.topology = topology
+        self.name = name
+        self.cfg = topology.sites[name]
+        self.role = self.cfg.role
+        self.tuning = topology.tuning
+        self.journal = Journal(self.cfg.state_dir / "journal.sqlite")
+        self.reporter = Reporter(name)
+        self.mailbox = Mailbox(topology, name, self.on_message)
+        self.routes = RouteTable(topology, name, self.mailbox.connected) if self.role != "archive" else None
+        self.sender = Sender(name, topology, self.mailbox, self.reporter, self.routes)
+        self.reporter.attach(self.mailbox.publish_local)
+        self.pulls: asyncio.Queue[Offer] = asyncio.Queue()
+        self.pulling: set[str] = set()
+        self.pulling_keys: set[str] = set()
+        self.incoming = (
+            (self.cfg.archive_root / ".incoming") if self.cfg.archive_root else self.cfg.state_dir / "incoming"
+        )
+        self.relay_dir = self.cfg.state_dir / "relay"
+        self.notices_pending = asyncio.Event()
+        self.known_inbox: dict[str, tuple[int, int | None]] = {}
+        self.watcher = InboxWatcher(self.cfg.inbox, self.tuning.rescan_interval_s) if self.cfg.inbox else None
+        self.session: aiohttp.ClientSession | None = None
+        self.started = time.time()
+        self.counters: dict[str, int] = {
+            "stored": 0,
+            "duplicate": 0,
+            "checksum_mismatch": 0,
+            "failed": 0,
+            "rejected": 0,
+            "registered": 0,
+            "custody": 0,
+            "notices": 0,
+        }
+        self.router_wake = asyncio.Event()
+        self.mailbox.add_peer_listener(lambda peer, up: self.router_wake.set())
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or forever); any crashed task ends the daemon with its error."""
+        for directory in (self.cfg.state_dir, self.incoming, self.cfg.inbox, self.cfg.archive_root):
+            if directory is not None:
+                await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        await self.journal.open()
+        await asyncio.to_thread(self._clean_incoming)
+        log.info("site_starting", role=self.role, state_dir=str(self.cfg.state_dir))
+        http_ready = asyncio.Event()
+        watcher_ready = asyncio.Event()
+        if self.watcher is None:
+            watcher_ready.set()
+        try:
+            async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tg:
+                self.session = session
+                app = build_app(self.journal, self.topology.token, self.status, self.http_routes())
+                tg.create_task(serve(app, self.cfg.http_listen, http_ready), name=f"{self.name}.http")
+                await self.mailbox.run(tg)
+                await self.sender.run(tg)
+                for i in range(self.tuning.pull_concurrency):
+                    tg.create_task(self._pull_worker(), name=f"{self.name}.puller-{i}")
+                await self._restore()
+                if self.watcher is not None:
+                    tg.create_task(self.watcher.run(watcher_ready), name=f"{self.name}.watcher")
+                    tg.create_task(self._register_loop(), name=f"{self.name}.registrar")
+                if self.role == "summit":
+                    tg.create_task(self._router_loop(), name=f"{self.name}.router")
+                if self.role == "archive":
+                    tg.create_task(self._notice_loop(), name=f"{self.name}.notices")
+                tg.create_task(self._readiness(http_ready, watcher_ready), name=f"{self.name}.ready")
+                if stop is not None:
+                    await stop.wait()
+                    log.info("site_stopping")
+                    notify("STOPPING=1")
+                    await self.mailbox.goodbye()
+                    raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            await self.journal.close()
+            log.info("site_stopped")
+
+    async def _readiness(self, http_ready: asyncio.Event, watcher_ready: asyncio.Event) -> None:
+        await http_ready.wait()
+        await self.mailbox.wait_local()
+        await watcher_ready.wait()
+        log.info("site_ready", http=self.cfg.http_url)
+        notify(f"READY=1\nSTATUS=skyrelay {self.name} ({self.role}) ready")
+        interval = watchdog_interval_s()
+        if interval is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            notify("WATCHDOG=1")
+
+    def _clean_incoming(self) -> None:
+        for leftover in self.incoming.glob("*.part*"):
+            leftover.unlink()
+
+    async def _restore(self) -> None:
+        """Re-queue everything the journal says is unfinished (after a crash or restart)."""
+        pending = await self.journal.pending_transfers()
+        for transfer, file_row in pending:
+            self.sender.add(self._offer_item(transfer, file_row))
+        outbox = await self.journal.pending_outbox()
+        for row in outbox:
+            self.sender.add(self._custody_item(Custody.from_json(row.payload)))
+        if self.role == "summit":
+            self.known_inbox = await self.journal.files_by_name()
+            policy = await self.journal.get_setting("route_policy")
+            if policy and self.routes is not None:
+                self.routes.policy.update(json.loads(policy))
+        if self.role == "archive":
+            self.notices_pending.set()
+        if pending or outbox:
+            log.info("journal_restored", transfers=len(pending), custody=len(outbox))
+
+    # ---- messages ------------------------------------------------------------------------
+
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        """Dispatch one message from the site's own mailbox; reject anything malformed."""
+        kind = "?"
+        try:
+            site, kind = topics.parse_site(topic)
+            if site != self.name:
+                raise ProtocolError(f"addressed to {site}, this is {self.name}", field="topic")
+            if kind == "offer":
+                await self.on_offer(Offer.from_json(payload))
+            elif kind == "ack":
+                await self.sender.on_ack(Ack.from_json(payload))
+            elif kind == "custody":
+                await self.on_custody(Custody.from_json(payload))
+            elif kind == "control":
+                await self.on_control(RouteControl.from_json(payload))
+        except ProtocolError as exc:
+            await self.reporter.problem(
+                "bad_message",
+                f"rejected {kind} message: {exc}",
+                topic=topic,
+                field=exc.field,
+                payload_bytes=len(payload),
+                payload_preview=payload[:160].decode("utf-8", "replace"),
+            )
+
+    async def _send_ack(self, peer: str, ack: Ack) -> None:
+        try:
+            await self.mailbox.send(peer, "ack", ack.to_json())
+        except PeerUnreachable as exc:
+            log.info("ack_not_sent", peer=peer, transfer_id=ack.transfer_id, reason=str(exc))
+
+    def _ack(
+        self,
+        offer: Offer,
+        status: AckStatus,
+        *,
+        checksum: str | None = None,
+        size: int | None = None,
+        reason: str | None = None,
+    ) -> Ack:
+        return Ack(
+            kind="offer",
+            transfer_id=offer.transfer_id,
+            sender=self.name,
+            status=status,
+            checksum=checksum,
+            size=size,
+            reason=reason[:1024] if reason else None,
+            attempt=offer.attempt,
+            at=time.time(),
+        )
+
+    async def on_offer(self, offer: Offer) -> None:
+        """Validate an offer, answer repeats from the journal, queue new files for pulling."""
+        if offer.receiver != self.name:
+            raise ProtocolError(f"offer for {offer.receiver} arrived at {self.name}", field="receiver")
+        if offer.sender not in self.mailbox.peers:
+            raise ProtocolError(f"{offer.sender!r} is not a peer of {self.name}", field="sender")
+        route = self.topology.route(offer.route)
+        reject: str | None = None
+        if route is None or route.sites != offer.route_sites:
+            reject = f"route {offer.route!r} {list(offer.route_sites)} is not in the topology"
+        elif offer.size > self.tuning.max_file_bytes:
+            reject = f"size {offer.size} exceeds max_file_bytes {self.tuning.max_file_bytes}"
+        if reject is not None:
+            self.counters["rejected"] += 1
+            await self.reporter.problem("offer_rejected", reject, name=offer.name, transfer_id=offer.transfer_id)
+            await self._send_ack(offer.sender, self._ack(offer, "rejected", reason=reject))
+            return
+        if offer.transfer_id in self.pulling:
+            return  # a pull is under way; its ack will answer this repeat
+        prior = await self.journal.inbound(offer.transfer_id)
+        if prior is not None and prior["status"] in ACCEPTED_STATUSES:
+            await self._send_ack(
+                offer.sender, self._ack(offer, prior["status"], checksum=prior["checksum"], size=offer.size)
+            )
+            return
+        key = offer.identity.key
+        if await self._already_held(offer):
+            return
+        if key in self.pulling_keys:
+            return  # the same file is arriving by another transfer; the sender will retry
+        self.pulling.add(offer.transfer_id)
+        self.pulling_keys.add(key)
+        self.pulls.put_nowait(offer)
+
+    async def _already_held(self, offer: Offer) -> bool:
+        """Answer ``duplicate`` when this file (name + checksum) is already held or archived."""
+        key = offer.identity.key
+        if self.role == "archive":
+            rows = await self.journal.query("SELECT archived_checksum, status FROM catalog WHERE file_key = ?", (key,))
+            if not rows:
+                return False
+            custody = self._new_custody(offer, rows[0]["status"], await self._archive_path(key))
+        else:
+            held = await self.journal.file(key)
+            if held is None:
+                return False
+            custody = None
+
+        def record(db: Any) -> bool:
+            jr.insert_inbound(
+                db,
+                transfer_id=offer.transfer_id,
+                sender=offer.sender,
+                file_key=key,
+                status="duplicate",
+                checksum=offer.checksum,
+            )
+            if custody is None:
+                return False
+            return jr.insert_outbox(
+                db,
+                msg_id=custody.custody_id,
+                kind="custody",
+                receiver=offer.sender,
+                file_key=key,
+                payload=custody.to_json().decode(),
+            )
+
+        queued = await self.journal.transaction(record)
+        self.counters["duplicate"] += 1
+        log.info("offer_duplicate", transfer_id=offer.transfer_id, file=offer.name, sender=offer.sender)
+        await self._send_ack(offer.sender, self._ack(offer, "duplicate", checksum=offer.checksum, size=offer.size))
+        if custody is not None and queued:
+            self.sender.add(self._custody_item(custody))
+        return True
+
+    async def _archive_path(self, key: str) -> str:
+        rows = await self.journal.query("SELECT archive_path FROM catalog WHERE file_key = ?", (key,))
+        return str(rows[0]["archive_path"]) if rows else ""
+
+    async def _pull_worker(self) -> None:
+        while True:
+            offer = await self.pulls.get()
+            try:
+                with structlog.contextvars.bound_contextvars(transfer_id=offer.transfer_id, file=offer.name):
+                    await self._receive(offer)
+            finally:
+                self.pulling.discard(offer.transfer_id)
+                self.pulling_keys.discard(offer.identity.key)
+
+    async def _receive(self, offer: Offer) -> None:
+        assert self.session is not None
+        url = self.topology.link(self.name, offer.sender).http + offer.source_path
+        tmp = self.incoming / f"{offer.transfer_id}.part"
+        try:
+            computed = await pull_file(
+                self.session, url, self.topology.token, tmp, size=offer.size, checksum=offer.checksum
+            )
+        except ChecksumMismatch as exc:
+            self.counters["checksum_mismatch"] += 1
+            await self.reporter.problem(
+                "checksum_mismatch", str(exc), name=offer.name, transfer_id=offer.transfer_id, sender=offer.sender
+            )
+            await self._send_ack(
+                offer.sender,
+                self._ack(offer, "checksum_mismatch", checksum=exc.checksum, size=exc.size, reason=str(exc)),
+            )
+            return
+        except PullError as exc:
+            self.counters["failed"] += 1
+            log.warning("pull_failed", error=str(exc), sender=offer.sender)
+            await self._send_ack(offer.sender, self._ack(offer, "failed", reason=str(exc)))
+            return
+        if self.role == "archive":
+            await self._ingest(offer, tmp, computed)
+        else:
+            await self._store_relay(offer, tmp, computed)
+
+    async def _store_relay(self, offer: Offer, tmp: Path, computed: str) -> None:
+        """Keep the file, journal it with its onward transfer, then ack (journal first)."""
+        dest = self.relay_dir / computed.split(":", 1)[1] / offer.name
+        await asyncio.to_thread(durable_rename, tmp, dest)
+        key = offer.identity.key
+        next_hop = offer.hop + 1
+
+        def record(db: Any) -> TransferRow:
+            jr.insert_file(
+                db,
+                file_key=key,
+                name=offer.name,
+                size=offer.size,
+                checksum=computed,
+                closed_at=offer.closed_at,
+                local_path=str(dest),
+                source=offer.sender,
+                upstream_transfer=offer.transfer_id,
+                route=offer.route,
+                route_sites=offer.route_sites,
+                hop=next_hop,
+            )
+            jr.insert_inbound(
+                db, transfer_id=offer.transfer_id, sender=offer.sender, file_key=key, status="stored", checksum=computed
+            )
+            return jr.insert_transfer(
+                db,
+                transfer_id=new_id("t"),
+                file_key=key,
+                route=offer.route,
+                route_sites=offer.route_sites,
+                hop=next_hop,
+            )
+
+        transfer = await self.journal.transaction(record)
+        self.counters["stored"] += 1
+        log.info("file_stored", role="relay", sender=offer.sender, next=transfer.receiver)
+        await self._send_ack(offer.sender, self._ack(offer, "stored", checksum=computed, size=offer.size))
+        file_row = await self.journal.file(key)
+        assert file_row is not None
+        self.sender.add(self._offer_item(transfer, file_row))
+
+    # ---- archive -------------------------------------------------------------------------
+
+    async def _ingest(self, offer: Offer, tmp: Path, computed: str) -> None:
+        """Verify/fix, place, catalogue, then ack; notice and custody follow from the journal."""
+        root = self.cfg.archive_root
+        assert root is not None
+        header, _ = await asyncio.to_thread(archive_ops.read_primary_header, tmp)
+        obsid = header.get("OBSID") if header is not None else None
+        context = await asyncio.to_thread(
+            archive_ops.exposure_context, self.journal.path, obsid if isinstance(obsid, str) else None
+        )
+        prepared = await asyncio.to_thread(
+            archive_ops.prepare,
+            tmp,
+            name=offer.name,
+            received_checksum=computed,
+            archive_root=root,
+            correction_dirs=self.cfg.correction_dirs,
+            context=context,
+        )
+        prepared = await asyncio.to_thread(archive_ops.place, prepared, tmp, root, computed)
+        await self._commit_ingest(
+            offer.identity,
+            prepared,
+            closed_at=offer.closed_at,
+            route=offer.route,
+            sender=offer.sender,
+            transfer_id=offer.transfer_id,
+        )
+        await self._send_ack(offer.sender, self._ack(offer, "stored", checksum=computed, size=offer.size))
+
+    async def _commit_ingest(
+        self,
+        identity: FileIdentity,
+        prepared: archive_ops.Prepared,
+        *,
+        closed_at: float,
+        route: str,
+        sender: str,
+        transfer_id: str | None,
+    ) -> None:
+        arrived_at = time.time()
+        key = identity.key
+        summary = prepared.summary
+        notice: ArrivalNotice | None = None
+        if prepared.status == "archived":
+            notice = ArrivalNotice(
+                notice_id=new_id("n"),
+                obsid=str(summary.get("obsid")),
+                instrument=str(summary.get("instrument")),
+                detector=str(summary.get("detector") or "unknown"),
+                name=identity.name,
+                size=identity.size,
+                checksum=identity.checksum,
+                archived_checksum=prepared.archived_checksum,
+                archive_path=prepared.archive_path,
+                arrived_at=arrived_at,
+                closed_at=closed_at,
+                latency_s=round(arrived_at - closed_at, 6),
+                route=route,
+                dayobs=str(summary["dayobs"]) if summary.get("dayobs") is not None else None,
+                seqnum=summary["seqnum"] if isinstance(summary.get("seqnum"), int) else None,
+                imgtype=str(summary["imgtype"]) if summary.get("imgtype") is not None else None,
+                fixes=tuple(prepared.fixes),
+            )
+        custody = Custody(
+            custody_id=new_id("c"),
+            sender=self.name,
+            receiver=sender,
+            name=identity.name,
+            size=identity.size,
+            checksum=identity.checksum,
+            status=prepared.status,  # type: ignore[arg-type]
+            archive_path=prepared.archive_path,
+            archived_at=arrived_at,
+            route=route,
+        )
+
+        def record(db: Any) -> None:
+            archive_ops.catalog_row(
+                db,
+                file_key=key,
+                name=identity.name,
+                size=identity.size,
+                checksum=identity.checksum,
+                prepared=prepared,
+                closed_at=closed_at,
+                arrived_at=arrived_at,
+                route=route,
+                sender=sender,
+            )
+            if transfer_id is not None:
+                jr.insert_inbound(
+                    db,
+                    transfer_id=transfer_id,
+                    sender=sender,
+                    file_key=key,
+                    status="stored",
+                    checksum=identity.checksum,
+                )
+            if notice is not None:
+                db.execute(
+                    "INSERT INTO notices (notice_id, file_key, topic, payload, created_at) VALUES (?,?,?,?,?)",
+                    (
+                        notice.notice_id,
+                        key,
+                        topics.arrivals(_topic_segment(notice.instrument), _topic_segment(notice.detector)),
+                        notice.to_json().decode(),
+                        arrived_at,
+                    ),
+                )
+            if sender in self.mailbox.peers:
+                jr.insert_outbox(
+                    db,
+                    msg_id=custody.custody_id,
+                    kind="custody",
+                    receiver=sender,
+                    file_key=key,
+                    payload=custody.to_json().decode(),
+                )
+
+        await self.journal.transaction(record)
+        self.counters["stored"] += 1
+        if prepared.status == "quarantined":
+            await self.reporter.problem(
+                "quarantined",
+                prepared.reason or "quarantined",
+                name=identity.name,
+                transfer_id=transfer_id,
+                archive_path=prepared.archive_path,
+            )
+        log.info(
+            "file_archived",
+            status=prepared.status,
+            archive_path=prepared.archive_path,
+            fixes=len(prepared.fixes),
+            latency_s=round(arrived_at - closed_at, 3),
+        )
+        self.notices_pending.set()
+        if sender in self.mailbox.peers:
+            self.sender.add(self._custody_item(custody))
+
+    async def _notice_loop(self) -> None:
+        """Publish every journaled, unpublished arrival notice; mark each once the broker has it."""
+        while True:
+            await self.notices_pending.wait()
+            self.notices_pending.clear()
+            await self.mailbox.wait_local()
+            rows = await self.journal.query(
+                "SELECT notice_id, topic, payload FROM notices WHERE published_at IS NULL ORDER BY created_at"
+            )
+            for row in rows:
+                if not await self.mailbox.publish_local(row["topic"], row["payload"].encode()):
+                    self.notices_pending.set()
+                    await asyncio.sleep(self.tuning.backoff_initial_s)
+                    break
+                await self._mark_published(str(row["notice_id"]))
+                self.counters["notices"] += 1
+
+    async def _mark_published(self, notice_id: str) -> None:
+        await self.journal.transaction(
+            lambda db: db.execute("UPDATE notices SET published_at = ? WHERE notice_id = ?", (time.time(), notice_id))
+        )
+
+    def _new_custody(self, offer: Offer, status: str, archive_path: str) -> Custody:
+        return Custody(
+            custody_id=new_id("c"),
+            sender=self.name,
+            receiver=offer.sender,
+            name=offer.name,
+            size=offer.size,
+            checksum=offer.checksum,
+            status=status,  # type: ignore[arg-type]
+            archive_path=archive_path,
+            archived_at=time.time(),
+            route=offer.route,
+        )
+
+    # ---- custody -------------------------------------------------------------------------
+
+    async def on_custody(self, custody: Custody) -> None:
+        """The archive holds a file: record it, stop its transfers, relay custody upstream, ack."""
+        if custody.receiver != self.name:
+            raise ProtocolError(f"custody for {custody.receiver} arrived at {self.name}", field="receiver")
+        if custody.sender not in self.mailbox.peers:
+            raise ProtocolError(f"{custody.sender!r} is not a peer of {self.name}", field="sender")
+        key = FileIdentity(name=custody.name, size=custody.size, checksum=custody.checksum).key
+        held = await self.journal.file(key)
+        onward: Custody | None = None
+        if held is not None and held.source != "inbox" and held.source in self.mailbox.peers:
+            onward = Custody(
+                custody_id=new_id("c"),
+                sender=self.name,
+                receiver=held.source,
+                name=custody.name,
+                size=custody.size,
+                checksum=custody.checksum,
+                status=custody.status,
+                archive_path=custody.archive_path,
+                archived_at=custody.archived_at,
+                route=custody.route,
+            )
+
+        def record(db: Any) -> bool:
+            db.execute(
+                "UPDATE files SET state = 'archived', custody_status = ?, archive_path = ?, custody_at = ?"
+                " WHERE file_key = ? AND state = 'held'",
+                (custody.status, custody.archive_path, time.time(), key),
+            )
+            db.execute("UPDATE transfers SET state = 'done' WHERE file_key = ? AND state = 'pending'", (key,))
+            if onward is None:
+                return False
+            return jr.insert_outbox(
+                db,
+                msg_id=onward.custody_id,
+                kind="custody",
+                receiver=onward.receiver,
+                file_key=key,
+                payload=onward.to_json().decode(),
+            )
+
+        queued = await self.journal.transaction(record)
+        for item in self.sender.of_file(key):
+            if item.kind == "offer":
+                self.sender.remove(item.msg_id)
+        self.counters["custody"] += 1
+        log.info(
+            "custody_received",
+            file=custody.name,
+            status=custody.status,
+            archive_path=custody.archive_path,
+            relayed_to=onward.receiver if onward else None,
+        )
+        ack = Ack(
+            kind="custody",
+            transfer_id=custody.custody_id,
+            sender=self.name,
+            status="stored",
+            checksum=custody.checksum,
+            size=custody.size,
+            at=time.time(),
+        )
+        await self._send_ack(custody.sender, ack)
+        if onward is not None and queued:
+            self.sender.add(self._custody_item(onward))
+        if held is not None and held.source != "inbox" and self.cfg.retention_s == 0:
+            await self._expire(held)
+
+    async def _expire(self, held: FileRow) -> None:
+        await asyncio.to_thread(Path(held.local_path).unlink, missing_ok=True)
+        await self.journal.transaction(
+            lambda db: db.execute("UPDATE files SET state = 'expired' WHERE file_key = ?", (held.file_key,))
+        )
+
+    # ---- outgoing items ------------------------------------------------------------------
+
+    def _offer_item(self, transfer: TransferRow, file_row: FileRow) -> Outgoing:
+        def payload(attempt: int) -> bytes:
+            return Offer(
+                transfer_id=transfer.transfer_id,
+                sender=self.name,
+                receiver=transfer.receiver,
+                name=file_row.name,
+                size=file_row.size,
+                checksum=file_row.checksum,
+                closed_at=file_row.closed_at,
+                route=transfer.route,
+                route_sites=transfer.route_sites,
+                hop=transfer.hop,
+                source_path=f"/v1/transfers/{transfer.transfer_id}",
+                attempt=attempt,
+                sent_at=time.time(),
+            ).to_json()
+
+        async def accepted(ack: Ack) -> None:
+            await self.journal.transaction(
+                lambda db: db.execute(
+                    "UPDATE transfers SET state = 'acked', acked_at = ?, last_status = ? WHERE transfer_id = ?"
+                    " AND state = 'pending'",
+                    (time.time(), ack.status, transfer.transfer_id),
+                )
+            )
+            log.info(
+                "offer_acked",
+                transfer_id=transfer.transfer_id,
+                file=file_row.name,
+                peer=transfer.receiver,
+                status=ack.status,
+                route=transfer.route,
+            )
+            self.router_wake.set()
+
+        return Outgoing(
+            msg_id=transfer.transfer_id,
+            kind="offer",
+            peer=transfer.receiver,
+            file_key=file_row.file_key,
+            name=file_row.name,
+            checksum=file_row.checksum,
+            size=file_row.size,
+            payload=payload,
+            on_accepted=accepted,
+            route=transfer.route,
+        )
+
+    def _custody_item(self, custody: Custody) -> Outgoing:
+        encoded = custody.to_json()
+
+        async def accepted(ack: Ack) -> None:
+            await self.journal.transaction(
+                lambda db: db.execute(
+                    "UPDATE outbox SET state = 'acked', acked_at = ? WHERE msg_id = ?",
+                    (time.time(), custody.custody_id),
+                )
+            )
+
+        return Outgoing(
+            msg_id=custody.custody_id,
+            kind="custody",
+            peer=custody.receiver,
+            file_key=FileIdentity(name=custody.name, size=custody.size, checksum=custody.checksum).key,
+            name=custody.name,
+            checksum=custody.checksum,
+            size=0,
+            payload=lambda attempt: encoded,
+            on_accepted=accepted,
+        )
+
+    # ---- summit --------------------------------------------------------------------------
+
+    async def _register_loop(self) -> None:
+        """Journal each finished inbox file (hash, size, close time) and offer it."""
+        assert self.watcher is not None and self.cfg.inbox is not None
+        inbox = self.cfg.inbox
+        while True:
+            path = await self.watcher.queue.get()
+            try:
+                relative = path.relative_to(inbox).as_posix()
+            except ValueError:
+                continue
+            if not is_candidate(relative):
+                continue
+            try:
+                st = await asyncio.to_thread(os.stat, path)
+            except FileNotFoundError:
+                continue
+            if self.known_inbox.get(relative) == (st.st_size, st.st_mtime_ns):
+                continue
+            self.known_inbox[relative] = (st.st_size, st.st_mtime_ns)
+            try:
+                validate_name(relative)
+            except ProtocolError as exc:
+                await self.reporter.problem(
+                    "bad_name", f"inbox file cannot travel under this name: {exc.reason}", name=relative
+                )
+                continue
+            await self._register(path, relative, st.st_mtime_ns)
+
+    async def _register(self, path: Path, relative: str, mtime_ns: int) -> None:
+        try:
+            checksum, size = await asyncio.to_thread(archive_ops.hash_file, path)
+        except FileNotFoundError:
+            return
+        identity = FileIdentity(name=relative, size=size, checksum=checksum)
+        route = self._choose_route()
+        if route is None:
+            await self.reporter.problem(
+                "no_route", "every route is disabled; the file waits in the journal", name=relative
+            )
+        chosen = route or self.topology.routes[0]
+
+        def record(db: Any) -> TransferRow | None:
+            if not jr.insert_file(
+                db,
+                file_key=identity.key,
+                name=relative,
+                size=size,
+                checksum=checksum,
+                closed_at=mtime_ns / 1e9,
+                local_path=str(path),
+                source="inbox",
+                mtime_ns=mtime_ns,
+            ):
+                return None
+            return jr.insert_transfer(
+                db, transfer_id=new_id("t"), file_key=identity.key, route=chosen.name, route_sites=chosen.sites, hop=0
+            )
+
+        transfer = await self.journal.transaction(record)
+        if transfer is None:
+            return
+        self.counters["registered"] += 1
+        log.info("file_registered", file=relative, size=size, checksum=checksum, route=chosen.name)
+        file_row = await self.journal.file(identity.key)
+        assert file_row is not None
+        if route is not None:
+            self.sender.add(self._offer_item(transfer, file_row))
+
+    def _choose_route(self) -> Route | None:
+        assert self.routes is not None
+        route = self.routes.choose()
+        return route
+
+    async def _router_loop(self) -> None:
+        """Summit failover: placeholder wake-up loop extended by the routing module."""
+        while True:
+            await self.router_wake.wait()
+            self.router_wake.clear()
+
+    async def on_control(self, control: RouteControl) -> None:
+        """Operator route policy (handled at the summit)."""
+        raise ProtocolError("route control is not supported by this site", field="command")
+
+    def http_routes(self) -> list[web.RouteDef]:
+        """Operator endpoints beyond the data server's own."""
+
+        async def queue(request: web.Request) -> web.Response:
+            return web.json_response(self.sender.snapshot())
+
+        return [web.get("/v1/queue", queue)]
+
+    # ---- status --------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """What ``skyrelay status`` shows for this site."""
+        rows = await self.journal.query("SELECT state, COUNT(*) AS n FROM files GROUP BY state")
+        files = {r["state"]: r["n"] for r in rows}
+        out: dict[str, Any] = {
+            "site": self.name,
+            "role": self.role,
+            "version": VERSION,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "links": {
+                p: {"connected": self.mailbox.connected(p), "peer_online": self.mailbox.peer_online.get(p)}
+                for p in self.mailbox.peers
+            },
+            "files": files,
+            "pending": len(self.sender.items),
+            "counters": dict(self.counters),
+            "problems": dict(self.reporter.problem_counts),
+            "recent_problems": list(self.reporter.recent_problems)[-10:],
+            "events": list(self.reporter.recent_events)[-10:],
+        }
+        if self.routes is not None:
+            out["routes"] = [dataclasses.asdict(v) for v in self.routes.view(self.sender.queue_by_route())]
+        if self.role == "archive":
+            rows = await self.journal.query("SELECT status, COUNT(*) AS n FROM catalog GROUP BY status")
+            out["catalog"] = {r["status"]: r["n"] for r in rows}
+        return out
+
+
+class _Stop(Exception):
+    """Raised inside the task group to end it on a requested stop."""
+
+
+def _topic_segment(value: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in value)[:64]
+    return cleaned or "unknown"
+
+
+async def run(topology: Topology, site: str) -> None:
+    """Run one site until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with structlog.contextvars.bound_contextvars(site=site):
+        await Site(topology, site).run(stop)
+
+
+__all__ = ["Site", "format_checksum", "run"]

@@ -1,0 +1,107 @@
+"""The summit inbox watcher: inotify events through watchdog, plus rescans as a safety net.
+
+A camera writes under a temporary name and renames; that rename (or a close after writing,
+for writers that write in place) is the signal. inotify can overflow silently, so a rescan at
+start-up and a periodic rescan reconcile the inbox with the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from watchdog.events import (
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+log = structlog.get_logger()
+
+IGNORED_SUFFIXES = (".part", ".tmp")
+
+
+def is_candidate(relative: str) -> bool:
+    """Whether a relative inbox path names a finished file (not hidden, not a temporary)."""
+    parts = relative.split("/")
+    return not any(p.startswith(".") for p in parts) and not relative.endswith(IGNORED_SUFFIXES)
+
+
+def scan(inbox: Path) -> list[Path]:
+    """Every candidate file under ``inbox`` (blocking; run in a thread)."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(inbox):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            if is_candidate(path.relative_to(inbox).as_posix()):
+                found.append(path)
+    return found
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, deliver: Callable[[Path], None], rescan: Callable[[], None]) -> None:
+        self._deliver = deliver
+        self._rescan = rescan
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileMovedEvent):
+            self._deliver(Path(os.fsdecode(event.dest_path)))
+        elif isinstance(event, DirMovedEvent):
+            self._rescan()
+        elif isinstance(event, FileCreatedEvent | FileClosedEvent):
+            self._deliver(Path(os.fsdecode(event.src_path)))
+
+
+class InboxWatcher:
+    """Feeds candidate paths into an asyncio queue from watchdog's thread and from rescans."""
+
+    def __init__(self, inbox: Path, rescan_interval_s: float) -> None:
+        self.inbox = inbox
+        self.rescan_interval_s = rescan_interval_s
+        self.queue: asyncio.Queue[Path] = asyncio.Queue()
+        self.rescans = 0
+
+    async def run(self, ready: asyncio.Event) -> None:
+        """Watch until cancelled; rescan at start and every ``rescan_interval_s``."""
+        loop = asyncio.get_running_loop()
+        rescan_now = asyncio.Event()
+
+        def deliver(path: Path) -> None:
+            loop.call_soon_threadsafe(self.queue.put_nowait, path)
+
+        def request_rescan() -> None:
+            loop.call_soon_threadsafe(rescan_now.set)
+
+        observer = Observer()
+        observer.schedule(_Handler(deliver, request_rescan), str(self.inbox), recursive=True)
+        try:
+            observer.start()
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot watch {self.inbox}: {exc.strerror} "
+                "(raise fs.inotify.max_user_watches if the watch limit is reached)",
+            ) from exc
+        try:
+            ready.set()
+            while True:
+                for path in await asyncio.to_thread(scan, self.inbox):
+                    self.queue.put_nowait(path)
+                self.rescans += 1
+                rescan_now.clear()
+                try:
+                    async with asyncio.timeout(self.rescan_interval_s):
+                        await rescan_now.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            observer.stop()
+            await asyncio.to_thread(observer.join, 5.0)

@@ -1,0 +1,1 @@
+"""Operator tooling: cluster control, drills and the link simulator."""

@@ -1,0 +1,144 @@
+"""A mosquitto broker run as a child process on a chosen or free port (tests, ``skyrelay up``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger()
+
+
+class BrokerError(RuntimeError):
+    """mosquitto is missing or did not start."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def mosquitto_binary() -> str:
+    """Path of the mosquitto binary, or a clear error telling how to install it."""
+    found = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
+    if found is None:
+        raise BrokerError("mosquitto not found: install it (apt-get install -y mosquitto)")
+    return found
+
+
+class Mosquitto:
+    """One broker with its own config, persistence directory and log file."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None, host: str = "127.0.0.1", name: str = "broker"):
+        self.workdir = workdir
+        self.host = host
+        self.port = port or free_port(host)
+        self.name = name
+        self.proc: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        """``mqtt://host:port``."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        data = self.workdir / "data"
+        data.mkdir(exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {data}/\n"
+            "autosave_interval 60\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            "connection_messages true\n"
+            f"user {getpass.getuser()}\n"
+            "max_queued_messages 100000\n"
+            "max_inflight_messages 100\n"
+            "set_tcp_nodelay true\n"
+        )
+        return conf
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        """Start mosquitto and wait for its "running" log line."""
+        conf = self._write_config()
+        self.proc = await asyncio.create_subprocess_exec(
+            mosquitto_binary(),
+            "-c",
+            str(conf),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        logfile = (self.workdir / "mosquitto.log").open("ab")
+        lines: list[bytes] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    line = await self.proc.stdout.readline()
+                    if not line:
+                        raise BrokerError(f"mosquitto exited: {b''.join(lines).decode(errors='replace')[-800:]}")
+                    lines.append(line)
+                    logfile.write(line)
+                    if b" running" in line:
+                        break
+        except TimeoutError as exc:
+            self.proc.kill()
+            raise BrokerError(f"mosquitto did not start on port {self.port} within {timeout_s}s") from exc
+        self._drain = asyncio.get_running_loop().create_task(self._copy_log(logfile), name=f"{self.name}.log")
+        log.info("broker_started", name=self.name, url=self.url, pid=self.proc.pid)
+
+    async def _copy_log(self, logfile: object) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        handle = logfile
+        try:
+            while line := await self.proc.stdout.readline():
+                handle.write(line)  # type: ignore[attr-defined]
+                handle.flush()  # type: ignore[attr-defined]
+        finally:
+            handle.close()  # type: ignore[attr-defined]
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self.proc.pid if self.proc and self.proc.returncode is None else None
+
+    async def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (SIGKILL by default: the broker loses what it had not saved)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            await self.proc.wait()
+        await self._finish_drain()
+
+    async def stop(self) -> None:
+        """Terminate cleanly (SIGTERM), killing after 5 s."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                async with asyncio.timeout(5):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        await self._finish_drain()
+
+    async def _finish_drain(self) -> None:
+        if self._drain is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+            self._drain = None

@@ -1,0 +1,198 @@
+"""The ``skyrelay`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ops import logs
+
+log = structlog.get_logger()
+
+
+def _cluster_json(workdir: Path) -> dict[str, Any]:
+    path = workdir / "cluster.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"skyrelay: no {path}: is `skyrelay up --workdir {workdir}` running?") from None
+    return data
+
+
+def _http_get(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise SystemExit(f"skyrelay: cannot reach {url}: {exc}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one site's daemon."""
+    from daemon.config import load_topology
+    from daemon.errors import TopologyError
+    from daemon.site import run
+
+    try:
+        topology = load_topology(args.topology)
+    except TopologyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.site not in topology.sites:
+        print(f"skyrelay: unknown site {args.site!r}; the topology has {', '.join(topology.sites)}", file=sys.stderr)
+        return 2
+    asyncio.run(run(topology, args.site))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the whole system on this machine until SIGINT/SIGTERM."""
+    from ops.cluster import DEFAULT_ROUTES, Cluster
+
+    workdir = Path(args.workdir).resolve()
+    routes = {name: DEFAULT_ROUTES[name] for name in args.routes.split(",")} if args.routes else None
+    corrections = [Path(p).resolve() for p in args.corrections]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with Cluster(workdir, routes=routes, drill=args.drill, correction_dirs=corrections) as cluster:
+            print(f"skyrelay up: cluster ready, see {workdir / 'cluster.json'}", flush=True)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(cluster.supervise(stop), name="up.supervise")
+                if args.camera:
+                    from ops.camera import run_camera
+
+                    tg.create_task(
+                        run_camera(
+                            cluster.inbox,
+                            instrument=args.camera,
+                            exposures=args.exposures,
+                            cadence_s=args.cadence,
+                            size_bytes=int(args.size_mb * 1e6),
+                            stop=stop,
+                        ),
+                        name="up.camera",
+                    )
+                await stop.wait()
+            print("skyrelay up: stopping", flush=True)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schemas of every message."""
+    from protocol import all_schemas
+
+    schemas = all_schemas()
+    if args.type:
+        if args.type not in schemas:
+            print(f"skyrelay: unknown message type {args.type!r}; known: {', '.join(schemas)}", file=sys.stderr)
+            return 2
+        print(json.dumps(schemas[args.type], indent=2))
+    else:
+        print(json.dumps(schemas, indent=2))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show each site's status."""
+    info = _cluster_json(Path(args.workdir))
+    result = {name: _http_get(site["http"] + "/v1/status") for name, site in info["sites"].items()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for name, st in result.items():
+        links = ", ".join(f"{p}:{'up' if v['connected'] else 'DOWN'}" for p, v in st["links"].items())
+        print(
+            f"{name:8} {st['role']:8} pid {st['pid']:<7} pending {st['pending']:<5} files {st['files']} "
+            f"links [{links}] problems {st['problems']}"
+        )
+        if "catalog" in st:
+            print(f"{'':8} catalog {st['catalog']}")
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    """Show what each site still has to deliver."""
+    info = _cluster_json(Path(args.workdir))
+    for name, site in info["sites"].items():
+        st = _http_get(site["http"] + "/v1/queue")
+        print(f"{name}: {len(st)} pending")
+        for item in st[: args.limit]:
+            print(
+                f"  {item['kind']:7} {item['file']:40} -> {item['peer']:8} route {item['route']} "
+                f"attempt {item['attempt']} failures {item['failures']} age {item['age_s']}s {item['last_error']}"
+            )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``skyrelay``."""
+    parser = argparse.ArgumentParser(prog="skyrelay", description=__doc__)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--json-logs", action="store_true", default=None, help="JSON log lines (default off a TTY)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run one site's daemon (what systemd starts)")
+    p.add_argument("--topology", required=True)
+    p.add_argument("--site", required=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("up", help="run summit, base and archive with their brokers on this machine")
+    p.add_argument("--workdir", default="skyrelay-demo")
+    p.add_argument("--camera", metavar="INSTRUMENT", help="also run the camera simulator (ComCam, LATISS, LSSTCam)")
+    p.add_argument("--exposures", type=int, default=None, help="camera: stop after N exposures")
+    p.add_argument("--cadence", type=float, default=15.0, help="camera: seconds between exposures")
+    p.add_argument("--size-mb", type=float, default=4.0, help="camera: size of each file")
+    p.add_argument("--routes", help="comma-separated subset of primary,direct")
+    p.add_argument("--drill", action="store_true", help="put every link behind the link simulator")
+    p.add_argument("--corrections", action="append", default=[], help="header correction directory (repeatable)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("schema", help="print the JSON Schemas of the messages")
+    p.add_argument("type", nargs="?")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("status", help="status of a running cluster")
+    p.add_argument("--workdir", default="skyrelay-demo")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("queue", help="pending deliveries of a running cluster")
+    p.add_argument("--workdir", default="skyrelay-demo")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_queue)
+
+    simulate = sub.add_parser("simulate", help="simulators").add_subparsers(dest="what", required=True)
+    from ops.camera import add_camera_arguments, camera_main
+
+    p = simulate.add_parser("camera", help="write FITS exposures into the summit inbox like a camera")
+    add_camera_arguments(p)
+    p.set_defaults(func=camera_main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``skyrelay`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level, json_logs=args.json_logs)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

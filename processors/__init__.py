@@ -1,0 +1,1 @@
+"""Science code run when files arrive: header checks and fixes, detector tables (pure, synchronous)."""
