@@ -79,6 +79,7 @@ class RouteTable:
         self.policy: dict[str, Policy] = {r.name: "auto" for r in self.routes}
         self.degraded_until: dict[str, float] = {}
         self._healthy_since: dict[str, float | None] = {r.name: None for r in self.routes}
+        self._has_failed: set[str] = set()
         self.current: str | None = None
 
     def breaker(self, peer: str) -> Breaker:
@@ -114,13 +115,17 @@ class RouteTable:
             if healthy and self._healthy_since[route.name] is None:
                 self._healthy_since[route.name] = now
             elif not healthy:
+                if self._healthy_since[route.name] is not None:
+                    self._has_failed.add(route.name)
                 self._healthy_since[route.name] = None
 
     def choose(self, now: float | None = None, *, exclude: tuple[str, ...] = ()) -> Route | None:
         """The route for a new file: a forced route, else the first healthy allowed one.
 
-        A route that was unhealthy must have been healthy for the hold-down period before it is
+        A route that failed must have been healthy again for the hold-down period before it is
         preferred again over the route in use (failback), so a flapping link does not flap traffic.
+        A route that has not failed since start-up (its peer was merely not yet connected) needs no
+        hold-down.
         Returns None when the policy disables every route.
         """
         now = time.monotonic() if now is None else now
@@ -135,7 +140,9 @@ class RouteTable:
             if not self.route_healthy(route, now):
                 continue
             since = self._healthy_since[route.name]
-            stable = since is not None and now - since >= self.tuning.breaker_hold_down_s
+            stable = route.name not in self._has_failed or (
+                since is not None and now - since >= self.tuning.breaker_hold_down_s
+            )
             if route.name == self.current or stable or self.current is None or not self._current_ok(now):
                 return route
         # Nothing healthy: keep the files on the preferred allowed route; they wait there.

@@ -142,6 +142,7 @@ class Sender:
         self.routes = routes
         self.items: dict[str, Outgoing] = {}
         self.channels: dict[str, Channel] = {p: Channel(self, p) for p in mailbox.peers}
+        self.health_listeners: list[Callable[[], None]] = []
         self.acked_total = 0
         self.failures_total = 0
         mailbox.add_peer_listener(self._on_peer_change)
@@ -196,6 +197,7 @@ class Sender:
             self.remove(item.msg_id)
             self.acked_total += 1
             if self.routes is not None and self.routes.breaker(item.peer).record_success():
+                self._health_changed()
                 await self.reporter.event(
                     "breaker_closed", f"hop {self.site}->{item.peer} healthy again", peer=item.peer
                 )
@@ -231,6 +233,7 @@ class Sender:
             retry_in_s=round(delay, 2),
         )
         if self.routes is not None and self.routes.breaker(item.peer).record_failure(reason, time.monotonic()):
+            self._health_changed()
             await self.reporter.event(
                 "breaker_open", f"hop {self.site}->{item.peer} failing: {reason}", peer=item.peer, reason=reason
             )
@@ -243,6 +246,10 @@ class Sender:
                 peer=item.peer,
                 failures=item.failures,
             )
+
+    def _health_changed(self) -> None:
+        for listener in self.health_listeners:
+            listener()
 
     def _on_peer_change(self, peer: str, up: bool) -> None:
         channel = self.channels.get(peer)

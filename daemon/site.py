@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import signal
 import time
@@ -26,7 +25,7 @@ from aiohttp import web
 
 from daemon import archive as archive_ops
 from daemon import journal as jr
-from daemon.config import Route, Topology
+from daemon.config import Topology
 from daemon.dataserver import build_app, serve
 from daemon.errors import ChecksumMismatch, PeerUnreachable, PullError
 from daemon.fsutil import durable_rename
@@ -34,6 +33,7 @@ from daemon.journal import FileRow, Journal, TransferRow
 from daemon.mailbox import Mailbox
 from daemon.puller import pull_file
 from daemon.report import Reporter
+from daemon.router import Router
 from daemon.routes import RouteTable
 from daemon.sdnotify import notify, watchdog_interval_s
 from daemon.sender import Outgoing, Sender
@@ -69,7 +69,7 @@ class Site:
         self.journal = Journal(self.cfg.state_dir / "journal.sqlite")
         self.reporter = Reporter(name)
         self.mailbox = Mailbox(topology, name, self.on_message)
-        self.routes = RouteTable(topology, name, self.mailbox.connected) if self.role != "archive" else None
+        self.routes = RouteTable(topology, name, self._peer_usable) if self.role != "archive" else None
         self.sender = Sender(name, topology, self.mailbox, self.reporter, self.routes)
         self.reporter.attach(self.mailbox.publish_local)
         self.pulls: asyncio.Queue[Offer] = asyncio.Queue()
@@ -94,8 +94,15 @@ class Site:
             "custody": 0,
             "notices": 0,
         }
-        self.router_wake = asyncio.Event()
-        self.mailbox.add_peer_listener(lambda peer, up: self.router_wake.set())
+        self.router: Router | None = None
+        if self.role == "summit" and self.routes is not None:
+            self.router = Router(topology, self.journal, self.sender, self.routes, self.reporter, self._offer_item)
+            router = self.router
+            self.mailbox.add_peer_listener(lambda peer, up: router.wake.set())
+            self.sender.health_listeners.append(router.wake.set)
+
+    def _peer_usable(self, peer: str) -> bool:
+        return self.mailbox.connected(peer) and self.mailbox.peer_online.get(peer, False)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -124,8 +131,8 @@ class Site:
                 if self.watcher is not None:
                     tg.create_task(self.watcher.run(watcher_ready), name=f"{self.name}.watcher")
                     tg.create_task(self._register_loop(), name=f"{self.name}.registrar")
-                if self.role == "summit":
-                    tg.create_task(self._router_loop(), name=f"{self.name}.router")
+                if self.router is not None:
+                    tg.create_task(self.router.run(), name=f"{self.name}.router")
                 if self.role == "archive":
                     tg.create_task(self._notice_loop(), name=f"{self.name}.notices")
                 tg.create_task(self._readiness(http_ready, watcher_ready), name=f"{self.name}.ready")
@@ -168,9 +175,8 @@ class Site:
             self.sender.add(self._custody_item(Custody.from_json(row.payload)))
         if self.role == "summit":
             self.known_inbox = await self.journal.files_by_name()
-            policy = await self.journal.get_setting("route_policy")
-            if policy and self.routes is not None:
-                self.routes.policy.update(json.loads(policy))
+        if self.router is not None:
+            await self.router.restore()
         if self.role == "archive":
             self.notices_pending.set()
         if pending or outbox:
@@ -615,6 +621,8 @@ class Site:
         for item in self.sender.of_file(key):
             if item.kind == "offer":
                 self.sender.remove(item.msg_id)
+        if self.router is not None:
+            self.router.custody(key)
         self.counters["custody"] += 1
         log.info(
             "custody_received",
@@ -680,7 +688,6 @@ class Site:
                 status=ack.status,
                 route=transfer.route,
             )
-            self.router_wake.set()
 
         return Outgoing(
             msg_id=transfer.transfer_id,
@@ -754,7 +761,8 @@ class Site:
         except FileNotFoundError:
             return
         identity = FileIdentity(name=relative, size=size, checksum=checksum)
-        route = self._choose_route()
+        assert self.router is not None
+        route = self.router.choose()
         if route is None:
             await self.reporter.problem(
                 "no_route", "every route is disabled; the file waits in the journal", name=relative
@@ -787,21 +795,13 @@ class Site:
         assert file_row is not None
         if route is not None:
             self.sender.add(self._offer_item(transfer, file_row))
-
-    def _choose_route(self) -> Route | None:
-        assert self.routes is not None
-        route = self.routes.choose()
-        return route
-
-    async def _router_loop(self) -> None:
-        """Summit failover: placeholder wake-up loop extended by the routing module."""
-        while True:
-            await self.router_wake.wait()
-            self.router_wake.clear()
+        self.router.track(file_row, chosen.name)
 
     async def on_control(self, control: RouteControl) -> None:
-        """Operator route policy (handled at the summit)."""
-        raise ProtocolError("route control is not supported by this site", field="command")
+        """Operator route policy; only the summit chooses routes."""
+        if self.router is None:
+            raise ProtocolError(f"route control goes to the summit, not {self.name}", field="command")
+        await self.router.control(control)
 
     def http_routes(self) -> list[web.RouteDef]:
         """Operator endpoints beyond the data server's own."""

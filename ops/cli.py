@@ -139,6 +139,59 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_routes(args: argparse.Namespace) -> int:
+    """Show the summit's routes, or change their policy on a running cluster."""
+    info = _cluster_json(Path(args.workdir))
+    summit = info["sites"]["summit"]
+    if args.action != "show":
+        if args.action != "auto" and not args.route:
+            print(f"skyrelay: routes {args.action} needs a route name", file=sys.stderr)
+            return 2
+        asyncio.run(_send_route_control(summit["broker"], args.action, args.route))
+    status = _http_get(summit["http"] + "/v1/status")
+    routes = status.get("routes", [])
+    if args.json:
+        print(json.dumps(routes, indent=2))
+        return 0
+    print(f"{'route':10} {'sites':28} {'policy':8} {'health':8} {'queued':>6}  evidence")
+    for route in routes:
+        ev = route["evidence"]
+        health = "healthy" if route["healthy"] else "DOWN"
+        marker = "*" if ev.get("in_use") else " "
+        print(
+            f"{marker}{route['name']:9} {' -> '.join(route['sites']):28} {route['policy']:8} {health:8} "
+            f"{ev.get('queued', 0):>6}  next={ev['next_hop']} connected={ev['connected']} "
+            f"breaker={ev['breaker']} failures={ev['consecutive_failures']} degraded_for={ev['degraded_for_s']}s"
+            + (f" last='{ev['last_failure']}'" if ev.get("last_failure") else "")
+        )
+    return 0
+
+
+async def _send_route_control(broker_url: str, command: str, route: str | None) -> None:
+    import getpass
+    import time
+    import uuid
+    from urllib.parse import urlsplit
+
+    import aiomqtt
+
+    from protocol import topics
+    from protocol.control import RouteControl
+
+    url = urlsplit(broker_url)
+    message = RouteControl(
+        control_id=f"ctl-{uuid.uuid4().hex}",
+        command=command,  # type: ignore[arg-type]
+        route=route,
+        issued_by=getpass.getuser(),
+        at=time.time(),
+    )
+    async with aiomqtt.Client(
+        url.hostname or "127.0.0.1", url.port or 1883, protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.publish(topics.site("summit", "control"), message.to_json(), qos=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``skyrelay``."""
     parser = argparse.ArgumentParser(prog="skyrelay", description=__doc__)
@@ -175,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="skyrelay-demo")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("routes", help="show or change the summit's routes on a running cluster")
+    p.add_argument("action", nargs="?", default="show", choices=["show", "force", "disable", "enable", "auto"])
+    p.add_argument("route", nargs="?")
+    p.add_argument("--workdir", default="skyrelay-demo")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_routes)
+
+    from ops.drill import add_drill_arguments, drill_main
+
+    p = sub.add_parser("drill", help="network failure drills on a cluster started with `up --drill`")
+    add_drill_arguments(p)
+    p.set_defaults(func=drill_main)
 
     simulate = sub.add_parser("simulate", help="simulators").add_subparsers(dest="what", required=True)
     from ops.camera import add_camera_arguments, camera_main

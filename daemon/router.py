@@ -1,0 +1,287 @@
+"""The summit's router: failover of waiting files, end-to-end custody deadlines, failback.
+
+It wakes on health changes (a link drops or returns, a breaker opens or closes, a peer's
+presence changes, an operator changes the policy) and on timers (the next custody deadline,
+the end of a hold-down); it never polls.
+
+- A file whose offer waits on an unhealthy hop moves to the first healthy other route.
+- A file that has no custody ``end_to_end_timeout_s`` after its latest transfer started is sent
+  again by another healthy route (the old transfer keeps going; the archive keeps one copy),
+  and the late route is marked degraded for a hold-down. This catches a hop the summit cannot
+  see, such as base → archive.
+- New files take ``RouteTable.choose()``: the preferred route again once it has been healthy
+  for the hold-down period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from daemon import journal as jr
+from daemon.config import Route, Topology
+from daemon.journal import FileRow, Journal, TransferRow
+from daemon.report import Reporter
+from daemon.routes import RouteTable
+from daemon.sender import Outgoing, Sender
+from protocol.control import RouteControl
+
+log = structlog.get_logger()
+
+MakeItem = Callable[[TransferRow, FileRow], Outgoing]
+
+
+@dataclasses.dataclass(slots=True)
+class Awaiting:
+    """A summit file without custody yet: its latest route and when that transfer started."""
+
+    file: FileRow
+    route: str
+    started: float  # monotonic
+    reroutes: int = 0
+
+
+class Router:
+    """Chooses and changes routes for the summit's files."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        journal: Journal,
+        sender: Sender,
+        routes: RouteTable,
+        reporter: Reporter,
+        make_item: MakeItem,
+    ) -> None:
+        self.topology = topology
+        self.journal = journal
+        self.sender = sender
+        self.routes = routes
+        self.reporter = reporter
+        self.make_item = make_item
+        self.awaiting: dict[str, Awaiting] = {}
+        self.wake = asyncio.Event()
+        self.failovers = 0
+        self.overdue_reroutes = 0
+        self._pending_events: list[tuple[str, str, dict[str, Any]]] = []
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Load files without custody, and the persisted operator policy, from the journal."""
+        rows = await self.journal.query(
+            "SELECT f.file_key, t.route, MAX(t.created_at) AS started FROM files f JOIN transfers t USING (file_key)"
+            " WHERE f.state = 'held' AND f.source = 'inbox' GROUP BY f.file_key"
+        )
+        now_wall, now = time.time(), time.monotonic()
+        for row in rows:
+            file_row = await self.journal.file(row["file_key"])
+            if file_row is not None:
+                started = now - max(0.0, now_wall - float(row["started"]))
+                self.awaiting[row["file_key"]] = Awaiting(file=file_row, route=row["route"], started=started)
+        policy = await self.journal.get_setting("route_policy")
+        if policy:
+            for name, value in json.loads(policy).items():
+                if name in self.routes.policy and value in ("auto", "force", "disable"):
+                    self.routes.policy[name] = value
+
+    def track(self, file_row: FileRow, route: str) -> None:
+        """A new file was offered along ``route``."""
+        self.awaiting[file_row.file_key] = Awaiting(file=file_row, route=route, started=time.monotonic())
+
+    def custody(self, file_key: str) -> None:
+        """The archive holds the file: stop tracking it."""
+        self.awaiting.pop(file_key, None)
+
+    def choose(self) -> Route | None:
+        """The route for a new file (and an event when the choice changes)."""
+        route = self.routes.choose()
+        if route is not None and route.name != self.routes.current:
+            previous, self.routes.current = self.routes.current, route.name
+            if previous is not None:
+                self._event_soon(
+                    "route_changed",
+                    f"new files now take {route.name} (was {previous})",
+                    route=route.name,
+                    previous=previous,
+                )
+        return route
+
+    def _event_soon(self, kind: str, message: str, **details: Any) -> None:
+        self._pending_events.append((kind, message, details))
+        self.wake.set()
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Re-route on every health change and at every deadline."""
+        while True:
+            self.wake.clear()
+            for kind, message, details in self._pending_events:
+                await self.reporter.event(kind, message, **details)
+            self._pending_events.clear()
+            self.choose()
+            await self._failover()
+            next_deadline = await self._overdue()
+            timeout = None if next_deadline is None else max(0.05, next_deadline - time.monotonic())
+            if self._something_unhealthy():
+                hold = self.topology.tuning.breaker_hold_down_s
+                timeout = min(timeout, hold / 2) if timeout is not None else hold / 2
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
+
+    def _something_unhealthy(self) -> bool:
+        now = time.monotonic()
+        return any(not self.routes.route_healthy(r, now) for r in self.routes.routes)
+
+    def _usable(self, route: Route, now: float) -> bool:
+        policy = self.routes.policy[route.name]
+        forced = any(v == "force" for v in self.routes.policy.values())
+        if policy == "disable" or (forced and policy != "force"):
+            return False
+        return policy == "force" or self.routes.route_healthy(route, now)
+
+    async def _failover(self) -> None:
+        """Move offers that wait on an unusable route to the first usable other route."""
+        now = time.monotonic()
+        for item in [i for i in self.sender.items.values() if i.kind == "offer" and i.route is not None]:
+            route = self.topology.route(item.route or "")
+            if route is None or route.sites[0] != self.sender.site or self._usable(route, now):
+                continue
+            alternative = next((r for r in self.routes.routes if r.name != route.name and self._usable(r, now)), None)
+            if alternative is None:
+                continue
+            await self._reroute(item, alternative, reason=f"{route.name} unusable: {self._why(route, now)}")
+            self.failovers += 1
+
+    def _why(self, route: Route, now: float) -> str:
+        peer = self.routes.next_hop(route)
+        breaker = self.routes.breaker(peer)
+        if self.routes.policy[route.name] == "disable":
+            return "disabled by operator"
+        if any(v == "force" for v in self.routes.policy.values()) and self.routes.policy[route.name] != "force":
+            return "another route is forced by operator"
+        if not self.routes.hop_healthy(peer, now):
+            return f"hop to {peer}: connected={self.sender.mailbox.connected(peer)}, breaker={breaker.state}"
+        return "degraded (custody overdue)"
+
+    async def _reroute(self, item: Outgoing, route: Route, *, reason: str) -> None:
+        old_id = item.msg_id
+
+        def record(db: Any) -> TransferRow:
+            db.execute(
+                "UPDATE transfers SET state = 'superseded', last_reason = ? WHERE transfer_id = ?",
+                (reason[:500], old_id),
+            )
+            return jr.insert_transfer(
+                db,
+                transfer_id=f"t-{uuid.uuid4().hex}",
+                file_key=item.file_key,
+                route=route.name,
+                route_sites=route.sites,
+                hop=0,
+            )
+
+        transfer = await self.journal.transaction(record)
+        self.sender.remove(old_id)
+        file_row = await self.journal.file(item.file_key)
+        if file_row is None:
+            return
+        self.sender.add(self.make_item(transfer, file_row))
+        self.track(file_row, route.name)
+        await self.reporter.event(
+            "failover",
+            f"{file_row.name}: {item.route} -> {route.name} ({reason})",
+            file=file_row.name,
+            old_route=item.route,
+            new_route=route.name,
+            reason=reason,
+        )
+
+    async def _overdue(self) -> float | None:
+        """Re-send files whose custody is overdue by another route; return the next deadline."""
+        timeout = self.topology.tuning.end_to_end_timeout_s
+        now = time.monotonic()
+        next_deadline: float | None = None
+        for key, waiting in list(self.awaiting.items()):
+            deadline = waiting.started + timeout
+            if deadline > now:
+                next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
+                continue
+            self.routes.mark_degraded(waiting.route, now)
+            alternative = next(
+                (r for r in self.routes.routes if r.name != waiting.route and self._usable(r, now)), None
+            )
+            waiting.started = now
+            if alternative is None:
+                next_deadline = now + timeout if next_deadline is None else min(next_deadline, now + timeout)
+                continue
+            stale = [i.msg_id for i in self.sender.of_file(key) if i.kind == "offer"]
+            for msg_id in stale:
+                self.sender.remove(msg_id)
+            transfer = await self.journal.transaction(
+                functools.partial(_supersede_and_insert, old=stale, file_key=key, route=alternative)
+            )
+            self.sender.add(self.make_item(transfer, waiting.file))
+            old_route, waiting.route = waiting.route, alternative.name
+            waiting.reroutes += 1
+            self.overdue_reroutes += 1
+            await self.reporter.event(
+                "custody_overdue",
+                f"{waiting.file.name}: no custody {timeout:.0f}s after sending by {old_route}; re-sent by "
+                f"{alternative.name}",
+                file=waiting.file.name,
+                old_route=old_route,
+                new_route=alternative.name,
+            )
+            next_deadline = now + timeout if next_deadline is None else min(next_deadline, now + timeout)
+        return next_deadline
+
+    # ---- operator control --------------------------------------------------------------------
+
+    async def control(self, command: RouteControl) -> None:
+        """Apply an operator's route command, persist it, and report it as an event."""
+        names = [r.name for r in self.routes.routes]
+        if command.command != "auto" and command.route not in names:
+            await self.reporter.problem("bad_control", f"unknown route {command.route!r}; routes: {', '.join(names)}")
+            return
+        if command.command == "auto":
+            for name in names:
+                self.routes.policy[name] = "auto"
+        elif command.command == "force":
+            for name in names:
+                if self.routes.policy[name] == "force":
+                    self.routes.policy[name] = "auto"
+            self.routes.policy[command.route or ""] = "force"
+        elif command.command == "disable":
+            self.routes.policy[command.route or ""] = "disable"
+        elif command.command == "enable":
+            self.routes.policy[command.route or ""] = "auto"
+        await self.journal.set_setting("route_policy", json.dumps(self.routes.policy))
+        await self.reporter.event(
+            "route_policy",
+            f"operator {command.issued_by}: routes {command.command} {command.route or ''}".strip(),
+            command=command.command,
+            route=command.route,
+            policy=dict(self.routes.policy),
+        )
+        self.wake.set()
+
+
+def _supersede_and_insert(db: Any, *, old: list[str], file_key: str, route: Route) -> TransferRow:
+    """Supersede a file's waiting transfers and start one on ``route`` (inside a transaction)."""
+    for transfer_id in old:
+        db.execute("UPDATE transfers SET state = 'superseded' WHERE transfer_id = ?", (transfer_id,))
+    return jr.insert_transfer(
+        db, transfer_id=f"t-{uuid.uuid4().hex}", file_key=file_key, route=route.name, route_sites=route.sites, hop=0
+    )

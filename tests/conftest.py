@@ -1,0 +1,343 @@
+"""Shared fixtures for the integration tests: real clusters, real brokers, real journals.
+
+- ``make_cluster`` starts a :class:`ops.cluster.Cluster` (three mosquittos, three daemon processes)
+  under ``tmp_path`` with fast timers and stops it at teardown.
+- ``subscribe`` connects an MQTT v5 collector to one site's broker; tests wait on it with
+  ``await collector.wait_for(...)``, woken by each received message (no polling).
+- ``read_catalog`` / ``query_journal`` read the sites' SQLite journals read-only.
+- ``wait_settled`` is the bounded "everything settled" check over the sites' ``/v1/status``.
+
+Tests that need brokers are skipped with a clear reason when mosquitto is not installed, except
+under CI (``CI`` set), where a missing mosquitto is an error rather than a silent skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import blake3
+import pytest
+
+from ops.broker import BrokerError, mosquitto_binary
+from ops.camera import write_exposure
+from ops.cluster import Cluster
+
+FAST_TUNING: dict[str, float] = {
+    "ack_timeout_s": 2.0,
+    "backoff_initial_s": 0.2,
+    "backoff_max_s": 2.0,
+    "rescan_interval_s": 5.0,
+    "breaker_hold_down_s": 2.0,
+    "end_to_end_timeout_s": 20.0,
+    "mqtt_keepalive_s": 2,
+}
+"""Timers short enough for tests; every value must be positive (the topology loader checks)."""
+
+DAYOBS = "20250601"
+INSTRUMENT = "ComCam"
+SITES = ("summit", "base", "archive")
+CLUSTER_FIXTURES = {"make_cluster", "cluster"}
+
+
+def _mosquitto_missing() -> str | None:
+    try:
+        mosquitto_binary()
+    except BrokerError as exc:
+        return str(exc)
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip broker-backed tests with a clear reason when mosquitto is absent (never under CI)."""
+    missing = _mosquitto_missing()
+    if missing is None or os.environ.get("CI"):
+        return
+    marker = pytest.mark.skip(reason=f"integration test needs a real broker: {missing}")
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(marker)
+
+
+# ---- clusters -----------------------------------------------------------------------------
+
+MakeCluster = Callable[..., Awaitable[Cluster]]
+
+
+@pytest.fixture
+async def make_cluster(tmp_path: Path) -> AsyncIterator[MakeCluster]:
+    """A factory of started clusters in ``tmp_path``; each is stopped at teardown.
+
+    Keyword arguments go to :class:`Cluster`; ``tuning`` entries override :data:`FAST_TUNING`.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        count = 0
+
+        async def factory(**kwargs: Any) -> Cluster:
+            nonlocal count
+            count += 1
+            tuning = {**FAST_TUNING, **kwargs.pop("tuning", {})}
+            cluster = Cluster(tmp_path / f"cluster{count}", tuning=tuning, **kwargs)
+            return await stack.enter_async_context(cluster)
+
+        yield factory
+
+
+@pytest.fixture
+async def cluster(make_cluster: MakeCluster) -> Cluster:
+    """A started cluster with the default routes (primary via base, and direct)."""
+    return await make_cluster()
+
+
+# ---- MQTT subscriber ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message as a subscriber saw it."""
+
+    topic: str
+    payload: bytes
+
+    @property
+    def data(self) -> Any:
+        """The payload as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.payload)
+        except ValueError:
+            return None
+
+
+Until = int | Callable[[list[Received]], bool]
+
+
+class Collector:
+    """Collects the messages of one topic filter on one broker, reconnecting after a broker restart.
+
+    Tests wait on it with :meth:`wait_for`; each received message wakes the waiters.
+    """
+
+    def __init__(self, host: str, port: int, topic_filter: str) -> None:
+        self.host = host
+        self.port = port
+        self.topic_filter = topic_filter
+        self.messages: list[Received] = []
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        """Connect and subscribe; return once the subscription is acknowledged."""
+        self._task = asyncio.create_task(self._run(), name=f"collector {self.topic_filter}")
+        async with asyncio.timeout(timeout_s):
+            await self.connected.wait()
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        identifier = f"test-collector-{uuid.uuid4().hex[:12]}"
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.host, self.port, identifier=identifier, protocol=aiomqtt.ProtocolVersion.V5, keepalive=5
+                ) as client:
+                    await client.subscribe(self.topic_filter, qos=1)
+                    self.connections += 1
+                    self.connected.set()
+                    async for message in client.messages:
+                        payload = message.payload if isinstance(message.payload, bytes) else b""
+                        self.messages.append(Received(str(message.topic), payload))
+                        async with self._changed:
+                            self._changed.notify_all()
+            except aiomqtt.MqttError:
+                pass
+            self.connected.clear()
+            # Pacing of reconnect attempts while the broker is down (not a wait for a condition).
+            await asyncio.sleep(0.02)
+
+    async def wait_for(self, until: Until, timeout: float) -> list[Received]:
+        """Wait until ``until`` holds: a message count, or a predicate over all messages so far.
+
+        Raises:
+            AssertionError: not within ``timeout`` seconds (lists what did arrive).
+        """
+        predicate: Callable[[list[Received]], bool] = (
+            (lambda msgs: len(msgs) >= until) if isinstance(until, int) else until
+        )
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: predicate(self.messages))
+        except TimeoutError:
+            seen = [m.payload[:200].decode("utf-8", "replace") for m in self.messages[-10:]]
+            raise AssertionError(
+                f"{self.topic_filter}: condition not met within {timeout}s; "
+                f"{len(self.messages)} message(s), the last ones: {seen}"
+            ) from None
+        return list(self.messages)
+
+    async def next_message(self, timeout: float) -> bool:
+        """Wait for one more message; return False after ``timeout`` seconds without one."""
+        count = len(self.messages)
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: len(self.messages) > count)
+        except TimeoutError:
+            return False
+        return True
+
+    def of_type(self, message_type: str) -> list[dict[str, Any]]:
+        """Decoded payloads whose ``type`` is ``message_type``."""
+        out = []
+        for message in self.messages:
+            data = message.data
+            if isinstance(data, dict) and data.get("type") == message_type:
+                out.append(data)
+        return out
+
+
+Subscribe = Callable[[Cluster, str, str], Awaitable[Collector]]
+
+
+@pytest.fixture
+async def subscribe() -> AsyncIterator[Subscribe]:
+    """``await subscribe(cluster, site, topic_filter)``: a started :class:`Collector` on that site's broker."""
+    collectors: list[Collector] = []
+
+    async def factory(cluster: Cluster, site: str, topic_filter: str) -> Collector:
+        collector = Collector("127.0.0.1", cluster.brokers[site].port, topic_filter)
+        collectors.append(collector)
+        await collector.start()
+        return collector
+
+    yield factory
+    for collector in collectors:
+        await collector.stop()
+
+
+async def publish(cluster: Cluster, site: str, topic: str, payload: bytes) -> None:
+    """Publish one QoS 1 message on a site's broker, as an outsider would."""
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        cluster.brokers[site].port,
+        identifier=f"test-publisher-{uuid.uuid4().hex[:12]}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as client:
+        await client.publish(topic, payload, qos=1)
+
+
+# ---- journals, files, status --------------------------------------------------------------
+
+
+def journal_path(cluster: Cluster, site: str) -> Path:
+    """A site's journal (the archive's holds the catalog)."""
+    return cluster.workdir / site / "state" / "journal.sqlite"
+
+
+def query_journal(cluster: Cluster, site: str, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Run a read-only query on a site's journal."""
+    uri = f"file:{journal_path(cluster, site)}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(row) for row in db.execute(sql, params).fetchall()]
+
+
+def read_catalog(cluster: Cluster) -> list[dict[str, Any]]:
+    """Every row of the archive's catalog."""
+    return query_journal(cluster, "archive", "SELECT * FROM catalog ORDER BY name")
+
+
+def blake3_of(path: Path) -> str:
+    """The wire checksum ``blake3:<hex>`` of a file's bytes."""
+    hasher = blake3.blake3()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            hasher.update(chunk)
+    return f"blake3:{hasher.hexdigest()}"
+
+
+async def checksums(paths: Sequence[Path]) -> dict[str, str]:
+    """File name → blake3 of each path, hashed off the event loop."""
+    return await asyncio.to_thread(lambda: {p.name: blake3_of(p) for p in paths})
+
+
+async def write_files(cluster: Cluster, *, seqnum: int, size_bytes: int = 256 * 1024) -> list[Path]:
+    """Write one ComCam exposure (9 real FITS files) into the summit inbox, off the event loop."""
+    return await asyncio.to_thread(
+        write_exposure, cluster.inbox, INSTRUMENT, dayobs=DAYOBS, seqnum=seqnum, size_bytes=size_bytes
+    )
+
+
+def drop_into_inbox(cluster: Cluster, name: str, data: bytes) -> Path:
+    """Put a file into the inbox as a camera does: write a temporary name, then rename."""
+    final = cluster.inbox / name
+    temporary = cluster.inbox / f"{name}.part"
+    temporary.write_bytes(data)
+    os.replace(temporary, final)
+    return final
+
+
+async def site_status(session: aiohttp.ClientSession, cluster: Cluster, site: str) -> dict[str, Any]:
+    """A site's ``GET /v1/status``."""
+    url = f"http://127.0.0.1:{cluster.http_ports[site]}/v1/status"
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        resp.raise_for_status()
+        data: dict[str, Any] = await resp.json()
+        return data
+
+
+def _settled(statuses: Mapping[str, Mapping[str, Any]], archived: int) -> bool:
+    return statuses["summit"].get("files") == {"archived": archived} and all(
+        s.get("pending") == 0 for s in statuses.values()
+    )
+
+
+async def wait_settled(
+    cluster: Cluster, *, archived: int, timeout: float = 60.0, wake: Collector | None = None
+) -> dict[str, dict[str, Any]]:
+    """Wait until custody of ``archived`` files is back at the summit and no site has pending work.
+
+    A bounded settle check: it re-reads every site's ``/v1/status`` after each MQTT message that
+    ``wake`` receives, or at most every 0.2 s, for up to ``timeout`` seconds. Returns the statuses.
+
+    Raises:
+        AssertionError: not settled in time (shows the last statuses seen).
+    """
+    statuses: dict[str, dict[str, Any]] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                statuses = {site: await site_status(session, cluster, site) for site in SITES}
+            except (aiohttp.ClientError, TimeoutError):
+                statuses = {}
+            if statuses and _settled(statuses, archived):
+                return statuses
+            if loop.time() >= deadline:
+                brief = {
+                    site: {k: s.get(k) for k in ("files", "pending", "counters", "catalog", "recent_problems")}
+                    for site, s in statuses.items()
+                }
+                raise AssertionError(f"not settled within {timeout}s (want summit files {{'archived': {archived}}}, "
+                                     f"pending 0 everywhere): {json.dumps(brief, indent=1)[:6000]}")
+            if wake is not None:
+                await wake.next_message(0.2)
+            else:
+                await asyncio.sleep(0.2)  # bounded re-check interval of the settle check (see docstring)
