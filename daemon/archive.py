@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import sqlite3
-import time
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -25,8 +24,7 @@ import structlog
 from astropy.io import fits
 
 from daemon.fsutil import durable_rename, fsync_dir
-from processors.detectors import detector_name
-from processors.headers import CorrectionFileError, HeaderReport, header_summary, repair_header
+from processors.headers import CorrectionFileError, HeaderReport, header_summary, repair_header, verify_header
 from protocol.checksum import format_checksum
 
 log = structlog.get_logger()
@@ -94,6 +92,15 @@ def read_primary_header(path: Path) -> tuple[fits.Header | None, str | None]:
     if any("truncat" in str(w.message).lower() for w in caught) or actual < expected:
         return None, f"truncated: {actual} bytes on disk, headers describe {expected}"
     return header, None
+
+
+def early_findings(path: Path) -> list[dict[str, Any]]:
+    """Read-only header verification at the summit, before the file travels (blocking)."""
+    header, problem = read_primary_header(path)
+    if header is None:
+        kind, _, detail = (problem or "not_fits: unreadable").partition(": ")
+        return [{"rule": kind, "keyword": None, "message": detail}]
+    return [f.to_dict() for f in verify_header(header)]
 
 
 def prepare(
@@ -303,21 +310,3 @@ def catalog_row(
             sender,
         ),
     )
-
-
-def now() -> float:
-    """Wall-clock seconds (a seam for readability, not for tests)."""
-    return time.time()
-
-
-__all__ = [
-    "Prepared",
-    "catalog_row",
-    "detector_name",
-    "exposure_context",
-    "hash_file",
-    "place",
-    "prepare",
-    "read_primary_header",
-    "release_from_quarantine",
-]

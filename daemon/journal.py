@@ -113,6 +113,20 @@ CREATE TABLE IF NOT EXISTS notices (
     published_at REAL
 );
 CREATE INDEX IF NOT EXISTS notices_pending ON notices(published_at);
+CREATE TABLE IF NOT EXISTS exposures (
+    instrument TEXT NOT NULL,
+    obsid TEXT NOT NULL,
+    dayobs TEXT,
+    seqnum INTEGER,
+    expected TEXT NOT NULL,
+    detectors TEXT NOT NULL DEFAULT '[]',
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    PRIMARY KEY (instrument, obsid)
+);
+CREATE INDEX IF NOT EXISTS exposures_state ON exposures(state);
+CREATE INDEX IF NOT EXISTS exposures_dayobs ON exposures(dayobs);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL

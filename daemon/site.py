@@ -29,6 +29,7 @@ from daemon.config import Topology
 from daemon.dataserver import build_app, serve
 from daemon.errors import ChecksumMismatch, PeerUnreachable, PullError
 from daemon.fsutil import durable_rename
+from daemon.ingest import Archivist
 from daemon.journal import FileRow, Journal, TransferRow
 from daemon.mailbox import Mailbox
 from daemon.puller import pull_file
@@ -39,8 +40,6 @@ from daemon.sdnotify import notify, watchdog_interval_s
 from daemon.sender import Outgoing, Sender
 from daemon.watcher import InboxWatcher, is_candidate
 from protocol import topics
-from protocol.arrival import ArrivalNotice
-from protocol.checksum import format_checksum
 from protocol.control import RouteControl
 from protocol.custody import Custody
 from protocol.errors import ProtocolError
@@ -79,7 +78,6 @@ class Site:
             (self.cfg.archive_root / ".incoming") if self.cfg.archive_root else self.cfg.state_dir / "incoming"
         )
         self.relay_dir = self.cfg.state_dir / "relay"
-        self.notices_pending = asyncio.Event()
         self.known_inbox: dict[str, tuple[int, int | None]] = {}
         self.watcher = InboxWatcher(self.cfg.inbox, self.tuning.rescan_interval_s) if self.cfg.inbox else None
         self.session: aiohttp.ClientSession | None = None
@@ -94,6 +92,19 @@ class Site:
             "custody": 0,
             "notices": 0,
         }
+        self.archivist: Archivist | None = None
+        if self.role == "archive":
+            self.archivist = Archivist(
+                name,
+                self.cfg,
+                self.tuning,
+                self.journal,
+                self.mailbox,
+                self.reporter,
+                self.sender,
+                self._custody_item,
+                topology.token,
+            )
         self.router: Router | None = None
         if self.role == "summit" and self.routes is not None:
             self.router = Router(topology, self.journal, self.sender, self.routes, self.reporter, self._offer_item)
@@ -133,8 +144,9 @@ class Site:
                     tg.create_task(self._register_loop(), name=f"{self.name}.registrar")
                 if self.router is not None:
                     tg.create_task(self.router.run(), name=f"{self.name}.router")
-                if self.role == "archive":
-                    tg.create_task(self._notice_loop(), name=f"{self.name}.notices")
+                if self.archivist is not None:
+                    tg.create_task(self.archivist.notice_loop(), name=f"{self.name}.notices")
+                    tg.create_task(self.archivist.completeness_loop(), name=f"{self.name}.completeness")
                 tg.create_task(self._readiness(http_ready, watcher_ready), name=f"{self.name}.ready")
                 if stop is not None:
                     await stop.wait()
@@ -177,8 +189,8 @@ class Site:
             self.known_inbox = await self.journal.files_by_name()
         if self.router is not None:
             await self.router.restore()
-        if self.role == "archive":
-            self.notices_pending.set()
+        if self.archivist is not None:
+            self.archivist.notices_pending.set()
         if pending or outbox:
             log.info("journal_restored", transfers=len(pending), custody=len(outbox))
 
@@ -273,16 +285,13 @@ class Site:
     async def _already_held(self, offer: Offer) -> bool:
         """Answer ``duplicate`` when this file (name + checksum) is already held or archived."""
         key = offer.identity.key
-        if self.role == "archive":
-            rows = await self.journal.query("SELECT archived_checksum, status FROM catalog WHERE file_key = ?", (key,))
-            if not rows:
+        custody: Custody | None = None
+        if self.archivist is not None:
+            custody = await self.archivist.already_archived(offer)
+            if custody is None:
                 return False
-            custody = self._new_custody(offer, rows[0]["status"], await self._archive_path(key))
-        else:
-            held = await self.journal.file(key)
-            if held is None:
-                return False
-            custody = None
+        elif await self.journal.file(key) is None:
+            return False
 
         def record(db: Any) -> bool:
             jr.insert_inbound(
@@ -311,10 +320,6 @@ class Site:
         if custody is not None and queued:
             self.sender.add(self._custody_item(custody))
         return True
-
-    async def _archive_path(self, key: str) -> str:
-        rows = await self.journal.query("SELECT archive_path FROM catalog WHERE file_key = ?", (key,))
-        return str(rows[0]["archive_path"]) if rows else ""
 
     async def _pull_worker(self) -> None:
         while True:
@@ -349,8 +354,9 @@ class Site:
             log.warning("pull_failed", error=str(exc), sender=offer.sender)
             await self._send_ack(offer.sender, self._ack(offer, "failed", reason=str(exc)))
             return
-        if self.role == "archive":
-            await self._ingest(offer, tmp, computed)
+        if self.archivist is not None:
+            await self.archivist.ingest(offer, tmp, computed)
+            await self._send_ack(offer.sender, self._ack(offer, "stored", checksum=computed, size=offer.size))
         else:
             await self._store_relay(offer, tmp, computed)
 
@@ -395,184 +401,6 @@ class Site:
         file_row = await self.journal.file(key)
         assert file_row is not None
         self.sender.add(self._offer_item(transfer, file_row))
-
-    # ---- archive -------------------------------------------------------------------------
-
-    async def _ingest(self, offer: Offer, tmp: Path, computed: str) -> None:
-        """Verify/fix, place, catalogue, then ack; notice and custody follow from the journal."""
-        root = self.cfg.archive_root
-        assert root is not None
-        header, _ = await asyncio.to_thread(archive_ops.read_primary_header, tmp)
-        obsid = header.get("OBSID") if header is not None else None
-        context = await asyncio.to_thread(
-            archive_ops.exposure_context, self.journal.path, obsid if isinstance(obsid, str) else None
-        )
-        prepared = await asyncio.to_thread(
-            archive_ops.prepare,
-            tmp,
-            name=offer.name,
-            received_checksum=computed,
-            archive_root=root,
-            correction_dirs=self.cfg.correction_dirs,
-            context=context,
-        )
-        prepared = await asyncio.to_thread(archive_ops.place, prepared, tmp, root, computed)
-        await self._commit_ingest(
-            offer.identity,
-            prepared,
-            closed_at=offer.closed_at,
-            route=offer.route,
-            sender=offer.sender,
-            transfer_id=offer.transfer_id,
-        )
-        await self._send_ack(offer.sender, self._ack(offer, "stored", checksum=computed, size=offer.size))
-
-    async def _commit_ingest(
-        self,
-        identity: FileIdentity,
-        prepared: archive_ops.Prepared,
-        *,
-        closed_at: float,
-        route: str,
-        sender: str,
-        transfer_id: str | None,
-    ) -> None:
-        arrived_at = time.time()
-        key = identity.key
-        summary = prepared.summary
-        notice: ArrivalNotice | None = None
-        if prepared.status == "archived":
-            notice = ArrivalNotice(
-                notice_id=new_id("n"),
-                obsid=str(summary.get("obsid")),
-                instrument=str(summary.get("instrument")),
-                detector=str(summary.get("detector") or "unknown"),
-                name=identity.name,
-                size=identity.size,
-                checksum=identity.checksum,
-                archived_checksum=prepared.archived_checksum,
-                archive_path=prepared.archive_path,
-                arrived_at=arrived_at,
-                closed_at=closed_at,
-                latency_s=round(arrived_at - closed_at, 6),
-                route=route,
-                dayobs=str(summary["dayobs"]) if summary.get("dayobs") is not None else None,
-                seqnum=summary["seqnum"] if isinstance(summary.get("seqnum"), int) else None,
-                imgtype=str(summary["imgtype"]) if summary.get("imgtype") is not None else None,
-                fixes=tuple(prepared.fixes),
-            )
-        custody = Custody(
-            custody_id=new_id("c"),
-            sender=self.name,
-            receiver=sender,
-            name=identity.name,
-            size=identity.size,
-            checksum=identity.checksum,
-            status=prepared.status,  # type: ignore[arg-type]
-            archive_path=prepared.archive_path,
-            archived_at=arrived_at,
-            route=route,
-        )
-
-        def record(db: Any) -> None:
-            archive_ops.catalog_row(
-                db,
-                file_key=key,
-                name=identity.name,
-                size=identity.size,
-                checksum=identity.checksum,
-                prepared=prepared,
-                closed_at=closed_at,
-                arrived_at=arrived_at,
-                route=route,
-                sender=sender,
-            )
-            if transfer_id is not None:
-                jr.insert_inbound(
-                    db,
-                    transfer_id=transfer_id,
-                    sender=sender,
-                    file_key=key,
-                    status="stored",
-                    checksum=identity.checksum,
-                )
-            if notice is not None:
-                db.execute(
-                    "INSERT INTO notices (notice_id, file_key, topic, payload, created_at) VALUES (?,?,?,?,?)",
-                    (
-                        notice.notice_id,
-                        key,
-                        topics.arrivals(_topic_segment(notice.instrument), _topic_segment(notice.detector)),
-                        notice.to_json().decode(),
-                        arrived_at,
-                    ),
-                )
-            if sender in self.mailbox.peers:
-                jr.insert_outbox(
-                    db,
-                    msg_id=custody.custody_id,
-                    kind="custody",
-                    receiver=sender,
-                    file_key=key,
-                    payload=custody.to_json().decode(),
-                )
-
-        await self.journal.transaction(record)
-        self.counters["stored"] += 1
-        if prepared.status == "quarantined":
-            await self.reporter.problem(
-                "quarantined",
-                prepared.reason or "quarantined",
-                name=identity.name,
-                transfer_id=transfer_id,
-                archive_path=prepared.archive_path,
-            )
-        log.info(
-            "file_archived",
-            status=prepared.status,
-            archive_path=prepared.archive_path,
-            fixes=len(prepared.fixes),
-            latency_s=round(arrived_at - closed_at, 3),
-        )
-        self.notices_pending.set()
-        if sender in self.mailbox.peers:
-            self.sender.add(self._custody_item(custody))
-
-    async def _notice_loop(self) -> None:
-        """Publish every journaled, unpublished arrival notice; mark each once the broker has it."""
-        while True:
-            await self.notices_pending.wait()
-            self.notices_pending.clear()
-            await self.mailbox.wait_local()
-            rows = await self.journal.query(
-                "SELECT notice_id, topic, payload FROM notices WHERE published_at IS NULL ORDER BY created_at"
-            )
-            for row in rows:
-                if not await self.mailbox.publish_local(row["topic"], row["payload"].encode()):
-                    self.notices_pending.set()
-                    await asyncio.sleep(self.tuning.backoff_initial_s)
-                    break
-                await self._mark_published(str(row["notice_id"]))
-                self.counters["notices"] += 1
-
-    async def _mark_published(self, notice_id: str) -> None:
-        await self.journal.transaction(
-            lambda db: db.execute("UPDATE notices SET published_at = ? WHERE notice_id = ?", (time.time(), notice_id))
-        )
-
-    def _new_custody(self, offer: Offer, status: str, archive_path: str) -> Custody:
-        return Custody(
-            custody_id=new_id("c"),
-            sender=self.name,
-            receiver=offer.sender,
-            name=offer.name,
-            size=offer.size,
-            checksum=offer.checksum,
-            status=status,  # type: ignore[arg-type]
-            archive_path=archive_path,
-            archived_at=time.time(),
-            route=offer.route,
-        )
 
     # ---- custody -------------------------------------------------------------------------
 
@@ -761,6 +589,15 @@ class Site:
         except FileNotFoundError:
             return
         identity = FileIdentity(name=relative, size=size, checksum=checksum)
+        findings = await asyncio.to_thread(archive_ops.early_findings, path)
+        if findings:
+            await self.reporter.problem(
+                "header_warning",
+                "; ".join(f"{f['rule']}: {f['message']}" for f in findings)[:1500]
+                + " (found at the summit before transfer; the archive fixes what is derivable)",
+                name=relative,
+                findings=findings,
+            )
         assert self.router is not None
         route = self.router.choose()
         if route is None:
@@ -809,7 +646,10 @@ class Site:
         async def queue(request: web.Request) -> web.Response:
             return web.json_response(self.sender.snapshot())
 
-        return [web.get("/v1/queue", queue)]
+        routes = [web.get("/v1/queue", queue)]
+        if self.archivist is not None:
+            routes += self.archivist.http_routes()
+        return routes
 
     # ---- status --------------------------------------------------------------------------
 
@@ -846,11 +686,6 @@ class _Stop(Exception):
     """Raised inside the task group to end it on a requested stop."""
 
 
-def _topic_segment(value: str) -> str:
-    cleaned = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in value)[:64]
-    return cleaned or "unknown"
-
-
 async def run(topology: Topology, site: str) -> None:
     """Run one site until SIGTERM/SIGINT."""
     stop = asyncio.Event()
@@ -861,4 +696,4 @@ async def run(topology: Topology, site: str) -> None:
         await Site(topology, site).run(stop)
 
 
-__all__ = ["Site", "format_checksum", "run"]
+__all__ = ["Site", "run"]

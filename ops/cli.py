@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -192,6 +193,90 @@ async def _send_route_control(broker_url: str, command: str, route: str | None) 
         await client.publish(topics.site("summit", "control"), message.to_json(), qos=1)
 
 
+def _archive(args: argparse.Namespace) -> tuple[str, str]:
+    info = _cluster_json(Path(args.workdir))
+    return info["sites"]["archive"]["http"], info.get("token", "")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Completeness of one observing day; exit 1 when anything is missing."""
+    http, _ = _archive(args)
+    report = _http_get(f"{http}/v1/verify?dayobs={args.dayobs}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if report["ok"] else 1
+    print(f"dayobs {report['dayobs']}: {report['complete']} complete, {report['incomplete']} incomplete exposures")
+    print(f"{'instrument':10} {'obsid':24} {'seq':>5} {'state':9} {'arrived':>9}  missing")
+    for exp in report["exposures"]:
+        missing = ", ".join(exp["missing"][:12]) + (" ..." if len(exp["missing"]) > 12 else "")
+        print(
+            f"{exp['instrument']:10} {exp['obsid']:24} {exp['seqnum'] or '':>5} {exp['state']:9} "
+            f"{exp['arrived']:>4}/{exp['expected']:<4}  {missing}"
+        )
+    for instrument, gap in report["gaps"].items():
+        print(f"sequence gap {instrument}: missing SEQNUM {', '.join(map(str, gap))}")
+    for q in report["quarantined"]:
+        print(f"quarantined #{q['id']}: {q['name']} -> {q['archive_path']} ({q['reason']})")
+    print("OK: nothing missing" if report["ok"] else "MISSING: see above")
+    return 0 if report["ok"] else 1
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """List quarantined files, or release one for re-ingest."""
+    http, token = _archive(args)
+    if args.action == "list":
+        rows = _http_get(f"{http}/v1/quarantine")
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        for q in rows:
+            print(f"#{q['id']:<5} {q['name']:44} {q['archive_path']}\n       reason: {q['reason']}")
+        print(f"{len(rows)} file(s) in quarantine")
+        return 0
+    if args.id is None:
+        print("skyrelay: quarantine release needs an id (see `skyrelay quarantine list`)", file=sys.stderr)
+        return 2
+    request = urllib.request.Request(
+        f"{http}/v1/quarantine/{args.id}/release", method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            result = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")
+        print(f"skyrelay: release of #{args.id} refused ({exc.code}): {body}", file=sys.stderr)
+        return 1
+    print(f"released #{args.id} -> {result['archive_path']} ({len(result.get('fixes', []))} fix(es))")
+    return 0
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    """Print arrival notices (or any skyrelay topic) from the archive's broker as JSON lines."""
+    from urllib.parse import urlsplit
+
+    import aiomqtt
+
+    info = _cluster_json(Path(args.workdir))
+    url = urlsplit(info["sites"][args.site]["broker"])
+
+    async def main() -> None:
+        async with aiomqtt.Client(
+            url.hostname or "127.0.0.1", url.port or 1883, protocol=aiomqtt.ProtocolVersion.V5
+        ) as client:
+            await client.subscribe(args.topic, qos=1)
+            count = 0
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                print(json.dumps({"topic": str(message.topic), "message": json.loads(payload or b"null")}), flush=True)
+                count += 1
+                if args.count and count >= args.count:
+                    return
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``skyrelay``."""
     parser = argparse.ArgumentParser(prog="skyrelay", description=__doc__)
@@ -235,6 +320,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="skyrelay-demo")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_routes)
+
+    p = sub.add_parser("verify", help="completeness of an observing day (exit 1 when anything is missing)")
+    p.add_argument("--dayobs", required=True)
+    p.add_argument("--workdir", default="skyrelay-demo")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("quarantine", help="list quarantined files or release one after fixing its cause")
+    p.add_argument("action", choices=["list", "release"])
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("--workdir", default="skyrelay-demo")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quarantine)
+
+    p = sub.add_parser("subscribe", help="print notices from a site's broker as JSON lines")
+    p.add_argument("--workdir", default="skyrelay-demo")
+    p.add_argument("--site", default="archive")
+    p.add_argument("--topic", default="skyrelay/v1/arrivals/#")
+    p.add_argument("--count", type=int, default=0, help="exit after N messages")
+    p.set_defaults(func=cmd_subscribe)
 
     from ops.drill import add_drill_arguments, drill_main
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 from protocol.checksum import CHECKSUM_PATTERN
 from protocol.codec import Message, meta
@@ -57,11 +57,14 @@ class ExposureNotice(Message):
 
     TYPE = "exposure"
 
+    notice_id: str = dataclasses.field(metadata=meta(pattern=ID_PATTERN, max_len=128))
     obsid: str = dataclasses.field(metadata=meta(max_len=128))
     instrument: str = dataclasses.field(metadata=meta(max_len=64))
     dayobs: str | None = dataclasses.field(default=None, metadata=meta(max_len=16))
     seqnum: int | None = dataclasses.field(default=None)
-    state: str = dataclasses.field(metadata=meta(description="complete | late | missing", max_len=16))
+    state: Literal["complete", "late"] = dataclasses.field(
+        metadata=meta(description="complete, or late: detectors still missing after the late period")
+    )
     expected: int = dataclasses.field(metadata=meta(min=0))
     arrived: int = dataclasses.field(metadata=meta(min=0))
     missing: tuple[str, ...] = dataclasses.field(default=())
