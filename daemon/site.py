@@ -356,6 +356,7 @@ class Site:
             return
         if self.archivist is not None:
             await self.archivist.ingest(offer, tmp, computed)
+            self.counters["stored"] += 1
             await self._send_ack(offer.sender, self._ack(offer, "stored", checksum=computed, size=offer.size))
         else:
             await self._store_relay(offer, tmp, computed)
@@ -475,7 +476,7 @@ class Site:
             await self._expire(held)
 
     async def _expire(self, held: FileRow) -> None:
-        await asyncio.to_thread(Path(held.local_path).unlink, missing_ok=True)
+        await asyncio.to_thread(_remove_relay_copy, Path(held.local_path), self.relay_dir)
         await self.journal.transaction(
             lambda db: db.execute("UPDATE files SET state = 'expired' WHERE file_key = ?", (held.file_key,))
         )
@@ -680,6 +681,18 @@ class Site:
             rows = await self.journal.query("SELECT status, COUNT(*) AS n FROM catalog GROUP BY status")
             out["catalog"] = {r["status"]: r["n"] for r in rows}
         return out
+
+
+def _remove_relay_copy(path: Path, relay_dir: Path) -> None:
+    """Delete an expired relay copy and the directories left empty under ``relay_dir`` (blocking)."""
+    path.unlink(missing_ok=True)
+    parent = path.parent
+    while parent != relay_dir and relay_dir in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        parent = parent.parent
 
 
 class _Stop(Exception):

@@ -195,7 +195,13 @@ def generate_files(directory: Path, count: int, size_bytes: int, *, first_seqnum
     while len(written) < count:
         chosen = detectors[: min(len(detectors), count - len(written))]
         written += write_exposure(
-            directory, INSTRUMENT, dayobs=dayobs, seqnum=seqnum, size_bytes=size_bytes, detectors=chosen, staging=staging
+            directory,
+            INSTRUMENT,
+            dayobs=dayobs,
+            seqnum=seqnum,
+            size_bytes=size_bytes,
+            detectors=chosen,
+            staging=staging,
         )
         seqnum += 1
     shutil.rmtree(staging, ignore_errors=True)
@@ -225,6 +231,16 @@ def close_and_rename(staged: Sequence[Path], inbox: Path) -> float:
         os.utime(path, ns=(now_ns, now_ns))
         os.rename(path, inbox / path.name)
     return started
+
+
+def total_size(paths: Sequence[Path]) -> int:
+    """Sum of the files' sizes (blocking)."""
+    return sum(path.stat().st_size for path in paths)
+
+
+def _make_run_dir(parent: Path) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="skyrelay-bench-", dir=parent)).resolve()
 
 
 def _sync_disk() -> None:
@@ -333,20 +349,7 @@ async def rsync_daemon(directory: Path, dest: Path) -> AsyncIterator[int]:
 
     Yields the port once the daemon answers with its ``@RSYNCD:`` greeting.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    dest.mkdir(parents=True, exist_ok=True)
-    conf = directory / "rsyncd.conf"
-    conf.write_text(
-        f"pid file = {directory / 'rsyncd.pid'}\n"
-        f"log file = {directory / 'rsyncd.log'}\n"
-        "use chroot = no\n"
-        f"uid = {os.getuid()}\n"
-        f"gid = {os.getgid()}\n"
-        "[bench]\n"
-        f"path = {dest}\n"
-        "read only = no\n"
-        "use chroot = no\n"
-    )
+    conf = await asyncio.to_thread(_write_rsyncd_conf, directory, dest)
     port = free_port()
     with (directory / "rsyncd.out").open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
@@ -372,6 +375,25 @@ async def rsync_daemon(directory: Path, dest: Path) -> AsyncIterator[int]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+def _write_rsyncd_conf(directory: Path, dest: Path) -> Path:
+    """An rsyncd.conf with one writable module ``bench`` at ``dest``, run as the current user, no chroot."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    conf = directory / "rsyncd.conf"
+    conf.write_text(
+        f"pid file = {directory / 'rsyncd.pid'}\n"
+        f"log file = {directory / 'rsyncd.log'}\n"
+        "use chroot = no\n"
+        f"uid = {os.getuid()}\n"
+        f"gid = {os.getgid()}\n"
+        "[bench]\n"
+        f"path = {dest}\n"
+        "read only = no\n"
+        "use chroot = no\n"
+    )
+    return conf
 
 
 async def _wait_rsyncd(proc: asyncio.subprocess.Process, port: int, directory: Path) -> None:
@@ -404,7 +426,7 @@ async def rsync_baseline(run_dir: Path, files: Sequence[Path]) -> dict[str, Any]
     source = run_dir / "rsync-src"
     dest = run_dir / "rsync-dest"
     await asyncio.to_thread(link_files, files, source)
-    total = sum(f.stat().st_size for f in files)
+    total = await asyncio.to_thread(total_size, files)
     options = ["-a", "--whole-file", *(["--fsync"] if fsync else [])]
     try:
         async with rsync_daemon(run_dir / "rsyncd", dest) as port:
@@ -474,7 +496,7 @@ def _deadline_s(total_bytes: int, files: int) -> float:
 async def push_burst(cluster: Cluster, listener: ArrivalListener, files: Sequence[Path]) -> dict[str, Any]:
     """Rename every file into the inbox at once, wait for all notices; throughput and latency."""
     staged = await asyncio.to_thread(link_files, files, cluster.workdir / "camera")
-    total = sum(f.stat().st_size for f in staged)
+    total = await asyncio.to_thread(total_size, staged)
     names = [f.name for f in staged]
     first_rename = await asyncio.to_thread(close_and_rename, staged, cluster.inbox)
     complete = await listener.wait_for(names, _deadline_s(total, len(names)))
@@ -503,8 +525,9 @@ async def push_one_by_one(cluster: Cluster, listener: ArrivalListener, files: Se
     latencies: list[float] = []
     missing = 0
     for path in staged:
+        size = await asyncio.to_thread(total_size, [path])
         await asyncio.to_thread(close_and_rename, [path], cluster.inbox)
-        if await listener.wait_for([path.name], _deadline_s(path.stat().st_size if path.exists() else 0, 1)):
+        if await listener.wait_for([path.name], _deadline_s(size, 1)):
             latencies.append(listener.arrivals[path.name].latency_s)
         else:
             missing += 1
@@ -513,7 +536,7 @@ async def push_one_by_one(cluster: Cluster, listener: ArrivalListener, files: Se
         "files": len(staged),
         "received": len(latencies),
         "complete": missing == 0,
-        "size_bytes": max((f.stat().st_size for f in files), default=0),
+        "size_bytes": max([await asyncio.to_thread(total_size, [f]) for f in files], default=0),
         "latency": percentiles(latencies),
     }
 
@@ -541,12 +564,12 @@ async def wait_settled(cluster: Cluster, timeout_s: float = 60.0) -> bool:
 async def idle_cpu(cluster: Cluster, window_s: float) -> dict[str, Any]:
     """CPU % of each daemon over ``window_s`` seconds of idleness, after the cluster has settled."""
     settled = await wait_settled(cluster)
-    pids = {site: cluster.daemons[site].pid for site, _ in SITES}
-    before = {site: cpu_seconds(pid) for site, pid in pids.items() if pid is not None}
+    pids = {site: pid for site, _ in SITES if (pid := cluster.daemons[site].pid) is not None}
+    before = {site: cpu_seconds(pid) for site, pid in pids.items()}
     started = time.monotonic()
-    await asyncio.sleep(window_s)  # the measurement window itself
+    await asyncio.sleep(window_s)  # the measurement window itself, not a wait for a condition
     elapsed = time.monotonic() - started
-    percent = {site: round((cpu_seconds(pids[site]) - used) / elapsed * 100, 3) for site, used in before.items()}  # type: ignore[arg-type]
+    percent = {site: round((cpu_seconds(pid) - before[site]) / elapsed * 100, 3) for site, pid in pids.items()}
     return {"window_s": round(elapsed, 2), "settled": settled, "percent": percent}
 
 
@@ -560,9 +583,8 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 async def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Run the selected workloads and baselines; return the report (see the module docstring)."""
-    config.parent.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="skyrelay-bench-", dir=config.parent)).resolve()
-    fs_type = filesystem_type(run_dir)
+    run_dir = await asyncio.to_thread(_make_run_dir, config.parent)
+    fs_type = await asyncio.to_thread(filesystem_type, run_dir)
     if fs_type in {"tmpfs", "ramfs"}:
         log.warning("bench_workdir_in_memory", workdir=str(run_dir), fs=fs_type)
     report: dict[str, Any] = {
@@ -627,7 +649,7 @@ async def _run_all(config: BenchConfig, run_dir: Path, report: dict[str, Any]) -
             section[key] = {"error": message}
 
     if exposure or "idle" in selected:
-        total_mb = math.ceil(sum(f.stat().st_size for f in exposure_files or files) / MIB)
+        total_mb = math.ceil(await asyncio.to_thread(total_size, exposure_files or files) / MIB)
         await attempt("dd", baselines, dd_baseline(run_dir, total_mb))
     if exposure:
         if shutil.which("rsync") is None:
@@ -663,11 +685,12 @@ async def _run_all(config: BenchConfig, run_dir: Path, report: dict[str, Any]) -
     for name, routes, body, window in plan:
         workdir = run_dir / f"cluster-{name}"
         await attempt(name, workloads, on_fresh_cluster(workdir, routes, body, cpu_window_s=window, keep=config.keep))
-        measured = workloads.get(name, {})
+        measured = workloads[name]
         if "idle_cpu" in measured:
-            workloads["cpu"] = {**measured.pop("idle_cpu"), "measured_after": name}
-        if name == "cpu":
-            workloads["cpu"] = {**workloads["cpu"].get("idle_cpu", workloads["cpu"]), "measured_after": "nothing"}
+            after = name if name != "cpu" else "start-up of a fresh cluster"
+            workloads["cpu"] = {**measured.pop("idle_cpu"), "measured_after": after}
+        elif window is not None:
+            workloads["cpu"] = {"error": f"not measured: the {name} cluster failed"}
 
     for name in ("direct", "primary"):
         entry = workloads.get(name)
@@ -850,7 +873,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--files", type=_positive_int, default=None, help="files per exposure (default 197; quick 40)")
     parser.add_argument("--size-mb", type=_positive_float, default=None, help="MB per file (default 20; quick 5)")
-    parser.add_argument("--idle-files", type=_positive_int, default=None, help="idle-latency files (default 20; quick 5)")
+    parser.add_argument(
+        "--idle-files", type=_positive_int, default=None, help="idle-latency files (default 20; quick 5)"
+    )
     parser.add_argument("--small-files", type=_positive_int, default=None, help="small files (default 500; quick 200)")
     parser.add_argument("--small-kb", type=_positive_float, default=100.0, help="KB per small file (default 100)")
     parser.add_argument(

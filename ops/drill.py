@@ -8,6 +8,7 @@ The link simulator of a drill cluster serves a JSON control API; its URL is in `
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -83,6 +84,16 @@ def add_drill_arguments(parser: argparse.ArgumentParser) -> None:
             )
         elif command == "corrupt":
             sub.add_argument("--probability", type=float, default=None, help="per body chunk (default 0.01)")
+    measure = commands.add_parser(
+        "measure",
+        help="break a link under traffic and report failover and failback times",
+        description="Needs files flowing (e.g. `skyrelay up --drill --camera ComCam`).",
+    )
+    measure.add_argument("link", metavar="LINK")
+    measure.add_argument("--mode", choices=["cut", "blackhole"], default="cut")
+    measure.add_argument("--duration", type=float, default=20.0, help="seconds the link stays broken")
+    measure.add_argument("--baseline", type=float, default=10.0, help="seconds of normal traffic first")
+    measure.add_argument("--json", action="store_true")
     status = commands.add_parser("status", help="show every link's mode and counters")
     status.add_argument("--json", action="store_true", help="print the simulator's JSON as is")
 
@@ -102,6 +113,8 @@ def drill_main(args: argparse.Namespace) -> int:
         name = resolve_link_name(args.link, list(links))
         if name is None:
             raise DrillError(f"unknown link {args.link!r}; known links: {', '.join(links) or '(none)'}")
+        if args.drill_command == "measure":
+            return _measure(args, control, name)
         body = _mode_request(args)
         reply = _request(control, "POST", f"/links/{urllib.parse.quote(name, safe='')}", body)
     except DrillError as exc:
@@ -110,6 +123,26 @@ def drill_main(args: argparse.Namespace) -> int:
     old = links[name]["state"]["mode"]
     print(f"{name}: {old} -> {_describe(reply['state'])}")
     return 0
+
+
+def _measure(args: argparse.Namespace, control: str, name: str) -> int:
+    from ops.rehearse import format_report, measure_outage
+
+    def set_mode(link: str, mode: str) -> None:
+        _request(control, "POST", f"/links/{urllib.parse.quote(link, safe='')}", {"mode": mode})
+
+    report = asyncio.run(
+        measure_outage(
+            Path(getattr(args, "workdir", ".")),
+            name,
+            set_mode,
+            mode=args.mode,
+            duration_s=args.duration,
+            baseline_s=args.baseline,
+        )
+    )
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["failover_s"] is not None and report["failback_s"] is not None else 1
 
 
 def read_control_url(workdir: Path) -> str:

@@ -277,11 +277,24 @@ async def checksums(paths: Sequence[Path]) -> dict[str, str]:
     return await asyncio.to_thread(lambda: {p.name: blake3_of(p) for p in paths})
 
 
-async def write_files(cluster: Cluster, *, seqnum: int, size_bytes: int = 256 * 1024) -> list[Path]:
-    """Write one ComCam exposure (9 real FITS files) into the summit inbox, off the event loop."""
+async def write_files(
+    cluster: Cluster, *, seqnum: int, size_bytes: int = 256 * 1024, detectors: Sequence[str] | None = None
+) -> list[Path]:
+    """Write one ComCam exposure (9 real FITS files, or ``detectors``) into the summit inbox, off the loop."""
     return await asyncio.to_thread(
-        write_exposure, cluster.inbox, INSTRUMENT, dayobs=DAYOBS, seqnum=seqnum, size_bytes=size_bytes
+        write_exposure,
+        cluster.inbox,
+        INSTRUMENT,
+        dayobs=DAYOBS,
+        seqnum=seqnum,
+        size_bytes=size_bytes,
+        detectors=detectors,
     )
+
+
+def obsid_of(seqnum: int) -> str:
+    """The OBSID the camera simulator gives a ComCam exposure of :data:`DAYOBS`."""
+    return f"CC_O_{DAYOBS}_{seqnum:06d}"
 
 
 def drop_into_inbox(cluster: Cluster, name: str, data: bytes) -> Path:
@@ -300,6 +313,15 @@ async def site_status(session: aiohttp.ClientSession, cluster: Cluster, site: st
         resp.raise_for_status()
         data: dict[str, Any] = await resp.json()
         return data
+
+
+def assert_daemons_alive(cluster: Cluster) -> None:
+    """Fail at once, with the end of its log, if any site's daemon process has exited."""
+    for site, daemon in cluster.daemons.items():
+        if daemon.proc is not None and daemon.proc.returncode is not None:
+            logfile = cluster.workdir / "logs" / f"{site}.log"
+            tail = logfile.read_text(errors="replace")[-3000:] if logfile.exists() else "(no log)"
+            raise AssertionError(f"the {site} daemon exited with {daemon.proc.returncode}; its log ends:\n{tail}")
 
 
 def _settled(statuses: Mapping[str, Mapping[str, Any]], archived: int) -> bool:
@@ -324,6 +346,7 @@ async def wait_settled(
     deadline = loop.time() + timeout
     async with aiohttp.ClientSession() as session:
         while True:
+            assert_daemons_alive(cluster)
             try:
                 statuses = {site: await site_status(session, cluster, site) for site in SITES}
             except (aiohttp.ClientError, TimeoutError):
