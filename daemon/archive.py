@@ -108,18 +108,19 @@ def prepare(
     *,
     name: str,
     received_checksum: str,
-    archive_root: Path,
     correction_dirs: Sequence[Path],
     context: Mapping[str, object] | None,
+    header: fits.Header | None,
+    problem: str | None,
 ) -> Prepared:
     """Decide the fate of a received, verified file and build its archived form (blocking).
 
-    Verifies and repairs the header; a file whose header cannot be trusted, or that is not FITS,
+    ``header``/``problem`` are :func:`read_primary_header`'s answer for ``tmp``. Verifies and repairs
+    the header; a file whose header cannot be trusted, or that is not FITS,
     goes to ``quarantine/<reason>/``. A repaired file is rewritten with the corrected header and
     HISTORY cards, and the received bytes are kept under ``proof/`` as the custody proof.
     """
     size = tmp.stat().st_size
-    header, problem = read_primary_header(tmp)
     basename = name.rsplit("/", 1)[-1]
 
     def quarantine(

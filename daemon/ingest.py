@@ -118,19 +118,21 @@ class Archivist:
         )
 
     async def _prepare(self, tmp: Path, name: str, checksum: str) -> archive_ops.Prepared:
-        header, _ = await asyncio.to_thread(archive_ops.read_primary_header, tmp)
+        return await asyncio.to_thread(self._prepare_blocking, tmp, name, checksum)
+
+    def _prepare_blocking(self, tmp: Path, name: str, checksum: str) -> archive_ops.Prepared:
+        """Read the header once, gather what sibling detectors agree on, decide the file's fate."""
+        header, problem = archive_ops.read_primary_header(tmp)
         obsid = header.get("OBSID") if header is not None else None
-        context = await asyncio.to_thread(
-            archive_ops.exposure_context, self.journal.path, obsid if isinstance(obsid, str) else None
-        )
-        return await asyncio.to_thread(
-            archive_ops.prepare,
+        context = archive_ops.exposure_context(self.journal.path, obsid if isinstance(obsid, str) else None)
+        return archive_ops.prepare(
             tmp,
             name=name,
             received_checksum=checksum,
-            archive_root=self.root,
             correction_dirs=self.cfg.correction_dirs,
             context=context,
+            header=header,
+            problem=problem,
         )
 
     async def commit(
@@ -338,8 +340,10 @@ class Archivist:
             )
             for row in rows:
                 if not await self.mailbox.publish_local(row["topic"], row["payload"].encode()):
+                    # The broker is down; the mailbox reconnects with backoff. Wait the same way.
                     self.notices_pending.set()
-                    break  # the broker is down: wait for the mailbox to reconnect
+                    await asyncio.sleep(self.tuning.backoff_initial_s)
+                    break
                 await self.journal.transaction(functools.partial(_mark_published, notice_id=str(row["notice_id"])))
                 self.notices_published += 1
 
