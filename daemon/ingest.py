@@ -202,7 +202,7 @@ class Archivist:
             if prepared.status != "archived":
                 return None
             instrument = str(summary.get("instrument"))
-            complete = self._track_exposure(db, summary, arrived_at)
+            complete, exposure_done = self._track_exposure(db, summary, arrived_at)
             notice = ArrivalNotice(
                 notice_id=new_id("n"),
                 obsid=str(summary.get("obsid")),
@@ -231,6 +231,8 @@ class Archivist:
                 notice.to_json(),
                 arrived_at,
             )
+            if exposure_done is not None:  # after the arrival notice that completed the exposure
+                self._exposure_notice(db, *exposure_done)
             return notice
 
         notice = await self.journal.transaction(record)
@@ -255,15 +257,21 @@ class Archivist:
             self.sender.add(self.custody_item(custody))
         return notice
 
-    def _track_exposure(self, db: Any, summary: dict[str, Any], now: float) -> bool | None:
-        """Add this detector to its exposure; queue an exposure notice when it becomes complete."""
+    def _track_exposure(
+        self, db: Any, summary: dict[str, Any], now: float
+    ) -> tuple[bool | None, tuple[Any, ...] | None]:
+        """Add this detector to its exposure.
+
+        Returns whether the exposure is complete, and the arguments of its exposure notice when this
+        file completed it (the caller queues that notice after the file's own arrival notice).
+        """
         instrument, obsid, detector = summary.get("instrument"), summary.get("obsid"), summary.get("detector")
         if not isinstance(instrument, str) or not isinstance(obsid, str) or not isinstance(detector, str):
-            return None
+            return None, None
         try:
             expected = expected_detectors(instrument)
         except UnknownInstrument:
-            return None
+            return None, None
         row = db.execute(
             "SELECT detectors, state FROM exposures WHERE instrument = ? AND obsid = ?", (instrument, obsid)
         ).fetchone()
@@ -290,8 +298,8 @@ class Archivist:
             ),
         )
         if complete and (row is None or row["state"] != "complete"):
-            self._exposure_notice(db, instrument, obsid, dayobs, seqnum, "complete", expected, arrived, now)
-        return complete
+            return complete, (instrument, obsid, dayobs, seqnum, "complete", expected, arrived, now)
+        return complete, None
 
     def _exposure_notice(
         self,
@@ -336,7 +344,7 @@ class Archivist:
             self.notices_pending.clear()
             await self.mailbox.wait_local()
             rows = await self.journal.query(
-                "SELECT notice_id, topic, payload FROM notices WHERE published_at IS NULL ORDER BY created_at"
+                "SELECT notice_id, topic, payload FROM notices WHERE published_at IS NULL ORDER BY created_at, rowid"
             )
             for row in rows:
                 if not await self.mailbox.publish_local(row["topic"], row["payload"].encode()):

@@ -474,15 +474,19 @@ async def on_fresh_cluster(
     try:
         async with Cluster(workdir, routes=routes) as cluster:
             async with listen_arrivals(cluster.brokers["archive"].port) as listener:
+                pids = {site: pid for site, _ in SITES if (pid := cluster.daemons[site].pid) is not None}
+                cpu_before = {site: cpu_seconds(pid) for site, pid in pids.items()}
                 result = await body(cluster, listener)
+                result["daemon_cpu_s"] = {
+                    site: round(cpu_seconds(pid) - cpu_before[site], 2) for site, pid in pids.items()
+                }
                 result["duplicate_notices"] = listener.duplicates
             if cpu_window_s is not None:
                 result["idle_cpu"] = await idle_cpu(cluster, cpu_window_s)
             result["peak_rss_mib"] = {site: peak_rss_mib(cluster.daemons[site].pid) for site, _ in SITES}
     finally:
-        result_logs = workdir / "logs"
         if keep:
-            log.info("bench_cluster_kept", workdir=str(workdir), logs=str(result_logs))
+            log.info("bench_cluster_kept", workdir=str(workdir), logs=str(workdir / "logs"))
         else:
             await _remove_tree(workdir)
     return result
@@ -522,12 +526,12 @@ async def push_burst(cluster: Cluster, listener: ArrivalListener, files: Sequenc
 async def push_one_by_one(cluster: Cluster, listener: ArrivalListener, files: Sequence[Path]) -> dict[str, Any]:
     """Rename one file, wait for its notice, then the next: latency of an idle system."""
     staged = await asyncio.to_thread(link_files, files, cluster.workdir / "camera")
+    largest = max([await asyncio.to_thread(total_size, [f]) for f in staged], default=0)
     latencies: list[float] = []
     missing = 0
     for path in staged:
-        size = await asyncio.to_thread(total_size, [path])
         await asyncio.to_thread(close_and_rename, [path], cluster.inbox)
-        if await listener.wait_for([path.name], _deadline_s(size, 1)):
+        if await listener.wait_for([path.name], _deadline_s(largest, 1)):
             latencies.append(listener.arrivals[path.name].latency_s)
         else:
             missing += 1
@@ -536,7 +540,7 @@ async def push_one_by_one(cluster: Cluster, listener: ArrivalListener, files: Se
         "files": len(staged),
         "received": len(latencies),
         "complete": missing == 0,
-        "size_bytes": max([await asyncio.to_thread(total_size, [f]) for f in files], default=0),
+        "size_bytes": largest,
         "latency": percentiles(latencies),
     }
 
@@ -590,7 +594,12 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
     report: dict[str, Any] = {
         "schema": "skyrelay.bench/1",
         "started_at": time.time(),
-        "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform},
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": sys.platform,
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        },
         "workdir": str(run_dir),
         "workdir_fs": fs_type,
         "config": {
@@ -612,6 +621,7 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
     finally:
         if not config.keep:
             await asyncio.to_thread(shutil.rmtree, run_dir, True)
+    report["host"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report["targets"] = targets(report)
     report["finished_at"] = time.time()
     return report
@@ -722,7 +732,7 @@ def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     if "idle" in workloads:
         entry = workloads["idle"]
         p99 = entry.get("latency", {}).get("p99_s")
-        size = entry.get("size_bytes", 0) / MB
+        size = report["config"]["size_bytes"] / MB
         ok = None if p99 is None else bool(entry.get("complete")) and p99 <= TARGET_IDLE_P99_S
         add(f"idle p99 latency ({size:.0f} MB files) <= {TARGET_IDLE_P99_S:.0f} s", p99, ok, _secs(p99))
     for key in ("direct", "primary"):
@@ -768,8 +778,16 @@ def render_table(report: Mapping[str, Any]) -> str:
         f"skyrelay bench: {cfg['files']} files x {cfg['size_bytes'] / MB:g} MB, "
         f"workdir {report['workdir']} ({report['workdir_fs']}), {report['host']['cpus']} CPUs"
         + (" [quick]" if cfg["quick"] else ""),
-        "",
     ]
+    host = report["host"]
+    load = max(host.get("loadavg_start", [0.0])[0], host.get("loadavg_end", [0.0])[0])
+    cpus = host.get("cpus") or 1
+    start_load, end_load = host.get("loadavg_start", ["?"])[0], host.get("loadavg_end", ["?"])[0]
+    lines.append(
+        f"load average (1 min): {start_load} at start, {end_load} at end"
+        + (f"  WARNING: the machine was busy (> {cpus} CPUs' worth); figures are noisy" if load > cpus else "")
+    )
+    lines.append("")
     baselines = report["baselines"]
     dd = baselines.get("dd")
     if dd:
@@ -791,7 +809,7 @@ def render_table(report: Mapping[str, Any]) -> str:
     lines.append("")
     header = (
         f"{'workload':9} {'files':>6} {'MB/s':>7} {'files/s':>8} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
-        f"{'x rsync':>7} {'x dd':>6}  peak RSS MiB summit/base/archive"
+        f"{'x rsync':>7} {'x dd':>6}  {'CPU s sum/base/arch':>19}  peak RSS MiB sum/base/arch"
     )
     lines += [header, "-" * len(header)]
     workloads = report["workloads"]
@@ -804,11 +822,13 @@ def render_table(report: Mapping[str, Any]) -> str:
             continue
         lat = entry.get("latency", {})
         rss = entry.get("peak_rss_mib", {})
+        cpu_s = entry.get("daemon_cpu_s", {})
         files = f"{entry['received']}/{entry['files']}" if not entry.get("complete") else str(entry["files"])
         lines.append(
             f"{name:9} {files:>6} {_num(entry.get('mb_per_s')):>7} {_num(entry.get('files_per_s')):>8} "
             f"{_secs(lat.get('p50_s')):>7} {_secs(lat.get('p95_s')):>7} {_secs(lat.get('p99_s')):>7} "
             f"{_num(entry.get('vs_rsync'), '.2f'):>7} {_num(entry.get('vs_dd'), '.2f'):>6}  "
+            f"{'/'.join(_num(cpu_s.get(site), '.1f') for site, _ in SITES):>19}  "
             + "/".join(_num(rss.get(site), ".0f") for site, _ in SITES)
         )
     lines.append("")

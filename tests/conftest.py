@@ -172,31 +172,31 @@ class Collector:
             # Pacing of reconnect attempts while the broker is down (not a wait for a condition).
             await asyncio.sleep(0.02)
 
-    async def wait_for(self, until: Until, timeout: float) -> list[Received]:
+    async def wait_for(self, until: Until, timeout_s: float) -> list[Received]:
         """Wait until ``until`` holds: a message count, or a predicate over all messages so far.
 
         Raises:
-            AssertionError: not within ``timeout`` seconds (lists what did arrive).
+            AssertionError: not within ``timeout_s`` seconds (lists what did arrive).
         """
         predicate: Callable[[list[Received]], bool] = (
             (lambda msgs: len(msgs) >= until) if isinstance(until, int) else until
         )
         try:
-            async with asyncio.timeout(timeout), self._changed:
+            async with asyncio.timeout(timeout_s), self._changed:
                 await self._changed.wait_for(lambda: predicate(self.messages))
         except TimeoutError:
             seen = [m.payload[:200].decode("utf-8", "replace") for m in self.messages[-10:]]
             raise AssertionError(
-                f"{self.topic_filter}: condition not met within {timeout}s; "
+                f"{self.topic_filter}: condition not met within {timeout_s}s; "
                 f"{len(self.messages)} message(s), the last ones: {seen}"
             ) from None
         return list(self.messages)
 
-    async def next_message(self, timeout: float) -> bool:
-        """Wait for one more message; return False after ``timeout`` seconds without one."""
+    async def next_message(self, timeout_s: float) -> bool:
+        """Wait for one more message; return False after ``timeout_s`` seconds without one."""
         count = len(self.messages)
         try:
-            async with asyncio.timeout(timeout), self._changed:
+            async with asyncio.timeout(timeout_s), self._changed:
                 await self._changed.wait_for(lambda: len(self.messages) > count)
         except TimeoutError:
             return False
@@ -331,19 +331,19 @@ def _settled(statuses: Mapping[str, Mapping[str, Any]], archived: int) -> bool:
 
 
 async def wait_settled(
-    cluster: Cluster, *, archived: int, timeout: float = 60.0, wake: Collector | None = None
+    cluster: Cluster, *, archived: int, timeout_s: float = 60.0, wake: Collector | None = None
 ) -> dict[str, dict[str, Any]]:
     """Wait until custody of ``archived`` files is back at the summit and no site has pending work.
 
     A bounded settle check: it re-reads every site's ``/v1/status`` after each MQTT message that
-    ``wake`` receives, or at most every 0.2 s, for up to ``timeout`` seconds. Returns the statuses.
+    ``wake`` receives, or at most every 0.2 s, for up to ``timeout_s`` seconds. Returns the statuses.
 
     Raises:
         AssertionError: not settled in time (shows the last statuses seen).
     """
     statuses: dict[str, dict[str, Any]] = {}
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + timeout_s
     async with aiohttp.ClientSession() as session:
         while True:
             assert_daemons_alive(cluster)
@@ -358,8 +358,10 @@ async def wait_settled(
                     site: {k: s.get(k) for k in ("files", "pending", "counters", "catalog", "recent_problems")}
                     for site, s in statuses.items()
                 }
-                raise AssertionError(f"not settled within {timeout}s (want summit files {{'archived': {archived}}}, "
-                                     f"pending 0 everywhere): {json.dumps(brief, indent=1)[:6000]}")
+                raise AssertionError(
+                    f"not settled within {timeout_s}s (want summit files {{'archived': {archived}}}, "
+                    f"pending 0 everywhere): {json.dumps(brief, indent=1)[:6000]}"
+                )
             if wake is not None:
                 await wake.next_message(0.2)
             else:

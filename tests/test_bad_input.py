@@ -147,7 +147,7 @@ def hostile_messages(site: str, outside: Path) -> list[Hostile]:
 async def test_hostile_messages_are_reported_and_change_nothing(
     make_cluster: MakeCluster, subscribe: Subscribe, tmp_path: Path, site: str
 ) -> None:
-    """Each hostile message in a site's mailbox yields a problem with a reason; the daemon keeps working and writes nothing outside its directories."""
+    """Each hostile message yields a problem with a reason; the daemon keeps working and writes only its own dirs."""
     cluster = await make_cluster()
     problems = await subscribe(cluster, site, f"skyrelay/v1/problems/{site}")
     notices = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
@@ -158,7 +158,7 @@ async def test_hostile_messages_are_reported_and_change_nothing(
     for index, hostile in enumerate(hostile_messages(site, outside)):
         await publish(cluster, site, f"skyrelay/v1/site/{site}/{hostile.kind}", hostile.payload)
         try:
-            await problems.wait_for(index + 1, timeout=5)
+            await problems.wait_for(index + 1, timeout_s=5)
         except AssertionError:
             failures.append(f"{hostile.label}: no problem reported")
             break  # later problems could no longer be matched to their messages
@@ -175,7 +175,7 @@ async def test_hostile_messages_are_reported_and_change_nothing(
 
     paths = await write_files(cluster, seqnum=7)
     expected = {p.name for p in paths}
-    await notices.wait_for(lambda _: expected <= {n["name"] for n in notices.of_type("arrival")}, timeout=30)
+    await notices.wait_for(lambda _: expected <= {n["name"] for n in notices.of_type("arrival")}, timeout_s=30)
     statuses = await wait_settled(cluster, archived=len(paths), wake=notices)
     assert statuses[site]["pid"] == pid
     assert cluster.daemons[site].pid == pid
@@ -205,7 +205,7 @@ async def _a_transfer_id(cluster: Cluster, subscribe: Subscribe) -> tuple[str, P
     """Send one file through and return one of its summit transfer ids and its path."""
     notices = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
     (path,) = await write_files(cluster, seqnum=8, detectors=["R22_S11"])
-    await notices.wait_for(lambda _: bool(notices.of_type("arrival")), timeout=30)
+    await notices.wait_for(lambda _: bool(notices.of_type("arrival")), timeout_s=30)
     (row,) = query_journal(cluster, "summit", "SELECT transfer_id FROM transfers")
     return str(row["transfer_id"]), path
 

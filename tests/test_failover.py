@@ -82,9 +82,9 @@ def routes_taken(notices: Collector, names: set[str]) -> dict[str, str]:
     return {name: seen[name][0]["route"] for name in names if name in seen}
 
 
-async def wait_arrived(notices: Collector, names: set[str], timeout: float) -> None:
+async def wait_arrived(notices: Collector, names: set[str], timeout_s: float) -> None:
     """Wait until an arrival notice was received for each of ``names``."""
-    await notices.wait_for(lambda _: names <= set(arrivals(notices)), timeout=timeout)
+    await notices.wait_for(lambda _: names <= set(arrivals(notices)), timeout_s=timeout_s)
 
 
 def events_of(events: Collector, *kinds: str) -> list[dict[str, Any]]:
@@ -167,17 +167,19 @@ async def drill(make_cluster: MakeCluster, subscribe: Subscribe) -> DrillFactory
 
 async def test_cut_summit_base_mid_exposure_fails_over_to_direct_and_fails_back(drill: DrillFactory) -> None:
     """Cutting summit–base while an exposure is in flight archives every file exactly once, the late ones by direct, and later files take primary again after the hold-down."""
-    d = await drill()
+    # On a 20 Mbit/s link a 2 MB file takes ~1 s alone, several when four pulls share it: allow for
+    # that in the ack deadline so the slowness itself does not open the breaker before the cut.
+    d = await drill(ack_timeout_per_mb_s=3.0)
     summit_base = d.link("summit", "base")
     await summit_base.set_mode("slow", mbps=20)  # ~2 MB files then take seconds to cross
     sources = await expose(d.cluster, 1, size_bytes=2_000_000)
 
-    await d.notices.wait_for(1, timeout=30)
+    await d.notices.wait_for(1, timeout_s=30)
     await summit_base.set_mode("cut")
     before_cut = set(arrivals(d.notices))
     assert before_cut < set(sources), "the whole exposure crossed before the cut; nothing was in flight"
 
-    await wait_arrived(d.notices, set(sources), timeout=RECOVERY_S)
+    await wait_arrived(d.notices, set(sources), timeout_s=RECOVERY_S)
     taken = routes_taken(d.notices, set(sources))
     assert all(taken[name] == "primary" for name in before_cut), taken
     assert "direct" in taken.values(), f"nothing went around the cut: {taken}"
@@ -185,7 +187,7 @@ async def test_cut_summit_base_mid_exposure_fails_over_to_direct_and_fails_back(
     assert_archived_exactly_once(d.cluster, d.notices, sources)
 
     await summit_base.set_mode("up")
-    await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout=RECOVERY_S)
+    await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout_s=RECOVERY_S)
     assert_archived_exactly_once(d.cluster, d.notices, sources)
 
     # Failback: probe with single files until the summit says new files take primary again.
@@ -203,9 +205,9 @@ async def test_cut_summit_base_mid_exposure_fails_over_to_direct_and_fails_back(
                       bound_s=MAILBOX_RECONNECT_CAP_S + 2 * HOLD_DOWN_S + E2E_S, what="failback to primary")
     after = await expose(d.cluster, 100)
     sources.update(after)
-    await wait_arrived(d.notices, set(sources), timeout=RECOVERY_S)
+    await wait_arrived(d.notices, set(sources), timeout_s=RECOVERY_S)
     assert set(routes_taken(d.notices, set(after)).values()) == {"primary"}, routes_taken(d.notices, set(after))
-    await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout=RECOVERY_S)
+    await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout_s=RECOVERY_S)
     assert_archived_exactly_once(d.cluster, d.notices, sources)
 
 
@@ -217,18 +219,18 @@ async def test_base_killed_mid_relay_files_go_direct_and_restarted_base_drains_w
     await d.link("base", "archive").set_mode("slow", mbps=16)  # files pile up at the base
     sources = await expose(d.cluster, 1, size_bytes=1_000_000)
 
-    await d.notices.wait_for(1, timeout=30)
+    await d.notices.wait_for(1, timeout_s=30)
     await d.cluster.daemons["base"].kill()  # SIGKILL
     before_kill = set(arrivals(d.notices))
     assert before_kill < set(sources), "the whole exposure crossed before the kill"
 
-    await wait_arrived(d.notices, set(sources), timeout=RECOVERY_S)
+    await wait_arrived(d.notices, set(sources), timeout_s=RECOVERY_S)
     taken = routes_taken(d.notices, set(sources))
     assert "direct" in taken.values(), f"nothing went around the dead base: {taken}"
     assert_archived_exactly_once(d.cluster, d.notices, sources)
 
     await d.cluster.restart_daemon("base")
-    statuses = await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout=RECOVERY_S)
+    statuses = await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout_s=RECOVERY_S)
     assert statuses["base"]["pending"] == 0
     assert_archived_exactly_once(d.cluster, d.notices, sources)
 
@@ -259,8 +261,8 @@ async def test_flapping_summit_base_link_loses_and_duplicates_nothing(drill: Dri
         tg.create_task(flap(), name="test.flap")
         tg.create_task(camera(), name="test.camera")
 
-    await wait_arrived(d.notices, set(sources), timeout=RECOVERY_S)
-    statuses = await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout=RECOVERY_S)
+    await wait_arrived(d.notices, set(sources), timeout_s=RECOVERY_S)
+    statuses = await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout_s=RECOVERY_S)
     assert statuses["summit"]["files"] == {"archived": len(sources)}
     assert_archived_exactly_once(d.cluster, d.notices, sources)
     assert set(routes_taken(d.notices, set(sources)).values()) <= {"primary", "direct"}
@@ -280,12 +282,12 @@ async def test_corrupted_base_archive_link_is_detected_retried_and_archives_corr
         return Counter(p["name"] for p in problems.of_type("problem") if p["kind"] == "checksum_mismatch")
 
     # Corrupt until some file was retried and failed again: the retry reached the archive, was caught again.
-    await problems.wait_for(lambda _: any(n >= 2 for n in mismatches().values()), timeout=E2E_S + HOLD_DOWN_S)
+    await problems.wait_for(lambda _: any(n >= 2 for n in mismatches().values()), timeout_s=E2E_S + HOLD_DOWN_S)
     assert set(mismatches()) <= set(sources)
     await base_archive.set_mode("up")
 
-    await wait_arrived(d.notices, set(sources), timeout=RECOVERY_S)
-    await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout=RECOVERY_S)
+    await wait_arrived(d.notices, set(sources), timeout_s=RECOVERY_S)
+    await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout_s=RECOVERY_S)
     assert_archived_exactly_once(d.cluster, d.notices, sources)
     assert base_archive.stats()["corrupted_chunks"] > 0
 
@@ -302,7 +304,7 @@ async def test_blackholed_summit_base_is_detected_by_timeouts_and_routed_around(
     # Detection: breaker_failures publish timeouts (3 s) or keepalive (<= 2 x keepalive + 1 s paho tick);
     # backstop: the end-to-end custody deadline re-sends by direct. Then the transfer itself.
     bound = E2E_S + TUNING["publish_timeout_s"] + TRANSFER_ALLOWANCE_S
-    await wait_arrived(d.notices, set(sources), timeout=bound)
+    await wait_arrived(d.notices, set(sources), timeout_s=bound)
     elapsed = loop.time() - started
     taken = routes_taken(d.notices, set(sources))
     assert set(taken.values()) == {"direct"}, taken
@@ -310,7 +312,7 @@ async def test_blackholed_summit_base_is_detected_by_timeouts_and_routed_around(
     assert_archived_exactly_once(d.cluster, d.notices, sources)
 
     await summit_base.set_mode("up")
-    await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout=RECOVERY_S)
+    await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout_s=RECOVERY_S)
     assert_archived_exactly_once(d.cluster, d.notices, sources)
     assert elapsed < bound
 
@@ -327,17 +329,17 @@ async def test_operator_forces_auto_and_disables_routes_from_the_cli(
     async def command_then_exposure(seqnum: int, *command: str, expect: str) -> None:
         policies = len(events_of(events, "route_policy"))
         await skyrelay_cli("routes", *command, "--workdir", str(cluster.workdir))
-        await events.wait_for(lambda _: len(events_of(events, "route_policy")) > policies, timeout=10)
+        await events.wait_for(lambda _: len(events_of(events, "route_policy")) > policies, timeout_s=10)
         event = events_of(events, "route_policy")[-1]
         assert event["details"]["command"] == command[0], event
         exposure = await expose(cluster, seqnum, detectors=DETECTORS_3)
         sources.update(exposure)
-        await wait_arrived(notices, set(exposure), timeout=30)
+        await wait_arrived(notices, set(exposure), timeout_s=30)
         assert set(routes_taken(notices, set(exposure)).values()) == {expect}, command
 
     await command_then_exposure(1, "force", "direct", expect="direct")
     await command_then_exposure(2, "auto", expect="primary")
     await command_then_exposure(3, "disable", "primary", expect="direct")
 
-    await wait_settled(cluster, archived=len(sources), wake=notices, timeout=30)
+    await wait_settled(cluster, archived=len(sources), wake=notices, timeout_s=30)
     assert_archived_exactly_once(cluster, notices, sources)

@@ -45,8 +45,8 @@ async def _assert_all_archived_once(cluster: Cluster, paths: list[Path], notices
     """Every file archived once with the source checksum, announced with a stable notice_id, custody home."""
     sources = await checksums(paths)
     assert len(sources) == len(paths) == 9 * len(EXPOSURES)
-    await notices.wait_for(lambda _: set(sources) <= _arrived(notices), timeout=120)
-    statuses = await wait_settled(cluster, archived=len(paths), timeout=120, wake=notices)
+    await notices.wait_for(lambda _: set(sources) <= _arrived(notices), timeout_s=120)
+    statuses = await wait_settled(cluster, archived=len(paths), timeout_s=120, wake=notices)
     assert statuses["summit"]["files"] == {"archived": len(paths)}
 
     catalog = read_catalog(cluster)
@@ -100,12 +100,12 @@ async def _kill_and_restart(cluster: Cluster, kind: str, site: str, notices: Col
 async def test_sigkill_mid_transfer_loses_and_duplicates_nothing(
     make_cluster: MakeCluster, subscribe: Subscribe, kind: str, site: str
 ) -> None:
-    """SIGKILL of a daemon or broker while files are in flight, then a restart: every file is archived once, announced, and custody returns."""
+    """SIGKILL of a daemon or broker mid-transfer, then a restart: every file archived once, announced, custody home."""
     cluster = await make_cluster()
     notices = await subscribe(cluster, "archive", ARRIVALS)
     async with asyncio.TaskGroup() as tg:
         writing = tg.create_task(_write_exposures(cluster))
-        await notices.wait_for(lambda _: bool(_arrived(notices)), timeout=60)
+        await notices.wait_for(lambda _: bool(_arrived(notices)), timeout_s=60)
         in_flight = 9 * len(EXPOSURES) - len(_arrived(notices))
         await _kill_and_restart(cluster, kind, site, notices)
     assert in_flight > 0, "every file had arrived before the kill; the fault hit nothing"
@@ -116,7 +116,7 @@ async def test_sigkill_mid_transfer_loses_and_duplicates_nothing(
 async def test_corrupted_bytes_on_the_link_are_caught_and_retried(
     make_cluster: MakeCluster, subscribe: Subscribe
 ) -> None:
-    """Bytes corrupted on the summit–archive link are detected as checksum mismatches and every file is re-sent intact."""
+    """Bytes corrupted on the summit-archive link are caught as checksum mismatches; every file is re-sent intact."""
     cluster = await make_cluster(routes={"direct": ["summit", "archive"]}, drill=True)
     problems = await subscribe(cluster, "archive", "skyrelay/v1/problems/archive")
     notices = await subscribe(cluster, "archive", ARRIVALS)
@@ -125,13 +125,13 @@ async def test_corrupted_bytes_on_the_link_are_caught_and_retried(
 
     paths = await write_files(cluster, seqnum=1, size_bytes=1024 * 1024)
     await problems.wait_for(
-        lambda _: any(p["kind"] == "checksum_mismatch" for p in problems.of_type("problem")), timeout=60
+        lambda _: any(p["kind"] == "checksum_mismatch" for p in problems.of_type("problem")), timeout_s=60
     )
     assert not _arrived(notices), "a corrupted file was announced"
     await link.set_mode("up")
 
-    await notices.wait_for(lambda _: {p.name for p in paths} <= _arrived(notices), timeout=90)
-    statuses = await wait_settled(cluster, archived=len(paths), timeout=90, wake=notices)
+    await notices.wait_for(lambda _: {p.name for p in paths} <= _arrived(notices), timeout_s=90)
+    statuses = await wait_settled(cluster, archived=len(paths), timeout_s=90, wake=notices)
     assert statuses["archive"]["counters"]["checksum_mismatch"] >= 1
     assert link.stats()["corrupted_chunks"] >= 1
     sources = await checksums(paths)

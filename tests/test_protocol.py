@@ -91,11 +91,12 @@ def _samples() -> list[Message]:
             complete=False,
         ),
         ExposureNotice(
+            notice_id="x-1",
             obsid="CC_O_20250601_000001",
             instrument="ComCam",
             dayobs="20250601",
             seqnum=1,
-            state="missing",
+            state="late",
             expected=9,
             arrived=8,
             missing=("R22_S11",),
