@@ -29,6 +29,7 @@ from daemon.mailbox import Mailbox
 from daemon.report import Reporter
 from daemon.sender import Outgoing, Sender
 from processors.detectors import UnknownInstrument, expected_detectors
+from processors.headers import verify_header
 from protocol import topics
 from protocol.arrival import ArrivalNotice, ExposureNotice
 from protocol.custody import Custody
@@ -123,8 +124,11 @@ class Archivist:
     def _prepare_blocking(self, tmp: Path, name: str, checksum: str) -> archive_ops.Prepared:
         """Read the header once, gather what sibling detectors agree on, decide the file's fate."""
         header, problem = archive_ops.read_primary_header(tmp)
-        obsid = header.get("OBSID") if header is not None else None
-        context = archive_ops.exposure_context(self.journal.path, obsid if isinstance(obsid, str) else None)
+        context: dict[str, object] | None = None
+        if header is not None and verify_header(header):
+            # Only a header with findings needs what its sibling detectors agree on.
+            obsid = header.get("OBSID")
+            context = archive_ops.exposure_context(self.journal.path, obsid if isinstance(obsid, str) else None)
         return archive_ops.prepare(
             tmp,
             name=name,
@@ -346,14 +350,18 @@ class Archivist:
             rows = await self.journal.query(
                 "SELECT notice_id, topic, payload FROM notices WHERE published_at IS NULL ORDER BY created_at, rowid"
             )
+            published: list[str] = []
             for row in rows:
                 if not await self.mailbox.publish_local(row["topic"], row["payload"].encode()):
                     # The broker is down; the mailbox reconnects with backoff. Wait the same way.
                     self.notices_pending.set()
                     await asyncio.sleep(self.tuning.backoff_initial_s)
                     break
-                await self.journal.transaction(functools.partial(_mark_published, notice_id=str(row["notice_id"])))
-                self.notices_published += 1
+                published.append(str(row["notice_id"]))
+            if published:
+                # One transaction for the batch: a crash before it repeats these notices (same ids).
+                await self.journal.transaction(functools.partial(_mark_published, notice_ids=published))
+                self.notices_published += len(published)
 
     async def completeness_loop(self) -> None:
         """Mark exposures late when a detector is still missing ``late_after_s`` after the first arrived."""
@@ -536,5 +544,6 @@ def _insert_notice(db: Any, notice_id: str, key: str, topic: str, payload: bytes
     )
 
 
-def _mark_published(db: Any, *, notice_id: str) -> None:
-    db.execute("UPDATE notices SET published_at = ? WHERE notice_id = ?", (time.time(), notice_id))
+def _mark_published(db: Any, *, notice_ids: list[str]) -> None:
+    now = time.time()
+    db.executemany("UPDATE notices SET published_at = ? WHERE notice_id = ?", [(now, n) for n in notice_ids])

@@ -49,6 +49,7 @@ from protocol.transfer import ACCEPTED_STATUSES, Ack, AckStatus, FileIdentity, O
 log = structlog.get_logger()
 
 VERSION = "0.1.0"
+REGISTRARS = 2  # hash and check two new files at once: the summit keeps up with small-file bursts
 
 
 def new_id(prefix: str) -> str:
@@ -141,7 +142,8 @@ class Site:
                 await self._restore()
                 if self.watcher is not None:
                     tg.create_task(self.watcher.run(watcher_ready), name=f"{self.name}.watcher")
-                    tg.create_task(self._register_loop(), name=f"{self.name}.registrar")
+                    for i in range(REGISTRARS):
+                        tg.create_task(self._register_loop(), name=f"{self.name}.registrar-{i}")
                 if self.router is not None:
                     tg.create_task(self.router.run(), name=f"{self.name}.router")
                 if self.archivist is not None:

@@ -811,8 +811,9 @@ def render_table(report: Mapping[str, Any]) -> str:
         f"{'workload':9} {'files':>6} {'MB/s':>7} {'files/s':>8} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
         f"{'x rsync':>7} {'x dd':>6}  {'CPU s sum/base/arch':>19}  peak RSS MiB sum/base/arch"
     )
-    lines += [header, "-" * len(header)]
     workloads = report["workloads"]
+    if any(name in workloads for name in ("direct", "primary", "idle", "small")):
+        lines += [header, "-" * len(header)]
     for name in ("direct", "primary", "idle", "small"):
         entry = workloads.get(name)
         if entry is None:

@@ -347,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_drill_arguments(p)
     p.set_defaults(func=drill_main)
 
+    from ops.bench import add_bench_arguments, bench_main
+
+    p = sub.add_parser("bench", help="benchmark a fresh local cluster beside rsync --fsync and dd")
+    add_bench_arguments(p)
+    p.set_defaults(func=bench_main)
+
     simulate = sub.add_parser("simulate", help="simulators").add_subparsers(dest="what", required=True)
     from ops.camera import add_camera_arguments, camera_main
 

@@ -124,6 +124,7 @@ class Daemon:
             )
             loop = asyncio.get_running_loop()
             exited = asyncio.ensure_future(self.proc.wait())
+            recv: asyncio.Future[bytes] | None = None
             try:
                 async with asyncio.timeout(timeout_s):
                     while True:
@@ -140,8 +141,9 @@ class Daemon:
             except TimeoutError as exc:
                 raise ClusterError(f"{self.site} daemon not ready within {timeout_s}s") from exc
             finally:
-                if not exited.done():
-                    exited.cancel()
+                for future in (exited, recv):
+                    if future is not None and not future.done():
+                        future.cancel()
         finally:
             sock.close()
             logfile.close()

@@ -31,7 +31,7 @@ import pytest
 
 from ops.broker import BrokerError, mosquitto_binary
 from ops.camera import write_exposure
-from ops.cluster import Cluster
+from ops.cluster import Cluster, ClusterError
 
 FAST_TUNING: dict[str, float] = {
     "ack_timeout_s": 2.0,
@@ -72,6 +72,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # ---- clusters -----------------------------------------------------------------------------
 
 MakeCluster = Callable[..., Awaitable[Cluster]]
+PORT_CLASH_ATTEMPTS = 3
+
+
+def _port_clash(workdir: Path, error: str) -> bool:
+    """Whether a failed cluster start was a port taken by someone else (the error or the logs say so)."""
+    if "address already in use" in error.lower():
+        return True
+    for log in [*workdir.glob("logs/*.log"), *workdir.glob("*/broker/mosquitto.log")]:
+        text = log.read_text(errors="replace")
+        if "address already in use" in text.lower():
+            return True
+    return False
 
 
 @pytest.fixture
@@ -85,10 +97,18 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[MakeCluster]:
 
         async def factory(**kwargs: Any) -> Cluster:
             nonlocal count
-            count += 1
             tuning = {**FAST_TUNING, **kwargs.pop("tuning", {})}
-            cluster = Cluster(tmp_path / f"cluster{count}", tuning=tuning, **kwargs)
-            return await stack.enter_async_context(cluster)
+            for attempt in range(1, PORT_CLASH_ATTEMPTS + 1):
+                count += 1
+                cluster = Cluster(tmp_path / f"cluster{count}", tuning=tuning, **kwargs)
+                try:
+                    return await stack.enter_async_context(cluster)
+                except (ClusterError, BrokerError) as exc:
+                    # Free ports are picked, released, then bound: another process on this machine
+                    # can take one in between. Only that clash is retried; any other failure is real.
+                    if attempt == PORT_CLASH_ATTEMPTS or not _port_clash(cluster.workdir, str(exc)):
+                        raise
+            raise AssertionError("unreachable")
 
         yield factory
 

@@ -274,22 +274,27 @@ async def test_corrupted_base_archive_link_is_detected_retried_and_archives_corr
     """Bit flips on base–archive are caught as checksum mismatches, retried, and only correct bytes are archived."""
     d = await drill()
     problems = await subscribe(d.cluster, "archive", ARCHIVE_PROBLEMS)
+    base_events = await subscribe(d.cluster, "base", "skyrelay/v1/events/base")
     base_archive = d.link("base", "archive")
     await base_archive.set_mode("corrupt", corrupt_probability=1.0)
     sources = await expose(d.cluster, 1, size_bytes=512 * 1024)
 
-    def mismatches() -> Counter[str]:
+    def mismatched() -> Counter[str]:
         return Counter(p["name"] for p in problems.of_type("problem") if p["kind"] == "checksum_mismatch")
 
-    # Corrupt until some file was retried and failed again: the retry reached the archive, was caught again.
-    await problems.wait_for(lambda _: any(n >= 2 for n in mismatches().values()), timeout_s=E2E_S + HOLD_DOWN_S)
-    assert set(mismatches()) <= set(sources)
+    await problems.wait_for(lambda _: sum(mismatched().values()) >= 2, timeout_s=15)
+    await base_events.wait_for(lambda _: any(e["kind"] == "breaker_open" for e in base_events.of_type("event")),
+                               timeout_s=15)
+    # Keep corrupting through one hold-down, so a half-open probe meets the corruption too.
+    await asyncio.sleep(HOLD_DOWN_S + 1.0)  # the fault schedule
     await base_archive.set_mode("up")
+    assert set(mismatched()) <= set(sources)
 
-    await wait_arrived(d.notices, set(sources), timeout_s=RECOVERY_S)
     await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout_s=RECOVERY_S)
+    await wait_arrived(d.notices, set(sources), timeout_s=TRANSFER_ALLOWANCE_S)
     assert_archived_exactly_once(d.cluster, d.notices, sources)
     assert base_archive.stats()["corrupted_chunks"] > 0
+    assert d.cluster.daemons["archive"].pid is not None
 
 
 async def test_blackholed_summit_base_is_detected_by_timeouts_and_routed_around(drill: DrillFactory) -> None:
@@ -315,6 +320,27 @@ async def test_blackholed_summit_base_is_detected_by_timeouts_and_routed_around(
     await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout_s=RECOVERY_S)
     assert_archived_exactly_once(d.cluster, d.notices, sources)
     assert elapsed < bound
+
+
+async def test_silent_base_archive_hop_is_caught_by_the_custody_deadline(drill: DrillFactory) -> None:
+    """A blackholed base–archive hop, which the summit cannot see, is caught by the end-to-end custody deadline and its files are re-sent direct."""
+    d = await drill()
+    base_archive = d.link("base", "archive")
+    await base_archive.set_mode("blackhole")
+    sources = await expose(d.cluster, 1, detectors=DETECTORS_3)
+
+    # The summit's own hop (to the base) stays healthy: only the custody deadline reveals the silence.
+    await wait_arrived(d.notices, set(sources), timeout_s=E2E_S + TRANSFER_ALLOWANCE_S)
+    taken = routes_taken(d.notices, set(sources))
+    assert set(taken.values()) == {"direct"}, taken
+    overdue = {e["details"]["file"] for e in events_of(d.events, "custody_overdue")}
+    assert overdue == set(sources), overdue
+    assert_archived_exactly_once(d.cluster, d.notices, sources)
+
+    await base_archive.set_mode("up")
+    statuses = await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout_s=RECOVERY_S)
+    assert statuses["base"]["pending"] == 0
+    assert_archived_exactly_once(d.cluster, d.notices, sources)
 
 
 async def test_operator_forces_auto_and_disables_routes_from_the_cli(

@@ -28,6 +28,7 @@ from ops.cluster import Cluster
 ARRIVALS = "skyrelay/v1/arrivals/#"
 FILE_BYTES = 4 * 1024 * 1024
 EXPOSURES = (1, 2)
+KILL_AFTER_NOTICES = 4  # custody is flowing back and most files are still on their way
 
 
 def _arrived(notices: Collector) -> set[str]:
@@ -105,7 +106,7 @@ async def test_sigkill_mid_transfer_loses_and_duplicates_nothing(
     notices = await subscribe(cluster, "archive", ARRIVALS)
     async with asyncio.TaskGroup() as tg:
         writing = tg.create_task(_write_exposures(cluster))
-        await notices.wait_for(lambda _: bool(_arrived(notices)), timeout_s=60)
+        await notices.wait_for(lambda _: len(_arrived(notices)) >= KILL_AFTER_NOTICES, timeout_s=60)
         in_flight = 9 * len(EXPOSURES) - len(_arrived(notices))
         await _kill_and_restart(cluster, kind, site, notices)
     assert in_flight > 0, "every file had arrived before the kill; the fault hit nothing"
