@@ -246,28 +246,34 @@ def exposure_context(db_path: Path, obsid: str | None) -> dict[str, object]:
     return agreed
 
 
+def as_conflict(prepared: Prepared, tmp: Path, checksum: str, why: str) -> Prepared:
+    """Send a file whose archive path is taken by other bytes to ``quarantine/name_conflict/``."""
+    digest = checksum.split(":", 1)[1][:16]
+    return dataclasses.replace(
+        prepared,
+        status="quarantined",
+        reason=f"name_conflict: {why}",
+        source=tmp,
+        archive_path=f"quarantine/name_conflict/{digest}/{prepared.archive_path}",
+        proof_path=None,
+        archived_checksum=checksum,
+        archived_size=tmp.stat().st_size,
+        fixes=[],
+    )
+
+
 def place(prepared: Prepared, tmp: Path, archive_root: Path, checksum: str) -> Prepared:
     """Rename the prepared file into the archive durably; resolve name clashes (blocking).
 
     A different file already at the target path is never overwritten: the newcomer goes to
-    ``quarantine/name_conflict/``.
+    ``quarantine/name_conflict/``. (Identical bytes there are a retry after a crash between the
+    rename and the catalog commit; the caller has checked the catalog for the path.)
     """
     dest = archive_root / prepared.archive_path
-    if dest.exists():
+    if prepared.status == "archived" and dest.exists():
         existing, _ = hash_file(dest)
         if existing != prepared.archived_checksum:
-            digest = checksum.split(":", 1)[1][:16]
-            prepared = dataclasses.replace(
-                prepared,
-                status="quarantined",
-                reason=f"name_conflict: {prepared.archive_path} holds other bytes",
-                source=tmp,
-                archive_path=f"quarantine/name_conflict/{digest}/{prepared.archive_path}",
-                proof_path=None,
-                archived_checksum=checksum,
-                archived_size=tmp.stat().st_size,
-                fixes=[],
-            )
+            prepared = as_conflict(prepared, tmp, checksum, f"{prepared.archive_path} holds other bytes")
             dest = archive_root / prepared.archive_path
     if prepared.status == "quarantined" and dest.exists():
         digest = checksum.split(":", 1)[1][:16]

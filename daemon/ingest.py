@@ -22,6 +22,7 @@ from aiohttp import web
 
 from daemon import archive as archive_ops
 from daemon import journal as jr
+from daemon.aio import raise_if_cancelling
 from daemon.config import SiteConfig, Tuning
 from daemon.dataserver import bearer_ok
 from daemon.journal import Journal
@@ -108,6 +109,7 @@ class Archivist:
     async def ingest(self, offer: Offer, tmp: Path, computed: str) -> None:
         """Verify and fix the header, place the file, and commit catalog, notice and custody."""
         prepared = await self._prepare(tmp, offer.name, computed)
+        prepared = await self._claim_path(prepared, tmp, computed, offer.identity.key)
         prepared = await asyncio.to_thread(archive_ops.place, prepared, tmp, self.root, computed)
         await self.commit(
             offer.identity,
@@ -117,6 +119,23 @@ class Archivist:
             sender=offer.sender,
             transfer_id=offer.transfer_id,
         )
+
+    async def _claim_path(
+        self, prepared: archive_ops.Prepared, tmp: Path, checksum: str, key: str
+    ) -> archive_ops.Prepared:
+        """A path the catalog gives to another file (other name, or same name with other bytes) is
+        not ours: the newcomer is quarantined as a name conflict, never overwriting the other."""
+        if prepared.status != "archived":
+            return prepared
+        rows = await self.journal.query(
+            "SELECT file_key, name FROM catalog WHERE archive_path = ?", (prepared.archive_path,)
+        )
+        if not rows or rows[0]["file_key"] == key:
+            return prepared
+        why = f"{prepared.archive_path} is already the archive copy of {rows[0]['name']}"
+        if prepared.source != tmp:  # a header-fixed copy: the received bytes in tmp are what we keep
+            await asyncio.to_thread(prepared.source.unlink, missing_ok=True)
+        return await asyncio.to_thread(archive_ops.as_conflict, prepared, tmp, checksum, why)
 
     async def _prepare(self, tmp: Path, name: str, checksum: str) -> archive_ops.Prepared:
         return await asyncio.to_thread(self._prepare_blocking, tmp, name, checksum)
@@ -344,6 +363,7 @@ class Archivist:
     async def notice_loop(self) -> None:
         """Publish every journaled, unpublished notice; mark each once the broker has it (PUBACK)."""
         while True:
+            raise_if_cancelling()
             await self.notices_pending.wait()
             self.notices_pending.clear()
             await self.mailbox.wait_local()
@@ -367,6 +387,7 @@ class Archivist:
         """Mark exposures late when a detector is still missing ``late_after_s`` after the first arrived."""
         late_after = self.tuning.late_after_s
         while True:
+            raise_if_cancelling()
             self.completeness_wake.clear()
             now = time.time()
             rows = await self.journal.query("SELECT * FROM exposures WHERE state = 'pending'")
@@ -441,6 +462,10 @@ class Archivist:
                         "UPDATE catalog SET reason = ? WHERE rowid = ?", (prepared.reason, quarantine_id)
                     )
                 )
+                return {"id": quarantine_id, "released": False, "reason": prepared.reason}
+            prepared = await self._claim_path(prepared, tmp, row["checksum"], row["file_key"])
+            if prepared.status != "archived":
+                await asyncio.to_thread(tmp.unlink, missing_ok=True)
                 return {"id": quarantine_id, "released": False, "reason": prepared.reason}
             placed = await asyncio.to_thread(archive_ops.place, prepared, tmp, self.root, row["checksum"])
             if placed.status != "archived":

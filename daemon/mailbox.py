@@ -19,6 +19,7 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from daemon.aio import raise_if_cancelling
 from daemon.backoff import backoff_delay
 from daemon.config import Endpoint, Topology
 from daemon.errors import PeerUnreachable
@@ -92,6 +93,7 @@ class Mailbox:
         me = self.topology.sites[self.site]
         attempt = 0
         while True:
+            raise_if_cancelling()
             delay = self.tuning.backoff_initial_s
             try:
                 async with self._client(me.broker, f"skyrelay-{self.site}", self.site) as client:
@@ -117,6 +119,7 @@ class Mailbox:
         link = self.topology.link(self.site, peer)
         attempt = 0
         while True:
+            raise_if_cancelling()
             delay = self.tuning.backoff_initial_s
             try:
                 async with self._client(link.broker, f"skyrelay-{self.site}-to-{peer}", self.site) as client:

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from daemon import journal as jr
+from daemon.aio import raise_if_cancelling
 from daemon.config import Route, Topology
 from daemon.journal import FileRow, Journal, TransferRow
 from daemon.report import Reporter
@@ -125,6 +126,7 @@ class Router:
     async def run(self) -> None:
         """Re-route on every health change and at every deadline."""
         while True:
+            raise_if_cancelling()
             self.wake.clear()
             for kind, message, details in self._pending_events:
                 await self.reporter.event(kind, message, **details)

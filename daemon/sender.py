@@ -20,6 +20,7 @@ from typing import Literal
 
 import structlog
 
+from daemon.aio import raise_if_cancelling
 from daemon.backoff import backoff_delay
 from daemon.config import Topology
 from daemon.errors import PeerUnreachable
@@ -67,6 +68,7 @@ class Channel:
         self._timers: list[tuple[float, int, str, int, str]] = []
         self._seq = itertools.count()
         self.wake = asyncio.Event()
+        self.breaker_wake_at: float | None = None
 
     def push_timer(self, when: float, item: Outgoing, what: str) -> None:
         heapq.heappush(self._timers, (when, next(self._seq), item.msg_id, item.generation, what))
@@ -85,7 +87,9 @@ class Channel:
     async def run(self) -> None:
         tuning = self.sender.topology.tuning
         while True:
+            raise_if_cancelling()
             self.wake.clear()
+            self.breaker_wake_at = None
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 _, _, msg_id, generation, what = heapq.heappop(self._timers)
@@ -98,7 +102,8 @@ class Channel:
                     self.waiting.discard(msg_id)
                     self.ready.append(msg_id)
             await self._send_ready(tuning.window_per_peer)
-            timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
+            wake_at = [t for t in (self._timers[0][0] if self._timers else None, self.breaker_wake_at) if t]
+            timeout = max(0.0, min(wake_at) - time.monotonic()) if wake_at else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.wake.wait()
@@ -110,6 +115,8 @@ class Channel:
                 return
             breaker = sender.routes.breaker(self.peer) if sender.routes else None
             if breaker is not None and not breaker.allows(time.monotonic()):
+                # Wake when the hold-down ends so the breaker can let a probe through.
+                self.breaker_wake_at = breaker.opened_at + breaker.hold_down_s
                 return
             if breaker is not None and breaker.state == "half_open" and self.inflight:
                 return  # one probe at a time while half-open

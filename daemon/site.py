@@ -25,6 +25,7 @@ from aiohttp import web
 
 from daemon import archive as archive_ops
 from daemon import journal as jr
+from daemon.aio import raise_if_cancelling
 from daemon.config import Topology
 from daemon.dataserver import build_app, serve
 from daemon.errors import ChecksumMismatch, PeerUnreachable, PullError
@@ -325,6 +326,7 @@ class Site:
 
     async def _pull_worker(self) -> None:
         while True:
+            raise_if_cancelling()
             offer = await self.pulls.get()
             try:
                 with structlog.contextvars.bound_contextvars(transfer_id=offer.transfer_id, file=offer.name):
@@ -563,6 +565,7 @@ class Site:
         assert self.watcher is not None and self.cfg.inbox is not None
         inbox = self.cfg.inbox
         while True:
+            raise_if_cancelling()
             path = await self.watcher.queue.get()
             try:
                 relative = path.relative_to(inbox).as_posix()

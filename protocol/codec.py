@@ -86,7 +86,7 @@ class Message:
         if data.get("type") != cls.TYPE:
             raise ProtocolError(f"expected {cls.TYPE!r}, got {data.get('type')!r}", field="type")
         version = data.get("v")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:
             raise ProtocolError(f"unsupported schema version {version!r} (want {SCHEMA_VERSION})", field="v")
         hints = _hints(cls)
         known = {f.name for f, _ in hints} | {"type", "v"}

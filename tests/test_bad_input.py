@@ -74,7 +74,7 @@ def _offer(site: str, **changes: Any) -> bytes:
 
 
 def _custody(site: str, **changes: Any) -> bytes:
-    upstream = "base" if site == "summit" else "summit"
+    """A well-formed custody message from the archive into ``site``'s mailbox, with ``changes`` applied."""
     data: dict[str, Any] = {
         "type": "custody",
         "v": 1,
@@ -89,7 +89,6 @@ def _custody(site: str, **changes: Any) -> bytes:
         "archived_at": time.time(),
         "route": "primary",
     }
-    del upstream
     data.update(changes)
     return json.dumps(data).encode()
 
@@ -206,7 +205,8 @@ async def _a_transfer_id(cluster: Cluster, subscribe: Subscribe) -> tuple[str, P
     notices = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
     (path,) = await write_files(cluster, seqnum=8, detectors=["R22_S11"])
     await notices.wait_for(lambda _: bool(notices.of_type("arrival")), timeout_s=30)
-    (row,) = query_journal(cluster, "summit", "SELECT transfer_id FROM transfers")
+    # The router may have re-routed the file: any of its transfers names it on the data server.
+    row = query_journal(cluster, "summit", "SELECT transfer_id FROM transfers ORDER BY created_at DESC")[0]
     return str(row["transfer_id"]), path
 
 

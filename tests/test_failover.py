@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -133,6 +134,19 @@ async def skyrelay_cli(*args: str) -> str:
     return out.decode(errors="replace")
 
 
+async def summit_linked(cluster: Cluster, subscribe: Subscribe) -> None:
+    """Wait until the summit's links into the base's and the archive's mailboxes are up (its presence is there).
+
+    A daemon is ready once its own mailbox is; without this, an exposure written at once could find
+    the summit not yet linked to the base and legitimately take direct.
+    """
+    for peer in ("base", "archive"):
+        presence = await subscribe(cluster, peer, "skyrelay/v1/presence/summit")
+        await presence.wait_for(
+            lambda msgs: any(isinstance(m.data, dict) and m.data.get("state") == "online" for m in msgs), timeout_s=15
+        )
+
+
 class Drill:
     """A cluster whose links all pass through the link simulator, with the collectors the tests read."""
 
@@ -157,6 +171,7 @@ async def drill(make_cluster: MakeCluster, subscribe: Subscribe) -> DrillFactory
         cluster = await make_cluster(drill=True, tuning={**TUNING, **tuning})
         notices = await subscribe(cluster, "archive", ARRIVALS)
         events = await subscribe(cluster, "summit", SUMMIT_EVENTS)
+        await summit_linked(cluster, subscribe)
         return Drill(cluster, notices, events)
 
     return factory
@@ -186,6 +201,8 @@ async def test_cut_summit_base_mid_exposure_fails_over_to_direct_and_fails_back(
     assert events_of(d.events, "failover", "route_changed"), "no failover decision on events/summit"
     assert_archived_exactly_once(d.cluster, d.notices, sources)
 
+    restored_after = len(d.events.of_type("event"))
+    restored_at = time.time()
     await summit_base.set_mode("up")
     await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout_s=RECOVERY_S)
     assert_archived_exactly_once(d.cluster, d.notices, sources)
@@ -194,7 +211,8 @@ async def test_cut_summit_base_mid_exposure_fails_over_to_direct_and_fails_back(
     seqnum = 2
 
     def back_on_primary() -> bool:
-        return any(e["details"].get("route") == "primary" for e in events_of(d.events, "route_changed"))
+        later = d.events.of_type("event")[restored_after:]
+        return any(e["kind"] == "route_changed" and e["details"].get("route") == "primary" for e in later)
 
     async def probe() -> None:
         nonlocal seqnum
@@ -203,6 +221,9 @@ async def test_cut_summit_base_mid_exposure_fails_over_to_direct_and_fails_back(
 
     await probe_until(back_on_primary, probe, d.events,
                       bound_s=MAILBOX_RECONNECT_CAP_S + 2 * HOLD_DOWN_S + E2E_S, what="failback to primary")
+    failback = next(e for e in d.events.of_type("event")[restored_after:] if e["kind"] == "route_changed")
+    assert failback["details"]["route"] == "primary", failback
+    assert failback["at"] - restored_at >= HOLD_DOWN_S, "failed back before the hold-down passed"
     after = await expose(d.cluster, 100)
     sources.update(after)
     await wait_arrived(d.notices, set(sources), timeout_s=RECOVERY_S)
@@ -306,20 +327,25 @@ async def test_blackholed_summit_base_is_detected_by_timeouts_and_routed_around(
     started = loop.time()
     sources = await expose(d.cluster, 1)
 
-    # Detection: breaker_failures publish timeouts (3 s) or keepalive (<= 2 x keepalive + 1 s paho tick);
-    # backstop: the end-to-end custody deadline re-sends by direct. Then the transfer itself.
-    bound = E2E_S + TUNING["publish_timeout_s"] + TRANSFER_ALLOWANCE_S
+    # Found by the hop's own timeouts, whichever comes first: breaker_failures unanswered publishes
+    # (publish_timeout_s each) open the breaker, or paho gives up after two silent keepalive periods
+    # (checked on a 1 s tick). The custody deadline (end_to_end_timeout_s) must not be needed.
+    detection_s = max(TUNING["breaker_failures"] * TUNING["publish_timeout_s"], 2 * KEEPALIVE_S + 1.0)
+    bound = detection_s + TRANSFER_ALLOWANCE_S
+    assert bound < E2E_S + TRANSFER_ALLOWANCE_S
     await wait_arrived(d.notices, set(sources), timeout_s=bound)
     elapsed = loop.time() - started
     taken = routes_taken(d.notices, set(sources))
     assert set(taken.values()) == {"direct"}, taken
-    assert events_of(d.events, "failover", "route_changed", "custody_overdue"), "no routing decision reported"
+    failovers = events_of(d.events, "failover", "route_changed")
+    assert failovers, "no routing decision on events/summit"
+    assert all(e["details"].get("new_route", e["details"].get("route")) == "direct" for e in failovers), failovers
     assert_archived_exactly_once(d.cluster, d.notices, sources)
+    assert elapsed < bound
 
     await summit_base.set_mode("up")
     await wait_settled(d.cluster, archived=len(sources), wake=d.notices, timeout_s=RECOVERY_S)
     assert_archived_exactly_once(d.cluster, d.notices, sources)
-    assert elapsed < bound
 
 
 async def test_silent_base_archive_hop_is_caught_by_the_custody_deadline(drill: DrillFactory) -> None:
@@ -350,6 +376,7 @@ async def test_operator_forces_auto_and_disables_routes_from_the_cli(
     cluster = await make_cluster(tuning=TUNING)
     notices = await subscribe(cluster, "archive", ARRIVALS)
     events = await subscribe(cluster, "summit", SUMMIT_EVENTS)
+    await summit_linked(cluster, subscribe)
     sources: dict[str, str] = {}
 
     async def command_then_exposure(seqnum: int, *command: str, expect: str) -> None:

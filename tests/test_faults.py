@@ -46,8 +46,8 @@ async def _assert_all_archived_once(cluster: Cluster, paths: list[Path], notices
     """Every file archived once with the source checksum, announced with a stable notice_id, custody home."""
     sources = await checksums(paths)
     assert len(sources) == len(paths) == 9 * len(EXPOSURES)
-    await notices.wait_for(lambda _: set(sources) <= _arrived(notices), timeout_s=120)
-    statuses = await wait_settled(cluster, archived=len(paths), timeout_s=120, wake=notices)
+    await notices.wait_for(lambda _: set(sources) <= _arrived(notices), timeout_s=60)
+    statuses = await wait_settled(cluster, archived=len(paths), timeout_s=60, wake=notices)
     assert statuses["summit"]["files"] == {"archived": len(paths)}
 
     catalog = read_catalog(cluster)
