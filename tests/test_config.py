@@ -1,0 +1,117 @@
+"""The topology file: a valid one loads; an invalid one is refused with every problem listed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import load_topology
+from daemon.errors import TopologyError
+
+VALID = """
+[sites.summit]
+role = "summit"
+broker = "mqtt://127.0.0.1:1884"
+http_listen = "127.0.0.1:8081"
+state_dir = "summit/state"
+inbox = "summit/inbox"
+
+[sites.base]
+role = "relay"
+broker = "mqtt://127.0.0.1:1885"
+http_listen = "127.0.0.1:8082"
+state_dir = "base/state"
+
+[sites.archive]
+role = "archive"
+broker = "mqtt://127.0.0.1:1886"
+http_listen = "127.0.0.1:8083"
+state_dir = "archive/state"
+archive_root = "archive/root"
+
+[links.summit.archive]
+broker = "mqtt://127.0.0.1:2886"
+http = "http://127.0.0.1:9083"
+
+[routes]
+primary = ["summit", "base", "archive"]
+direct = ["summit", "archive"]
+
+[security]
+token = "0123456789abcdef0123"
+
+[tuning]
+ack_timeout_s = 2.5
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "topology.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_valid_topology_loads_with_routes_in_preference_order(tmp_path: Path) -> None:
+    """Routes keep the file's order (the first is preferred) and relative paths resolve beside the file."""
+    topology = load_topology(write(tmp_path, VALID))
+    assert [r.name for r in topology.routes] == ["primary", "direct"]
+    assert topology.summit.inbox == (tmp_path / "summit" / "inbox").resolve()
+    assert topology.archive.archive_root == (tmp_path / "archive" / "root").resolve()
+    assert topology.tuning.ack_timeout_s == 2.5
+    assert topology.sites["base"].retention_s == 0.0
+
+
+def test_a_link_entry_overrides_the_far_sites_own_addresses(tmp_path: Path) -> None:
+    """A drill or a WAN path rewrites how one site reaches another; unlisted pairs use the far site's own."""
+    topology = load_topology(write(tmp_path, VALID))
+    assert topology.link("summit", "archive").broker.port == 2886
+    assert topology.link("summit", "archive").http == "http://127.0.0.1:9083"
+    assert topology.link("summit", "base").broker.port == 1885
+    assert set(topology.peers("base")) == {"summit", "archive"}
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    """An operator sees unknown sites, bad routes, bad addresses and bad tuning in one error."""
+    broken = (
+        VALID.replace('primary = ["summit", "base", "archive"]', 'primary = ["base", "summit", "archive"]')
+        .replace('direct = ["summit", "archive"]', 'direct = ["summit", "moon"]')
+        .replace('broker = "mqtt://127.0.0.1:1885"', 'broker = "http://127.0.0.1:1885"')
+        .replace("ack_timeout_s = 2.5", "ack_timeout_s = -1\nwarp_factor = 9")
+        .replace('token = "0123456789abcdef0123"', 'token = "short"')
+    )
+    with pytest.raises(TopologyError) as caught:
+        load_topology(write(tmp_path, broken))
+    text = "\n".join(caught.value.problems)
+    assert "routes.primary: must start at the summit 'summit'" in text
+    assert "routes.direct: unknown site(s) moon" in text
+    assert "sites.base.broker: scheme must be mqtt://" in text
+    assert "tuning.ack_timeout_s: must be a positive number" in text
+    assert "tuning.warp_factor: unknown setting" in text
+    assert "security.token: must be at least 16 characters" in text
+
+
+def test_a_route_must_end_at_the_archive_and_pass_only_relays(tmp_path: Path) -> None:
+    """A route that ends at a relay, or passes through the archive, is refused."""
+    broken = VALID.replace('direct = ["summit", "archive"]', 'direct = ["summit", "archive", "base"]')
+    with pytest.raises(TopologyError) as caught:
+        load_topology(write(tmp_path, broken))
+    text = "\n".join(caught.value.problems)
+    assert "must end at the archive 'archive', ends at 'base'" in text
+    assert "'archive' in the middle of a route must have role 'relay'" in text
+
+
+def test_exactly_one_summit_and_one_archive_are_required(tmp_path: Path) -> None:
+    """Two summits (or none) make the flow ambiguous and are refused."""
+    broken = VALID.replace('[sites.base]\nrole = "relay"', '[sites.base]\nrole = "summit"\ninbox = "x"')
+    with pytest.raises(TopologyError) as caught:
+        load_topology(write(tmp_path, broken))
+    assert any("exactly one site must have role = 'summit' (found 2)" in p for p in caught.value.problems)
+
+
+def test_unreadable_or_invalid_toml_is_a_clear_error(tmp_path: Path) -> None:
+    """A missing file or a TOML syntax error names the file and the cause."""
+    with pytest.raises(TopologyError, match="cannot read"):
+        load_topology(tmp_path / "absent.toml")
+    with pytest.raises(TopologyError, match="not valid TOML"):
+        load_topology(write(tmp_path, "[sites\n"))
