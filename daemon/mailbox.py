@@ -32,6 +32,7 @@ log = structlog.get_logger()
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 PeerListener = Callable[[str, bool], None]
 SESSION_EXPIRY_S = 3600
+RECONNECT_CAP_S = 5.0
 
 
 def _presence(site: str, state: str) -> bytes:
@@ -52,6 +53,8 @@ class Mailbox:
         self.local_ready = asyncio.Event()
         self.peers_ready: dict[str, asyncio.Event] = {p: asyncio.Event() for p in self._peers}
         self._listeners: list[PeerListener] = []
+        # A link that comes back should be noticed within seconds, whatever the delivery backoff is.
+        self._reconnect_cap_s = min(RECONNECT_CAP_S, self.tuning.backoff_max_s)
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -108,7 +111,7 @@ class Mailbox:
                         await self._on_message(str(message.topic), payload)
             except aiomqtt.MqttError as exc:
                 attempt += 1
-                delay = backoff_delay(attempt, initial_s=self.tuning.backoff_initial_s, cap_s=5.0)
+                delay = backoff_delay(attempt, initial_s=self.tuning.backoff_initial_s, cap_s=self._reconnect_cap_s)
                 log.warning("mailbox_disconnected", broker=str(me.broker), error=str(exc), retry_in_s=round(delay, 2))
             finally:
                 self._local = None
@@ -134,7 +137,7 @@ class Mailbox:
                         self._on_presence(peer, message.payload)
             except aiomqtt.MqttError as exc:
                 attempt += 1
-                delay = backoff_delay(attempt, initial_s=self.tuning.backoff_initial_s, cap_s=5.0)
+                delay = backoff_delay(attempt, initial_s=self.tuning.backoff_initial_s, cap_s=self._reconnect_cap_s)
                 log.warning("link_down", peer=peer, broker=str(link.broker), error=str(exc), retry_in_s=round(delay, 2))
             finally:
                 was_up = self._peers.get(peer) is not None

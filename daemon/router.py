@@ -98,6 +98,7 @@ class Router:
     def track(self, file_row: FileRow, route: str) -> None:
         """A new file was offered along ``route``."""
         self.awaiting[file_row.file_key] = Awaiting(file=file_row, route=route, started=time.monotonic())
+        self.wake.set()  # schedule this file's custody deadline
 
     def custody(self, file_key: str) -> None:
         """The archive holds the file: stop tracking it."""

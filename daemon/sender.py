@@ -133,7 +133,8 @@ class Channel:
                 continue
             item.inflight = True
             self.inflight.add(msg_id)
-            self.push_timer(time.monotonic() + sender.ack_timeout(item), item, "deadline")
+            ahead = sum(sender.items[i].size for i in self.inflight if i in sender.items)
+            self.push_timer(time.monotonic() + sender.ack_timeout(item, bytes_ahead=ahead), item, "deadline")
 
 
 class Sender:
@@ -159,10 +160,15 @@ class Sender:
         for peer, channel in self.channels.items():
             tg.create_task(channel.run(), name=f"{self.site}.send.{peer}")
 
-    def ack_timeout(self, item: Outgoing) -> float:
-        """How long to wait for an ack: a base plus an allowance for the bytes to cross."""
+    def ack_timeout(self, item: Outgoing, *, bytes_ahead: int = 0) -> float:
+        """How long to wait for an ack: a base plus an allowance for the bytes to cross.
+
+        ``bytes_ahead`` counts everything in flight to the same peer (this item included): the
+        receiver pulls a few at a time, so an offer may wait behind the others before its own bytes
+        move. The allowance assumes the link moves at least 1 / ``ack_timeout_per_mb_s`` MB/s.
+        """
         tuning = self.topology.tuning
-        return tuning.ack_timeout_s + (item.size / 1e6) * tuning.ack_timeout_per_mb_s
+        return tuning.ack_timeout_s + (max(item.size, bytes_ahead) / 1e6) * tuning.ack_timeout_per_mb_s
 
     def add(self, item: Outgoing) -> None:
         """Queue an item for delivery (it must already be journaled)."""

@@ -76,6 +76,7 @@ class Site:
         self.pulls: asyncio.Queue[Offer] = asyncio.Queue()
         self.pulling: set[str] = set()
         self.pulling_keys: set[str] = set()
+        self.held_back: dict[str, dict[str, Offer]] = {}
         self.incoming = (
             (self.cfg.archive_root / ".incoming") if self.cfg.archive_root else self.cfg.state_dir / "incoming"
         )
@@ -280,7 +281,9 @@ class Site:
         if await self._already_held(offer):
             return
         if key in self.pulling_keys:
-            return  # the same file is arriving by another transfer; the sender will retry
+            # The same file is arriving by another transfer: answer this one when that pull ends.
+            self.held_back.setdefault(key, {})[offer.transfer_id] = offer
+            return
         self.pulling.add(offer.transfer_id)
         self.pulling_keys.add(key)
         self.pulls.put_nowait(offer)
@@ -334,6 +337,8 @@ class Site:
             finally:
                 self.pulling.discard(offer.transfer_id)
                 self.pulling_keys.discard(offer.identity.key)
+            for held_back in self.held_back.pop(offer.identity.key, {}).values():
+                await self.on_offer(held_back)  # now a duplicate, or pulled afresh if that pull failed
 
     async def _receive(self, offer: Offer) -> None:
         assert self.session is not None
