@@ -12,7 +12,6 @@ import contextlib
 import functools
 import json
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,6 @@ from protocol.transfer import FileIdentity, Offer
 log = structlog.get_logger()
 
 CustodyItem = Callable[[Custody], Outgoing]
-
-
-def new_id(prefix: str) -> str:
-    """A fresh id for a notice or custody message."""
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def topic_segment(value: str) -> str:
@@ -94,7 +88,7 @@ class Archivist:
         if not rows:
             return None
         return Custody(
-            custody_id=new_id("c"),
+            custody_id=jr.new_id("c"),
             sender=self.site,
             receiver=offer.sender,
             name=offer.name,
@@ -174,7 +168,7 @@ class Archivist:
         key = identity.key
         summary = prepared.summary
         custody = Custody(
-            custody_id=new_id("c"),
+            custody_id=jr.new_id("c"),
             sender=self.site,
             receiver=sender,
             name=identity.name,
@@ -214,20 +208,13 @@ class Archivist:
                     checksum=identity.checksum,
                 )
             if send_custody:
-                jr.insert_outbox(
-                    db,
-                    msg_id=custody.custody_id,
-                    kind="custody",
-                    receiver=sender,
-                    file_key=key,
-                    payload=custody.to_json().decode(),
-                )
+                jr.queue_custody(db, custody, key)
             if prepared.status != "archived":
                 return None
             instrument = str(summary.get("instrument"))
             complete, exposure_done = self._track_exposure(db, summary, arrived_at)
             notice = ArrivalNotice(
-                notice_id=new_id("n"),
+                notice_id=jr.new_id("n"),
                 obsid=str(summary.get("obsid")),
                 instrument=instrument,
                 detector=str(summary.get("detector") or "unknown"),
@@ -337,7 +324,7 @@ class Archivist:
         now: float,
     ) -> ExposureNotice:
         notice = ExposureNotice(
-            notice_id=new_id("x"),
+            notice_id=jr.new_id("x"),
             obsid=obsid,
             instrument=instrument,
             dayobs=dayobs,

@@ -10,6 +10,7 @@ import asyncio
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from daemon.errors import JournalError
+from protocol.custody import Custody
 
 T = TypeVar("T")
 
@@ -426,6 +428,23 @@ def insert_inbound(
         "INSERT OR REPLACE INTO inbound (transfer_id, sender, file_key, status, checksum, reason, at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (transfer_id, sender, file_key, status, checksum, reason, time.time()),
+    )
+
+
+def new_id(prefix: str) -> str:
+    """A fresh id for a transfer (``t-``), custody message (``c-``) or notice (``n-``, ``x-``)."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def queue_custody(db: sqlite3.Connection, custody: Custody, file_key: str) -> bool:
+    """Queue a custody message for reliable delivery; False when one already went to that receiver."""
+    return insert_outbox(
+        db,
+        msg_id=custody.custody_id,
+        kind="custody",
+        receiver=custody.receiver,
+        file_key=file_key,
+        payload=custody.to_json().decode(),
     )
 
 

@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import json
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -181,21 +180,9 @@ class Router:
     async def _reroute(self, item: Outgoing, route: Route, *, reason: str) -> None:
         old_id = item.msg_id
 
-        def record(db: Any) -> TransferRow:
-            db.execute(
-                "UPDATE transfers SET state = 'superseded', last_reason = ? WHERE transfer_id = ?",
-                (reason[:500], old_id),
-            )
-            return jr.insert_transfer(
-                db,
-                transfer_id=f"t-{uuid.uuid4().hex}",
-                file_key=item.file_key,
-                route=route.name,
-                route_sites=route.sites,
-                hop=0,
-            )
-
-        transfer = await self.journal.transaction(record)
+        transfer = await self.journal.transaction(
+            functools.partial(_supersede_and_insert, old=[old_id], file_key=item.file_key, route=route, reason=reason)
+        )
         self.sender.remove(old_id)
         file_row = await self.journal.file(item.file_key)
         if file_row is None:
@@ -281,10 +268,15 @@ class Router:
         self.wake.set()
 
 
-def _supersede_and_insert(db: Any, *, old: list[str], file_key: str, route: Route) -> TransferRow:
+def _supersede_and_insert(
+    db: Any, *, old: list[str], file_key: str, route: Route, reason: str = "custody overdue"
+) -> TransferRow:
     """Supersede a file's waiting transfers and start one on ``route`` (inside a transaction)."""
     for transfer_id in old:
-        db.execute("UPDATE transfers SET state = 'superseded' WHERE transfer_id = ?", (transfer_id,))
+        db.execute(
+            "UPDATE transfers SET state = 'superseded', last_reason = ? WHERE transfer_id = ?",
+            (reason[:500], transfer_id),
+        )
     return jr.insert_transfer(
-        db, transfer_id=f"t-{uuid.uuid4().hex}", file_key=file_key, route=route.name, route_sites=route.sites, hop=0
+        db, transfer_id=jr.new_id("t"), file_key=file_key, route=route.name, route_sites=route.sites, hop=0
     )

@@ -15,7 +15,6 @@ import dataclasses
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +50,6 @@ log = structlog.get_logger()
 
 VERSION = "0.1.0"
 REGISTRARS = 2  # hash and check two new files at once: the summit keeps up with small-file bursts
-
-
-def new_id(prefix: str) -> str:
-    """A fresh id for a transfer, custody message or notice."""
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 class Site:
@@ -310,14 +304,7 @@ class Site:
             )
             if custody is None:
                 return False
-            return jr.insert_outbox(
-                db,
-                msg_id=custody.custody_id,
-                kind="custody",
-                receiver=offer.sender,
-                file_key=key,
-                payload=custody.to_json().decode(),
-            )
+            return jr.queue_custody(db, custody, key)
 
         queued = await self.journal.transaction(record)
         self.counters["duplicate"] += 1
@@ -397,7 +384,7 @@ class Site:
             )
             return jr.insert_transfer(
                 db,
-                transfer_id=new_id("t"),
+                transfer_id=jr.new_id("t"),
                 file_key=key,
                 route=offer.route,
                 route_sites=offer.route_sites,
@@ -425,7 +412,7 @@ class Site:
         onward: Custody | None = None
         if held is not None and held.source != "inbox" and held.source in self.mailbox.peers:
             onward = Custody(
-                custody_id=new_id("c"),
+                custody_id=jr.new_id("c"),
                 sender=self.name,
                 receiver=held.source,
                 name=custody.name,
@@ -446,14 +433,7 @@ class Site:
             db.execute("UPDATE transfers SET state = 'done' WHERE file_key = ? AND state = 'pending'", (key,))
             if onward is None:
                 return False
-            return jr.insert_outbox(
-                db,
-                msg_id=onward.custody_id,
-                kind="custody",
-                receiver=onward.receiver,
-                file_key=key,
-                payload=onward.to_json().decode(),
-            )
+            return jr.queue_custody(db, onward, key)
 
         queued = await self.journal.transaction(record)
         for item in self.sender.of_file(key):
@@ -631,7 +611,12 @@ class Site:
             ):
                 return None
             return jr.insert_transfer(
-                db, transfer_id=new_id("t"), file_key=identity.key, route=chosen.name, route_sites=chosen.sites, hop=0
+                db,
+                transfer_id=jr.new_id("t"),
+                file_key=identity.key,
+                route=chosen.name,
+                route_sites=chosen.sites,
+                hop=0,
             )
 
         transfer = await self.journal.transaction(record)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -36,7 +37,36 @@ def mosquitto_binary() -> str:
     return found
 
 
-class Mosquitto:
+class ChildProcess:
+    """A child process we start, signal and stop: the base of brokers and daemons."""
+
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs."""
+        return self.proc.pid if self.proc and self.proc.returncode is None else None
+
+    async def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (SIGKILL by default: nothing unsaved survives) and wait for the end."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            await self.proc.wait()
+
+    async def terminate(self, timeout_s: float) -> None:
+        """SIGTERM, then SIGKILL after ``timeout_s``."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.terminate()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.proc.wait()
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+class Mosquitto(ChildProcess):
     """One broker with its own config, persistence directory and log file."""
 
     def __init__(self, workdir: Path, *, port: int | None = None, host: str = "127.0.0.1", name: str = "broker"):
@@ -103,38 +133,23 @@ class Mosquitto:
         self._drain = asyncio.get_running_loop().create_task(self._copy_log(logfile), name=f"{self.name}.log")
         log.info("broker_started", name=self.name, url=self.url, pid=self.proc.pid)
 
-    async def _copy_log(self, logfile: object) -> None:
+    async def _copy_log(self, logfile: BinaryIO) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        handle = logfile
         try:
             while line := await self.proc.stdout.readline():
-                handle.write(line)  # type: ignore[attr-defined]
-                handle.flush()  # type: ignore[attr-defined]
+                logfile.write(line)
+                logfile.flush()
         finally:
-            handle.close()  # type: ignore[attr-defined]
-
-    @property
-    def pid(self) -> int | None:
-        """The broker's process id while it runs."""
-        return self.proc.pid if self.proc and self.proc.returncode is None else None
+            logfile.close()
 
     async def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` (SIGKILL by default: the broker loses what it had not saved)."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(sig)
-            await self.proc.wait()
+        await super().kill(sig)
         await self._finish_drain()
 
     async def stop(self) -> None:
-        """Terminate cleanly (SIGTERM), killing after 5 s."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                async with asyncio.timeout(5):
-                    await self.proc.wait()
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        """Terminate cleanly (SIGTERM: the broker saves its persistence file), killing after 5 s."""
+        await self.terminate(5.0)
         await self._finish_drain()
 
     async def _finish_drain(self) -> None:

@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import secrets
-import signal
 import socket
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from ops.broker import Mosquitto, free_port
+from ops.broker import ChildProcess, Mosquitto, free_port
 
 log = structlog.get_logger()
 
@@ -89,7 +88,7 @@ def write_topology(
     path.write_text("\n".join(lines) + "\n")
 
 
-class Daemon:
+class Daemon(ChildProcess):
     """One site's daemon process, with readiness through the systemd notify protocol."""
 
     def __init__(self, site: str, topology: Path, logdir: Path) -> None:
@@ -149,28 +148,9 @@ class Daemon:
             logfile.close()
         log.info("daemon_ready", site=self.site, pid=self.proc.pid)
 
-    @property
-    def pid(self) -> int | None:
-        """The daemon's process id while it runs."""
-        return self.proc.pid if self.proc and self.proc.returncode is None else None
-
-    async def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` and wait for the process to end."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(sig)
-            await self.proc.wait()
-
     async def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout_s``."""
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.terminate()
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.proc.wait()
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        """SIGTERM (the daemon drains and says goodbye), then SIGKILL after ``timeout_s``."""
+        await self.terminate(timeout_s)
 
 
 class Cluster:
