@@ -60,6 +60,7 @@ class Archivist:
         sender: Sender,
         custody_item: CustodyItem,
         token: str,
+        latency: Callable[..., Any] | None = None,
     ) -> None:
         assert cfg.archive_root is not None
         self.site = site
@@ -72,6 +73,7 @@ class Archivist:
         self.sender = sender
         self.custody_item = custody_item
         self.token = token
+        self._latency = latency
         self.incoming = self.root / ".incoming"
         self.notices_pending = asyncio.Event()
         self.completeness_wake = asyncio.Event()
@@ -246,6 +248,8 @@ class Archivist:
             return notice
 
         notice = await self.journal.transaction(record)
+        if notice is not None and self._latency is not None:
+            self._latency(site=self.site, route=route).observe(notice.latency_s)
         if prepared.status == "quarantined":
             await self.reporter.problem(
                 "quarantined",

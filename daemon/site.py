@@ -11,7 +11,9 @@ Roles:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -32,6 +34,7 @@ from daemon.fsutil import durable_rename
 from daemon.ingest import Archivist
 from daemon.journal import FileRow, Journal, TransferRow
 from daemon.mailbox import Mailbox
+from daemon.metrics import SiteMetrics
 from daemon.puller import pull_file
 from daemon.report import Reporter
 from daemon.router import Router
@@ -71,6 +74,7 @@ class Site:
         self.pulling: set[str] = set()
         self.pulling_keys: set[str] = set()
         self.held_back: dict[str, dict[str, Offer]] = {}
+        self.expiry_wake = asyncio.Event()
         self.incoming = (
             (self.cfg.archive_root / ".incoming") if self.cfg.archive_root else self.cfg.state_dir / "incoming"
         )
@@ -89,6 +93,7 @@ class Site:
             "custody": 0,
             "notices": 0,
         }
+        self.metrics = SiteMetrics(self)
         self.archivist: Archivist | None = None
         if self.role == "archive":
             self.archivist = Archivist(
@@ -101,6 +106,7 @@ class Site:
                 self.sender,
                 self._custody_item,
                 topology.token,
+                self.metrics.latency.labels,
             )
         self.router: Router | None = None
         if self.role == "summit" and self.routes is not None:
@@ -142,6 +148,8 @@ class Site:
                         tg.create_task(self._register_loop(), name=f"{self.name}.registrar-{i}")
                 if self.router is not None:
                     tg.create_task(self.router.run(), name=f"{self.name}.router")
+                if self.cfg.retention_s is not None:
+                    tg.create_task(self._expiry_loop(self.cfg.retention_s), name=f"{self.name}.expiry")
                 if self.archivist is not None:
                     tg.create_task(self.archivist.notice_loop(), name=f"{self.name}.notices")
                     tg.create_task(self.archivist.completeness_loop(), name=f"{self.name}.completeness")
@@ -461,14 +469,33 @@ class Site:
         await self._send_ack(custody.sender, ack)
         if onward is not None and queued:
             self.sender.add(self._custody_item(onward))
-        if held is not None and held.source != "inbox" and self.cfg.retention_s == 0:
-            await self._expire(held)
+        self.expiry_wake.set()
 
-    async def _expire(self, held: FileRow) -> None:
-        await asyncio.to_thread(_remove_relay_copy, Path(held.local_path), self.relay_dir)
-        await self.journal.transaction(
-            lambda db: db.execute("UPDATE files SET state = 'expired' WHERE file_key = ?", (held.file_key,))
-        )
+    async def _expiry_loop(self, retention_s: float) -> None:
+        """Delete local copies ``retention_s`` after custody (only custody lets a site expire a file)."""
+        while True:
+            raise_if_cancelling()
+            self.expiry_wake.clear()
+            rows = await self.journal.query(
+                "SELECT file_key, local_path, custody_at FROM files WHERE state = 'archived'"
+                " AND custody_at IS NOT NULL ORDER BY custody_at LIMIT 1000"
+            )
+            now = time.time()
+            due = [r for r in rows if float(r["custody_at"]) + retention_s <= now]
+            for row in due:
+                await asyncio.to_thread(_remove_local_copy, Path(row["local_path"]), self.relay_dir)
+            if due:
+                await self.journal.transaction(
+                    functools.partial(_mark_expired, file_keys=[str(r["file_key"]) for r in due])
+                )
+                log.info("files_expired", count=len(due), retention_s=retention_s)
+            later = [float(r["custody_at"]) + retention_s for r in rows[len(due) :]]
+            timeout = max(0.0, min(later) - time.time()) if later else None
+            if len(due) == len(rows) == 1000:
+                continue  # more are due than one batch holds
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.expiry_wake.wait()
 
     # ---- outgoing items ------------------------------------------------------------------
 
@@ -642,7 +669,15 @@ class Site:
         async def queue(request: web.Request) -> web.Response:
             return web.json_response(self.sender.snapshot())
 
-        routes = [web.get("/v1/queue", queue)]
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(
+                body=self.metrics.render(),
+                content_type="text/plain",
+                charset="utf-8",
+                headers={"X-Content-Type-Options": "nosniff"},
+            )
+
+        routes = [web.get("/v1/queue", queue), web.get("/metrics", metrics)]
         if self.archivist is not None:
             routes += self.archivist.http_routes()
         return routes
@@ -678,8 +713,12 @@ class Site:
         return out
 
 
-def _remove_relay_copy(path: Path, relay_dir: Path) -> None:
-    """Delete an expired relay copy and the directories left empty under ``relay_dir`` (blocking)."""
+def _mark_expired(db: Any, *, file_keys: list[str]) -> None:
+    db.executemany("UPDATE files SET state = 'expired' WHERE file_key = ?", [(k,) for k in file_keys])
+
+
+def _remove_local_copy(path: Path, relay_dir: Path) -> None:
+    """Delete an expired copy, and the directories it leaves empty under ``relay_dir`` (blocking)."""
     path.unlink(missing_ok=True)
     parent = path.parent
     while parent != relay_dir and relay_dir in parent.parents:

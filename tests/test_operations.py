@@ -1,0 +1,40 @@
+"""What operators rely on day to day: metrics per site, and relay copies expired after custody."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import pytest
+from conftest import MakeCluster, Subscribe, wait_settled
+
+from ops.camera import write_exposure
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+async def test_metrics_count_the_exposure_and_the_base_expires_its_copies(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
+    """After an exposure is archived, /metrics shows it at every site and the base holds no relay copy."""
+    cluster = await make_cluster()
+    arrivals = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
+    await asyncio.to_thread(write_exposure, cluster.inbox, "ComCam", dayobs="20261120", seqnum=1, size_bytes=200_000)
+    await wait_settled(cluster, archived=9, wake=arrivals)
+
+    archive = await asyncio.to_thread(_get, f"http://127.0.0.1:{cluster.http_ports['archive']}/metrics")
+    assert 'skyrelay_files_total{outcome="stored",site="archive"} 9.0' in archive
+    assert 'skyrelay_arrival_latency_seconds_count{route="primary",site="archive"} 9.0' in archive
+    summit = await asyncio.to_thread(_get, f"http://127.0.0.1:{cluster.http_ports['summit']}/metrics")
+    assert 'skyrelay_route_healthy{route="primary",site="summit"} 1.0' in summit
+    assert 'skyrelay_awaiting_custody{site="summit"} 0.0' in summit
+    assert 'skyrelay_link_up{peer="base",site="summit"} 1.0' in summit
+
+    relay = cluster.workdir / "base" / "state" / "relay"
+    leftovers = await asyncio.to_thread(lambda: [p for p in relay.rglob("*")] if relay.exists() else [])
+    assert leftovers == []
