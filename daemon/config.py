@@ -26,6 +26,7 @@ class Endpoint:
 
     host: str
     port: int
+    tls: bool = False
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -102,6 +103,9 @@ class Topology:
     token: str
     mqtt_username: str | None = None
     mqtt_password: str | None = None
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
 
     @property
     def summit(self) -> SiteConfig:
@@ -144,8 +148,9 @@ def _endpoint(value: Any, where: str, problems: list[str], *, scheme: str | None
         return None
     text = value if "://" in value else f"tcp://{value}"
     parts = urlsplit(text)
-    if scheme is not None and "://" in value and parts.scheme != scheme:
-        problems.append(f"{where}: scheme must be {scheme}://, got {parts.scheme}://")
+    allowed = (scheme, f"{scheme}s") if scheme == "mqtt" else (scheme,)
+    if scheme is not None and "://" in value and parts.scheme not in allowed:
+        problems.append(f"{where}: scheme must be {' or '.join(f'{a}://' for a in allowed)}, got {parts.scheme}://")
         return None
     try:
         port = parts.port
@@ -154,7 +159,7 @@ def _endpoint(value: Any, where: str, problems: list[str], *, scheme: str | None
     if not parts.hostname or port is None:
         problems.append(f"{where}: needs host and port, got {value!r}")
         return None
-    return Endpoint(host=parts.hostname, port=port)
+    return Endpoint(host=parts.hostname, port=port, tls=parts.scheme == "mqtts")
 
 
 def _path(base: Path, value: Any, where: str, problems: list[str]) -> Path | None:
@@ -310,6 +315,7 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
     security = raw.get("security", {})
     token: str | None = None
     username = password = None
+    tls_files: dict[str, Path | None] = {}
     if isinstance(security, dict):
         if "token" in security:
             token = str(security["token"])
@@ -322,6 +328,12 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
                     problems.append(f"security.token_file: cannot read {token_path}: {exc.strerror}")
         username = security.get("mqtt_username")
         password = security.get("mqtt_password")
+        for key in ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file"):
+            tls_files[key] = _path(base, security[key], f"security.{key}", problems) if key in security else None
+            if check_dirs and tls_files[key] is not None and not tls_files[key].is_file():  # type: ignore[union-attr]
+                problems.append(f"security.{key}: {tls_files[key]} is not a readable file")
+        if (tls_files["mqtt_cert_file"] is None) != (tls_files["mqtt_key_file"] is None):
+            problems.append("security: mqtt_cert_file and mqtt_key_file go together (client certificate)")
     if token is not None and len(token) < 16:
         problems.append("security.token: must be at least 16 characters")
     if token is None:
@@ -337,6 +349,9 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
             ):
                 if directory is not None and directory.exists() and not directory.is_dir():
                     problems.append(f"sites.{site.name}.{label}: {directory} exists and is not a directory")
+    uses_tls = any(s.broker.tls for s in sites.values()) or any(link.broker.tls for link in links.values())
+    if uses_tls and tls_files.get("mqtt_ca_file") is None:
+        problems.append("security.mqtt_ca_file: required to verify brokers reached by mqtts://")
     if problems:
         raise TopologyError(str(path), problems)
     return Topology(
@@ -348,4 +363,7 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
         token=token,
         mqtt_username=username,
         mqtt_password=password,
+        mqtt_ca_file=tls_files.get("mqtt_ca_file"),
+        mqtt_cert_file=tls_files.get("mqtt_cert_file"),
+        mqtt_key_file=tls_files.get("mqtt_key_file"),
     )

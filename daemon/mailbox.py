@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -89,8 +90,17 @@ class Mailbox:
             keepalive=self.tuning.mqtt_keepalive_s,
             clean_start=False,
             properties=props,
+            tls_context=self._tls_context() if endpoint.tls else None,
             timeout=self.tuning.publish_timeout_s,
         )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Verify the broker against the topology's CA; present a client certificate when one is set."""
+        topology = self.topology
+        context = ssl.create_default_context(cafile=str(topology.mqtt_ca_file) if topology.mqtt_ca_file else None)
+        if topology.mqtt_cert_file is not None and topology.mqtt_key_file is not None:
+            context.load_cert_chain(str(topology.mqtt_cert_file), str(topology.mqtt_key_file))
+        return context
 
     async def _own_loop(self) -> None:
         me = self.topology.sites[self.site]

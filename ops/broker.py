@@ -69,8 +69,18 @@ class ChildProcess:
 class Mosquitto(ChildProcess):
     """One broker with its own config, persistence directory and log file."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, host: str = "127.0.0.1", name: str = "broker"):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        name: str = "broker",
+        tls: tuple[Path, Path, Path] | None = None,
+    ):
+        """``tls`` = (CA file, certificate file, key file) makes the listener TLS-only."""
         self.workdir = workdir
+        self.tls = tls
         self.host = host
         self.port = port or free_port(host)
         self.name = name
@@ -79,8 +89,8 @@ class Mosquitto(ChildProcess):
 
     @property
     def url(self) -> str:
-        """``mqtt://host:port``."""
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt://host:port`` (``mqtts://`` with TLS)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def _write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +110,7 @@ class Mosquitto(ChildProcess):
             "max_queued_messages 100000\n"
             "max_inflight_messages 100\n"
             "set_tcp_nodelay true\n"
+            + (f"cafile {self.tls[0]}\ncertfile {self.tls[1]}\nkeyfile {self.tls[2]}\n" if self.tls else "")
         )
         return conf
 
