@@ -80,7 +80,9 @@ class Site:
         )
         self.relay_dir = self.cfg.state_dir / "relay"
         self.known_inbox: dict[str, tuple[int, int | None]] = {}
-        self.watcher = InboxWatcher(self.cfg.inbox, self.tuning.rescan_interval_s) if self.cfg.inbox else None
+        self.watcher = (
+            InboxWatcher(self.cfg.inbox, self.tuning.rescan_interval_s, self.known_inbox) if self.cfg.inbox else None
+        )
         self.session: aiohttp.ClientSession | None = None
         self.started = time.time()
         self.counters: dict[str, int] = {
@@ -192,7 +194,7 @@ class Site:
         for row in outbox:
             self.sender.add(self._custody_item(Custody.from_json(row.payload)))
         if self.role == "summit":
-            self.known_inbox = await self.journal.files_by_name()
+            self.known_inbox.update(await self.journal.files_by_name())
         if self.router is not None:
             await self.router.restore()
         if self.archivist is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import structlog
@@ -34,14 +34,25 @@ def is_candidate(relative: str) -> bool:
     return not any(p.startswith(".") for p in parts) and not relative.endswith(IGNORED_SUFFIXES)
 
 
-def scan(inbox: Path) -> list[Path]:
-    """Every candidate file under ``inbox`` (blocking; run in a thread)."""
+Known = Mapping[str, tuple[int, int | None]]
+
+
+def scan(inbox: Path, known: Known) -> list[Path]:
+    """Candidate files under ``inbox`` that ``known`` (relative name → size, mtime_ns) does not
+    already describe: new or rewritten files only (blocking; run in a thread)."""
     found: list[Path] = []
     for root, dirs, files in os.walk(inbox):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = Path(root) / name
-            if is_candidate(path.relative_to(inbox).as_posix()):
+            relative = path.relative_to(inbox).as_posix()
+            if not is_candidate(relative):
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if known.get(relative) != (st.st_size, st.st_mtime_ns):
                 found.append(path)
     return found
 
@@ -63,8 +74,9 @@ class _Handler(FileSystemEventHandler):
 class InboxWatcher:
     """Feeds candidate paths into an asyncio queue from watchdog's thread and from rescans."""
 
-    def __init__(self, inbox: Path, rescan_interval_s: float) -> None:
+    def __init__(self, inbox: Path, rescan_interval_s: float, known: Known) -> None:
         self.inbox = inbox
+        self.known = known
         self.rescan_interval_s = rescan_interval_s
         self.queue: asyncio.Queue[Path] = asyncio.Queue()
         self.rescans = 0
@@ -93,7 +105,7 @@ class InboxWatcher:
         try:
             ready.set()
             while True:
-                for path in await asyncio.to_thread(scan, self.inbox):
+                for path in await asyncio.to_thread(scan, self.inbox, dict(self.known)):
                     self.queue.put_nowait(path)
                 self.rescans += 1
                 rescan_now.clear()
