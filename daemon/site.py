@@ -41,6 +41,7 @@ from daemon.router import Router
 from daemon.routes import RouteTable
 from daemon.sdnotify import notify, watchdog_interval_s
 from daemon.sender import Outgoing, Sender
+from daemon.statuspage import PAGE
 from daemon.watcher import InboxWatcher, is_candidate
 from protocol import topics
 from protocol.control import RouteControl
@@ -679,7 +680,10 @@ class Site:
                 headers={"X-Content-Type-Options": "nosniff"},
             )
 
-        routes = [web.get("/v1/queue", queue), web.get("/metrics", metrics)]
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(text=PAGE, content_type="text/html")
+
+        routes = [web.get("/", page), web.get("/v1/queue", queue), web.get("/metrics", metrics)]
         if self.archivist is not None:
             routes += self.archivist.http_routes()
         return routes
