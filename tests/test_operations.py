@@ -21,7 +21,7 @@ def _get(url: str) -> str:
 async def test_metrics_count_the_exposure_and_the_base_expires_its_copies(
     make_cluster: MakeCluster, subscribe: Subscribe
 ) -> None:
-    """After an exposure is archived, /metrics shows it at every site and the base holds no relay copy."""
+    """After an exposure is archived, /metrics shows it, the status page is served, and the base holds no relay copy."""
     cluster = await make_cluster()
     arrivals = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
     await asyncio.to_thread(write_exposure, cluster.inbox, "ComCam", dayobs="20261120", seqnum=1, size_bytes=200_000)
@@ -34,6 +34,9 @@ async def test_metrics_count_the_exposure_and_the_base_expires_its_copies(
     assert 'skyrelay_route_healthy{route="primary",site="summit"} 1.0' in summit
     assert 'skyrelay_awaiting_custody{site="summit"} 0.0' in summit
     assert 'skyrelay_link_up{peer="base",site="summit"} 1.0' in summit
+
+    page = await asyncio.to_thread(_get, f"http://127.0.0.1:{cluster.http_ports['base']}/")
+    assert "<title>skyrelay status</title>" in page and 'fetch("v1/status")' in page
 
     relay = cluster.workdir / "base" / "state" / "relay"
     leftovers = await asyncio.to_thread(lambda: [p for p in relay.rglob("*")] if relay.exists() else [])
