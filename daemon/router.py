@@ -5,7 +5,7 @@ presence changes, an operator changes the policy) and on timers (the next custod
 the end of a hold-down); it never polls.
 
 - A file whose offer waits on an unhealthy hop moves to the first healthy other route.
-- A file that has no custody ``end_to_end_timeout_s`` after its latest transfer started is sent
+- A file that has no custody ``end_to_end_timeout_s`` after the first hop acknowledged it is sent
   again by another healthy route (the old transfer keeps going; the archive keeps one copy),
   and the late route is marked degraded for a hold-down. This catches a hop the summit cannot
   see, such as base → archive.
@@ -42,11 +42,15 @@ MakeItem = Callable[[TransferRow, FileRow], Outgoing]
 
 @dataclasses.dataclass(slots=True)
 class Awaiting:
-    """A summit file without custody yet: its latest route and when that transfer started."""
+    """A summit file without custody yet: its latest route, and when its first hop acknowledged it.
+
+    The custody clock starts at that ack, not when the file was queued: a backlog after an outage
+    must not look overdue, and the first hop's own health is judged by its breaker and presence.
+    """
 
     file: FileRow
     route: str
-    started: float  # monotonic
+    started: float | None  # monotonic time of the first hop's ack; None while the offer waits
     reroutes: int = 0
 
 
@@ -79,15 +83,19 @@ class Router:
     async def restore(self) -> None:
         """Load files without custody, and the persisted operator policy, from the journal."""
         rows = await self.journal.query(
-            "SELECT f.file_key, t.route, MAX(t.created_at) AS started FROM files f JOIN transfers t USING (file_key)"
-            " WHERE f.state = 'held' AND f.source = 'inbox' GROUP BY f.file_key"
+            "SELECT f.file_key, t.route, t.state, t.acked_at FROM files f JOIN transfers t USING (file_key)"
+            " WHERE f.state = 'held' AND f.source = 'inbox' AND t.created_at ="
+            " (SELECT MAX(created_at) FROM transfers WHERE file_key = f.file_key)"
         )
         now_wall, now = time.time(), time.monotonic()
         for row in rows:
             file_row = await self.journal.file(row["file_key"])
-            if file_row is not None:
-                started = now - max(0.0, now_wall - float(row["started"]))
-                self.awaiting[row["file_key"]] = Awaiting(file=file_row, route=row["route"], started=started)
+            if file_row is None:
+                continue
+            started = None
+            if row["state"] == "acked" and row["acked_at"] is not None:
+                started = now - max(0.0, now_wall - float(row["acked_at"]))
+            self.awaiting[row["file_key"]] = Awaiting(file=file_row, route=row["route"], started=started)
         policy = await self.journal.get_setting("route_policy")
         if policy:
             for name, value in json.loads(policy).items():
@@ -96,8 +104,14 @@ class Router:
 
     def track(self, file_row: FileRow, route: str) -> None:
         """A new file was offered along ``route``."""
-        self.awaiting[file_row.file_key] = Awaiting(file=file_row, route=route, started=time.monotonic())
-        self.wake.set()  # schedule this file's custody deadline
+        self.awaiting[file_row.file_key] = Awaiting(file=file_row, route=route, started=None)
+
+    def delivered(self, file_key: str, route: str) -> None:
+        """The first hop acknowledged the file on ``route``: start its custody clock."""
+        waiting = self.awaiting.get(file_key)
+        if waiting is not None and waiting.route == route:
+            waiting.started = time.monotonic()
+            self.wake.set()  # schedule this file's custody deadline
 
     def custody(self, file_key: str) -> None:
         """The archive holds the file: stop tracking it."""
@@ -204,6 +218,8 @@ class Router:
         now = time.monotonic()
         next_deadline: float | None = None
         for key, waiting in list(self.awaiting.items()):
+            if waiting.started is None:
+                continue
             deadline = waiting.started + timeout
             if deadline > now:
                 next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
@@ -212,7 +228,7 @@ class Router:
             alternative = next(
                 (r for r in self.routes.routes if r.name != waiting.route and self._usable(r, now)), None
             )
-            waiting.started = now
+            waiting.started = now  # with no alternative, look again after another period
             if alternative is None:
                 next_deadline = now + timeout if next_deadline is None else min(next_deadline, now + timeout)
                 continue
@@ -223,12 +239,12 @@ class Router:
                 functools.partial(_supersede_and_insert, old=stale, file_key=key, route=alternative)
             )
             self.sender.add(self.make_item(transfer, waiting.file))
-            old_route, waiting.route = waiting.route, alternative.name
+            old_route, waiting.route, waiting.started = waiting.route, alternative.name, None
             waiting.reroutes += 1
             self.overdue_reroutes += 1
             await self.reporter.event(
                 "custody_overdue",
-                f"{waiting.file.name}: no custody {timeout:.0f}s after sending by {old_route}; re-sent by "
+                f"{waiting.file.name}: no custody {timeout:.0f}s after {old_route}'s first hop took it; re-sent by "
                 f"{alternative.name}",
                 file=waiting.file.name,
                 old_route=old_route,

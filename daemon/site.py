@@ -536,6 +536,8 @@ class Site:
                 status=ack.status,
                 route=transfer.route,
             )
+            if self.router is not None and transfer.hop == 0:
+                self.router.delivered(file_row.file_key, transfer.route)
 
         return Outgoing(
             msg_id=transfer.transfer_id,
