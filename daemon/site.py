@@ -361,12 +361,28 @@ class Site:
             log.warning("pull_failed", error=str(exc), sender=offer.sender)
             await self._send_ack(offer.sender, self._ack(offer, "failed", reason=str(exc)))
             return
-        if self.archivist is not None:
-            await self.archivist.ingest(offer, tmp, computed)
-            self.counters["stored"] += 1
-            await self._send_ack(offer.sender, self._ack(offer, "stored", checksum=computed, size=offer.size))
-        else:
-            await self._store_relay(offer, tmp, computed)
+        except OSError as exc:
+            await self._storage_failed(offer, tmp, exc)
+            return
+        try:
+            if self.archivist is not None:
+                await self.archivist.ingest(offer, tmp, computed)
+                self.counters["stored"] += 1
+                await self._send_ack(offer.sender, self._ack(offer, "stored", checksum=computed, size=offer.size))
+            else:
+                await self._store_relay(offer, tmp, computed)
+        except OSError as exc:
+            await self._storage_failed(offer, tmp, exc)
+
+    async def _storage_failed(self, offer: Offer, tmp: Path, exc: OSError) -> None:
+        """Disk full or unwritable: tell operators and the sender (who retries); keep running."""
+        self.counters["failed"] += 1
+        await asyncio.to_thread(tmp.unlink, missing_ok=True)
+        reason = f"cannot store {offer.name}: {exc.strerror or exc}"
+        await self.reporter.problem(
+            "storage_error", reason, name=offer.name, transfer_id=offer.transfer_id, errno=exc.errno
+        )
+        await self._send_ack(offer.sender, self._ack(offer, "failed", reason=reason))
 
     async def _store_relay(self, offer: Offer, tmp: Path, computed: str) -> None:
         """Keep the file, journal it with its onward transfer, then ack (journal first)."""

@@ -41,3 +41,22 @@ async def test_metrics_count_the_exposure_and_the_base_expires_its_copies(
     relay = cluster.workdir / "base" / "state" / "relay"
     leftovers = await asyncio.to_thread(lambda: [p for p in relay.rglob("*")] if relay.exists() else [])
     assert leftovers == []
+
+
+async def test_a_storage_failure_at_the_base_is_reported_and_retried_without_losing_the_file(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
+    """When the base cannot write (its relay store is blocked), it reports a storage_error, keeps
+    running, and the file is archived once the store is writable again."""
+    cluster = await make_cluster(routes={"primary": ["summit", "base", "archive"]})
+    relay = cluster.workdir / "base" / "state" / "relay"
+    await asyncio.to_thread(relay.write_text, "a file where the relay directory should be\n")
+    base_pid = cluster.daemons["base"].pid
+    problems = await subscribe(cluster, "base", "skyrelay/v1/problems/base")
+    arrivals = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
+    await asyncio.to_thread(write_exposure, cluster.inbox, "LATISS", dayobs="20261120", seqnum=1, size_bytes=100_000)
+    await problems.wait_for(lambda msgs: any(m.data.get("kind") == "storage_error" for m in msgs), timeout_s=30)
+    assert cluster.daemons["base"].pid == base_pid
+    await asyncio.to_thread(relay.unlink)
+    await wait_settled(cluster, archived=1, wake=arrivals, timeout_s=60)
+    assert [n["name"] for n in arrivals.of_type("arrival")] == ["AT_O_20261120_000001_R00_S00.fits"]
