@@ -36,8 +36,8 @@ SESSION_EXPIRY_S = 3600
 RECONNECT_CAP_S = 5.0
 
 
-def _presence(site: str, state: str) -> bytes:
-    return Presence(site=site, state=state, at=time.time()).to_json()  # type: ignore[arg-type]
+def _presence(site: str, state: str, unreachable: tuple[str, ...] = ()) -> bytes:
+    return Presence(site=site, state=state, at=time.time(), unreachable=unreachable).to_json()  # type: ignore[arg-type]
 
 
 class Mailbox:
@@ -51,6 +51,7 @@ class Mailbox:
         self._local: aiomqtt.Client | None = None
         self._peers: dict[str, aiomqtt.Client | None] = {p: None for p in topology.peers(site)}
         self.peer_online: dict[str, bool] = {p: False for p in self._peers}
+        self.peer_unreachable: dict[str, frozenset[str]] = {p: frozenset() for p in self._peers}
         self.local_ready = asyncio.Event()
         self.peers_ready: dict[str, asyncio.Event] = {p: asyncio.Event() for p in self._peers}
         self._listeners: list[PeerListener] = []
@@ -111,8 +112,10 @@ class Mailbox:
             try:
                 async with self._client(me.broker, f"skyrelay-{self.site}", self.site) as client:
                     await client.subscribe(topics.site_wildcard(self.site), qos=1)
-                    await client.publish(topics.presence(self.site), _presence(self.site, "online"), qos=1, retain=True)
+                    # Register the client before announcing: a link that comes up meanwhile announces through
+                    # it too, and one connection delivers the announcements in order (the newest wins).
                     self._local = client
+                    await client.publish(topics.presence(self.site), self._own_presence(), qos=1, retain=True)
                     self.local_ready.set()
                     attempt = 0
                     log.info("mailbox_connected", broker=str(me.broker))
@@ -143,6 +146,7 @@ class Mailbox:
                     attempt = 0
                     log.info("link_connected", peer=peer, broker=str(link.broker))
                     self._notify(peer, True)
+                    await self._announce()
                     async for message in client.messages:
                         self._on_presence(peer, message.payload)
             except aiomqtt.MqttError as exc:
@@ -156,7 +160,20 @@ class Mailbox:
                 self.peer_online[peer] = False
                 if was_up:
                     self._notify(peer, False)
+                    if not _cancelling():
+                        await self._announce()
             await asyncio.sleep(delay)
+
+    def unreachable(self) -> tuple[str, ...]:
+        """Peers whose mailbox this site cannot reach now."""
+        return tuple(sorted(p for p, client in self._peers.items() if client is None))
+
+    def _own_presence(self) -> bytes:
+        return _presence(self.site, "online", self.unreachable())
+
+    async def _announce(self) -> None:
+        """Republish our presence on our own broker: peers read which sites we can reach from it."""
+        await self.publish_local(topics.presence(self.site), self._own_presence(), retain=True)
 
     def _on_presence(self, peer: str, payload: object) -> None:
         if not isinstance(payload, bytes):
@@ -167,6 +184,12 @@ class Mailbox:
             log.warning("bad_presence", peer=peer, error=str(exc))
             return
         online = presence.state == "online"
+        unreachable = frozenset(presence.unreachable) if online else frozenset()
+        if self.peer_unreachable.get(peer) != unreachable:
+            self.peer_unreachable[peer] = unreachable
+            log.info("peer_reach", peer=peer, unreachable=sorted(unreachable))
+            if self.peer_online.get(peer) == online:
+                self._notify(peer, self.connected(peer))
         if self.peer_online.get(peer) != online:
             self.peer_online[peer] = online
             log.info("peer_presence", peer=peer, state=presence.state)
@@ -220,3 +243,8 @@ class Mailbox:
                 await self._local.publish(
                     topics.presence(self.site), _presence(self.site, "offline"), qos=1, retain=True, timeout=1.0
                 )
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -147,6 +147,7 @@ class Router:
             self._pending_events.clear()
             self.choose()
             await self._failover()
+            await self._rescue_stranded(time.monotonic())
             next_deadline = await self._overdue()
             timeout = None if next_deadline is None else max(0.05, next_deadline - time.monotonic())
             if self._something_unhealthy():
@@ -189,6 +190,8 @@ class Router:
             return "another route is forced by operator"
         if not self.routes.hop_healthy(peer, now):
             return f"hop to {peer}: connected={self.sender.mailbox.connected(peer)}, breaker={breaker.state}"
+        if self.routes.onward_down(route):
+            return f"{peer} reports {', '.join(self.routes.onward_down(route))} unreachable"
         return "degraded (custody overdue)"
 
     async def _reroute(self, item: Outgoing, route: Route, *, reason: str) -> None:
@@ -232,15 +235,8 @@ class Router:
             if alternative is None:
                 next_deadline = now + timeout if next_deadline is None else min(next_deadline, now + timeout)
                 continue
-            stale = [i.msg_id for i in self.sender.of_file(key) if i.kind == "offer"]
-            for msg_id in stale:
-                self.sender.remove(msg_id)
-            transfer = await self.journal.transaction(
-                functools.partial(_supersede_and_insert, old=stale, file_key=key, route=alternative)
-            )
-            self.sender.add(self.make_item(transfer, waiting.file))
-            old_route, waiting.route, waiting.started = waiting.route, alternative.name, None
-            waiting.reroutes += 1
+            old_route = waiting.route
+            await self._resend(key, waiting, alternative)
             self.overdue_reroutes += 1
             await self.reporter.event(
                 "custody_overdue",
@@ -250,8 +246,45 @@ class Router:
                 old_route=old_route,
                 new_route=alternative.name,
             )
-            next_deadline = now + timeout if next_deadline is None else min(next_deadline, now + timeout)
         return next_deadline
+
+    async def _resend(self, key: str, waiting: Awaiting, route: Route) -> None:
+        """Send a file again by ``route``; any offer still waiting is superseded. The earlier copy may
+        still arrive: the archive keeps one."""
+        stale = [i.msg_id for i in self.sender.of_file(key) if i.kind == "offer"]
+        for msg_id in stale:
+            self.sender.remove(msg_id)
+        transfer = await self.journal.transaction(
+            functools.partial(_supersede_and_insert, old=stale, file_key=key, route=route)
+        )
+        self.sender.add(self.make_item(transfer, waiting.file))
+        waiting.route, waiting.started = route.name, None
+        waiting.reroutes += 1
+
+    async def _rescue_stranded(self, now: float) -> None:
+        """Files the next hop already holds but reports it cannot forward go again by another route."""
+        for key, waiting in list(self.awaiting.items()):
+            route = self.topology.route(waiting.route)
+            if waiting.started is None or route is None:
+                continue
+            beyond = self.routes.onward_down(route)
+            if not beyond:
+                continue
+            alternative = next((r for r in self.routes.routes if r.name != route.name and self._usable(r, now)), None)
+            if alternative is None:
+                continue
+            await self._resend(key, waiting, alternative)
+            self.failovers += 1
+            hop = self.routes.next_hop(route)
+            await self.reporter.event(
+                "failover",
+                f"{waiting.file.name}: {hop} holds it but cannot reach {', '.join(beyond)}; re-sent by "
+                f"{alternative.name}",
+                file=waiting.file.name,
+                old_route=route.name,
+                new_route=alternative.name,
+                reason=f"{hop} reports {', '.join(beyond)} unreachable",
+            )
 
     # ---- operator control --------------------------------------------------------------------
 

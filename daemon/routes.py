@@ -70,8 +70,15 @@ class RouteView:
 class RouteTable:
     """The sending site's view of every route it can start, and the choice of route for a new file."""
 
-    def __init__(self, topology: Topology, site: str, connected: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        site: str,
+        connected: Callable[[str], bool],
+        unreachable: Callable[[str], frozenset[str]] | None = None,
+    ) -> None:
         self.site = site
+        self._unreachable = unreachable or (lambda peer: frozenset())
         self.tuning = topology.tuning
         self.routes: tuple[Route, ...] = tuple(r for r in topology.routes if site in r.sites[:-1])
         self._connected = connected
@@ -100,10 +107,17 @@ class RouteTable:
         now = time.monotonic() if now is None else now
         return self._connected(peer) and self.breaker(peer).allows(now)
 
+    def onward_down(self, route: Route) -> tuple[str, ...]:
+        """Sites further along ``route`` that the next hop reports it cannot reach."""
+        peer = self.next_hop(route)
+        later = route.sites[route.sites.index(peer) + 1 :]
+        reported = self._unreachable(peer)
+        return tuple(s for s in later if s in reported)
+
     def route_healthy(self, route: Route, now: float | None = None) -> bool:
-        """The first hop is healthy and the route is not marked degraded."""
+        """The first hop is healthy, the next hop can reach the rest, and the route is not degraded."""
         now = time.monotonic() if now is None else now
-        if self.degraded_until.get(route.name, 0.0) > now:
+        if self.degraded_until.get(route.name, 0.0) > now or self.onward_down(route):
             return False
         return self.hop_healthy(self.next_hop(route), now)
 
@@ -179,6 +193,7 @@ class RouteTable:
                         "breaker": breaker.state,
                         "consecutive_failures": breaker.failures,
                         "last_failure": breaker.last_reason,
+                        "onward_unreachable": list(self.onward_down(route)),
                         "degraded_for_s": round(max(0.0, self.degraded_until.get(route.name, 0.0) - now), 1),
                         "queued": queue.get(route.name, 0),
                         "in_use": route.name == self.current,

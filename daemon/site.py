@@ -68,7 +68,9 @@ class Site:
         self.journal = Journal(self.cfg.state_dir / "journal.sqlite")
         self.reporter = Reporter(name)
         self.mailbox = Mailbox(topology, name, self.on_message)
-        self.routes = RouteTable(topology, name, self._peer_usable) if self.role != "archive" else None
+        self.routes = (
+            RouteTable(topology, name, self._peer_usable, self._peer_unreachable) if self.role != "archive" else None
+        )
         self.sender = Sender(name, topology, self.mailbox, self.reporter, self.routes)
         self.reporter.attach(self.mailbox.publish_local)
         self.pulls: asyncio.Queue[Offer] = asyncio.Queue()
@@ -117,6 +119,9 @@ class Site:
             router = self.router
             self.mailbox.add_peer_listener(lambda peer, up: router.wake.set())
             self.sender.health_listeners.append(router.wake.set)
+
+    def _peer_unreachable(self, peer: str) -> frozenset[str]:
+        return self.mailbox.peer_unreachable.get(peer, frozenset())
 
     def _peer_usable(self, peer: str) -> bool:
         return self.mailbox.connected(peer) and self.mailbox.peer_online.get(peer, False)

@@ -520,6 +520,9 @@ class _Connection:
         client_reader, client_writer = await asyncio.open_connection(sock=self._sock, limit=CHUNK_BYTES)
         self._sock = None
         self._writers.append(client_writer)
+        if self._link.is_cut():
+            _abort_writer(client_writer, reset=True)
+            return
         spec = self._proxy.spec
         if self._link.state.mode is LinkMode.BLACKHOLE:
             self._log.info("link_connection_blackholed", connection=self.name)
@@ -539,6 +542,12 @@ class _Connection:
             _abort_writer(client_writer, reset=True)
             return
         self._writers.append(target_writer)
+        if self._link.is_cut():
+            # The link was cut while this connection was being set up, after the cut's sweep of open
+            # connections had passed it by: refuse it now, as a cut link would have.
+            for writer in self._writers:
+                _abort_writer(writer, reset=True)
+            return
         self._log.debug("link_connection_open", connection=self.name)
         outbound, inbound = self._proxy.flows
         request_framer = response_framer = None
@@ -777,6 +786,10 @@ class Link:
         if pacer is None:
             pacer = self._pacers[flow] = _Pacer(state.mbps * 1e6 / 8)
         return pacer
+
+    def is_cut(self) -> bool:
+        """Whether the link is cut right now (read afresh: the mode changes while connections start)."""
+        return self.state.mode is LinkMode.CUT
 
     async def set_mode(
         self,

@@ -11,7 +11,10 @@ from protocol.transfer import SITE_PATTERN
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Presence(Message):
-    """Whether a site's daemon is connected; retained on ``presence/<site>``."""
+    """Whether a site's daemon is connected, and which peers it cannot reach; retained on ``presence/<site>``.
+
+    A relay's ``unreachable`` tells the summit about a hop it cannot see (base → archive).
+    """
 
     TYPE = "presence"
 
@@ -19,3 +22,6 @@ class Presence(Message):
     state: Literal["online", "offline"] = dataclasses.field(metadata=meta())
     at: float = dataclasses.field(default=0.0, metadata=meta(min=0))
     version: str = dataclasses.field(default="", metadata=meta(max_len=64))
+    unreachable: tuple[str, ...] = dataclasses.field(
+        default=(), metadata=meta(description="peers this site cannot reach right now (its links that are down)")
+    )

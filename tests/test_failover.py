@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from conftest import (
     Collector,
@@ -24,6 +25,7 @@ from conftest import (
     checksums,
     query_journal,
     read_catalog,
+    site_status,
     wait_settled,
     write_files,
 )
@@ -150,16 +152,28 @@ async def skyrelay_cli(*args: str) -> str:
 
 
 async def summit_linked(cluster: Cluster, subscribe: Subscribe) -> None:
-    """Wait until the summit's links into the base's and the archive's mailboxes are up (its presence is there).
+    """Wait until the whole primary route is up as the summit sees it.
 
-    A daemon is ready once its own mailbox is; without this, an exposure written at once could find
-    the summit not yet linked to the base and legitimately take direct.
+    A daemon is ready once its own mailbox is; its links to peers come up just after. Without this
+    wait an exposure written at once could find the summit not yet linked to the base, or the base
+    not yet linked to the archive (which it reports in its presence), and legitimately take direct.
+    A bounded settle check: re-reads the summit's status after each presence message or every 0.2 s.
     """
     for peer in ("base", "archive"):
         presence = await subscribe(cluster, peer, "skyrelay/v1/presence/summit")
         await presence.wait_for(
             lambda msgs: any(isinstance(m.data, dict) and m.data.get("state") == "online" for m in msgs), timeout_s=15
         )
+    base_presence = await subscribe(cluster, "base", "skyrelay/v1/presence/base")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    async with aiohttp.ClientSession() as session:
+        while True:
+            status = await site_status(session, cluster, "summit")
+            if all(r["healthy"] for r in status["routes"]):
+                return
+            assert loop.time() < deadline, f"the summit never saw every route healthy: {status['routes']}"
+            await base_presence.next_message(0.2)
 
 
 class Drill:
@@ -381,20 +395,19 @@ async def test_blackholed_summit_base_is_detected_by_timeouts_and_routed_around(
     assert_archived_exactly_once(d.cluster, d.notices, sources)
 
 
-async def test_silent_base_archive_hop_is_caught_by_the_custody_deadline(drill: DrillFactory) -> None:
-    """A silent base-archive hop, which the summit cannot see, is caught by the custody deadline and re-sent direct."""
+async def test_silent_base_archive_hop_is_caught_and_the_files_re_sent_direct(drill: DrillFactory) -> None:
+    """A silent base-archive hop, which the summit cannot see, is caught (the base reports the archive
+    unreachable once its keepalive fails, or else the custody deadline fires) and the files go direct."""
     d = await drill()
     base_archive = d.link("base", "archive")
     await base_archive.set_mode("blackhole")
     sources = await expose(d.cluster, 1, detectors=DETECTORS_3)
 
-    # The summit's own hop (to the base) stays healthy: only the custody deadline reveals the silence.
-    def overdue() -> set[str]:
-        return {e["details"]["file"] for e in events_of(d.events, "custody_overdue")}
-
-    await d.events.wait_for(lambda _: overdue() == set(sources), timeout_s=E2E_S + 2.0)
-    assert {e["details"]["new_route"] for e in events_of(d.events, "custody_overdue")} == {"direct"}
-    await wait_arrived(d.notices, set(sources), timeout_s=TRANSFER_ALLOWANCE_S)
+    # The summit's own hop (to the base) stays healthy: only the base's report or the deadline reveals
+    # the silence. Depending on timing the files are re-sent (failover, custody_overdue) or, when the
+    # report came first, sent direct from the start (route_changed).
+    await wait_arrived(d.notices, set(sources), timeout_s=E2E_S + 2.0 + TRANSFER_ALLOWANCE_S)
+    assert decided_direct(d.events) or events_of(d.events, "custody_overdue")
     taken = routes_taken(d.notices, set(sources))
     assert set(taken.values()) == {"direct"}, taken
     assert_archived_exactly_once(d.cluster, d.notices, sources)
@@ -433,3 +446,26 @@ async def test_operator_forces_auto_and_disables_routes_from_the_cli(
 
     await wait_settled(cluster, archived=len(sources), wake=notices, timeout_s=30)
     assert_archived_exactly_once(cluster, notices, sources)
+
+
+async def test_cut_base_archive_strands_nothing_at_the_base(drill: DrillFactory) -> None:
+    """Cutting base-archive (a hop the summit cannot see) is reported by the base at once: files it holds
+    are re-sent direct and new files go direct, long before the custody deadline; each is archived once."""
+    d = await drill(end_to_end_timeout_s=120.0)  # the deadline cannot explain anything in this test
+    base_archive = d.link("base", "archive")
+    await base_archive.set_mode("slow", mbps=4.0)  # files pile up at the base
+    sources = await expose(d.cluster, 1, size_bytes=512 * 1024)
+    await d.notices.wait_for(1, timeout_s=30)
+    await base_archive.set_mode("cut")
+    later = await expose(d.cluster, 2, detectors=DETECTORS_3)
+    everything = {**sources, **later}
+    await wait_arrived(d.notices, set(everything), timeout_s=30)
+    stranded = [e for e in events_of(d.events, "failover") if "unreachable" in e["details"].get("reason", "")]
+    assert stranded, "the summit never heard that the base cannot reach the archive"
+    assert set(routes_taken(d.notices, set(later)).values()) == {"direct"}
+    assert_archived_exactly_once(d.cluster, d.notices, everything)
+
+    await base_archive.set_mode("up")
+    statuses = await wait_settled(d.cluster, archived=len(everything), wake=d.notices, timeout_s=RECOVERY_S)
+    assert statuses["base"]["pending"] == 0
+    assert_archived_exactly_once(d.cluster, d.notices, everything)
