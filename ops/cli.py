@@ -16,17 +16,9 @@ from typing import Any
 import structlog
 
 from ops import logs
+from ops.target import Target, add_target_arguments, resolve
 
 log = structlog.get_logger()
-
-
-def _cluster_json(workdir: Path) -> dict[str, Any]:
-    path = workdir / "cluster.json"
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"skyrelay: no {path}: is `skyrelay up --workdir {workdir}` running?") from None
-    return data
 
 
 def _http_get(url: str) -> Any:
@@ -110,8 +102,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show each site's status."""
-    info = _cluster_json(Path(args.workdir))
-    result = {name: _http_get(site["http"] + "/v1/status") for name, site in info["sites"].items()}
+    target = resolve(args)
+    result = {name: _http_get(url + "/v1/status") for name, url in target.http.items()}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -128,9 +120,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     """Show what each site still has to deliver."""
-    info = _cluster_json(Path(args.workdir))
-    for name, site in info["sites"].items():
-        st = _http_get(site["http"] + "/v1/queue")
+    target = resolve(args)
+    for name, url in target.http.items():
+        st = _http_get(url + "/v1/queue")
         print(f"{name}: {len(st)} pending")
         for item in st[: args.limit]:
             print(
@@ -142,14 +134,13 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def cmd_routes(args: argparse.Namespace) -> int:
     """Show the summit's routes, or change their policy on a running cluster."""
-    info = _cluster_json(Path(args.workdir))
-    summit = info["sites"]["summit"]
+    target = resolve(args)
     if args.action != "show":
         if args.action != "auto" and not args.route:
             print(f"skyrelay: routes {args.action} needs a route name", file=sys.stderr)
             return 2
-        asyncio.run(_send_route_control(summit["broker"], args.action, args.route))
-    status = _http_get(summit["http"] + "/v1/status")
+        asyncio.run(_send_route_control(target, args.action, args.route))
+    status = _http_get(target.http[target.summit] + "/v1/status")
     routes = status.get("routes", [])
     if args.json:
         print(json.dumps(routes, indent=2))
@@ -168,18 +159,14 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _send_route_control(broker_url: str, command: str, route: str | None) -> None:
+async def _send_route_control(target: Target, command: str, route: str | None) -> None:
     import getpass
     import time
     import uuid
-    from urllib.parse import urlsplit
-
-    import aiomqtt
 
     from protocol import topics
     from protocol.control import RouteControl
 
-    url = urlsplit(broker_url)
     message = RouteControl(
         control_id=f"ctl-{uuid.uuid4().hex}",
         command=command,  # type: ignore[arg-type]
@@ -187,15 +174,13 @@ async def _send_route_control(broker_url: str, command: str, route: str | None) 
         issued_by=getpass.getuser(),
         at=time.time(),
     )
-    async with aiomqtt.Client(
-        url.hostname or "127.0.0.1", url.port or 1883, protocol=aiomqtt.ProtocolVersion.V5
-    ) as client:
-        await client.publish(topics.site("summit", "control"), message.to_json(), qos=1)
+    async with target.mqtt_client(target.summit) as client:
+        await client.publish(topics.site(target.summit, "control"), message.to_json(), qos=1)
 
 
 def _archive(args: argparse.Namespace) -> tuple[str, str]:
-    info = _cluster_json(Path(args.workdir))
-    return info["sites"]["archive"]["http"], info.get("token", "")
+    target = resolve(args)
+    return target.http[target.archive], target.token
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -252,17 +237,14 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
     """Print arrival notices (or any skyrelay topic) from the archive's broker as JSON lines."""
-    from urllib.parse import urlsplit
-
-    import aiomqtt
-
-    info = _cluster_json(Path(args.workdir))
-    url = urlsplit(info["sites"][args.site]["broker"])
+    target = resolve(args)
+    site = args.site or target.archive
+    if site not in target.brokers:
+        print(f"skyrelay: unknown site {site!r}; sites: {', '.join(target.brokers)}", file=sys.stderr)
+        return 2
 
     async def main() -> None:
-        async with aiomqtt.Client(
-            url.hostname or "127.0.0.1", url.port or 1883, protocol=aiomqtt.ProtocolVersion.V5
-        ) as client:
+        async with target.mqtt_client(site) as client:
             await client.subscribe(args.topic, qos=1)
             count = 0
             async for message in client.messages:
@@ -305,38 +287,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("status", help="status of a running cluster")
-    p.add_argument("--workdir", default="skyrelay-demo")
+    add_target_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("queue", help="pending deliveries of a running cluster")
-    p.add_argument("--workdir", default="skyrelay-demo")
+    add_target_arguments(p)
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("routes", help="show or change the summit's routes on a running cluster")
     p.add_argument("action", nargs="?", default="show", choices=["show", "force", "disable", "enable", "auto"])
     p.add_argument("route", nargs="?")
-    p.add_argument("--workdir", default="skyrelay-demo")
+    add_target_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_routes)
 
     p = sub.add_parser("verify", help="completeness of an observing day (exit 1 when anything is missing)")
     p.add_argument("--dayobs", required=True)
-    p.add_argument("--workdir", default="skyrelay-demo")
+    add_target_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("quarantine", help="list quarantined files or release one after fixing its cause")
     p.add_argument("action", choices=["list", "release"])
     p.add_argument("id", nargs="?", type=int)
-    p.add_argument("--workdir", default="skyrelay-demo")
+    add_target_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quarantine)
 
     p = sub.add_parser("subscribe", help="print notices from a site's broker as JSON lines")
-    p.add_argument("--workdir", default="skyrelay-demo")
-    p.add_argument("--site", default="archive")
+    add_target_arguments(p)
+    p.add_argument("--site", default=None, help="whose broker (default: the archive)")
     p.add_argument("--topic", default="skyrelay/v1/arrivals/#")
     p.add_argument("--count", type=int, default=0, help="exit after N messages")
     p.set_defaults(func=cmd_subscribe)

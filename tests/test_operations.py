@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import urllib.request
 
 import pytest
@@ -60,3 +62,31 @@ async def test_a_storage_failure_at_the_base_is_reported_and_retried_without_los
     await asyncio.to_thread(relay.unlink)
     await wait_settled(cluster, archived=1, wake=arrivals, timeout_s=60)
     assert [n["name"] for n in arrivals.of_type("arrival")] == ["AT_O_20261120_000001_R00_S00.fits"]
+
+
+async def test_operator_commands_reach_a_system_through_its_topology_file(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
+    """On a deployed system (no cluster.json) status, routes and verify work from the topology file alone."""
+    cluster = await make_cluster()
+    arrivals = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
+    await asyncio.to_thread(write_exposure, cluster.inbox, "LATISS", dayobs="20261120", seqnum=1, size_bytes=100_000)
+    await wait_settled(cluster, archived=1, wake=arrivals)
+    topology = str(cluster.topology_path)
+
+    status = json.loads(await _cli("status", "--topology", topology, "--json"))
+    assert set(status) == {"summit", "base", "archive"}
+    assert status["archive"]["catalog"] == {"archived": 1}
+    routes = json.loads(await _cli("routes", "--topology", topology, "--json"))
+    assert [r["name"] for r in routes] == ["primary", "direct"]
+    report = json.loads(await _cli("verify", "--topology", topology, "--dayobs", "20261120", "--json"))
+    assert report["ok"] and report["complete"] == 1
+
+
+async def _cli(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ops.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")
+    return out.decode()
