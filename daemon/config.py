@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -136,6 +137,13 @@ class Topology:
                     if 0 <= j < len(route.sites) and route.sites[j] not in out:
                         out.append(route.sites[j])
         return tuple(out)
+
+    def mqtt_tls_context(self) -> ssl.SSLContext:
+        """TLS for ``mqtts://`` brokers: verify against ``mqtt_ca_file``, with a client certificate if set."""
+        context = ssl.create_default_context(cafile=str(self.mqtt_ca_file) if self.mqtt_ca_file else None)
+        if self.mqtt_cert_file is not None and self.mqtt_key_file is not None:
+            context.load_cert_chain(str(self.mqtt_cert_file), str(self.mqtt_key_file))
+        return context
 
     def route(self, name: str) -> Route | None:
         """The route called ``name``."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -53,7 +52,6 @@ class Mailbox:
         self.peer_online: dict[str, bool] = {p: False for p in self._peers}
         self.peer_unreachable: dict[str, frozenset[str]] = {p: frozenset() for p in self._peers}
         self.local_ready = asyncio.Event()
-        self.peers_ready: dict[str, asyncio.Event] = {p: asyncio.Event() for p in self._peers}
         self._listeners: list[PeerListener] = []
         # A link that comes back should be noticed within seconds, whatever the delivery backoff is.
         self._reconnect_cap_s = min(RECONNECT_CAP_S, self.tuning.backoff_max_s)
@@ -91,17 +89,9 @@ class Mailbox:
             keepalive=self.tuning.mqtt_keepalive_s,
             clean_start=False,
             properties=props,
-            tls_context=self._tls_context() if endpoint.tls else None,
+            tls_context=self.topology.mqtt_tls_context() if endpoint.tls else None,
             timeout=self.tuning.publish_timeout_s,
         )
-
-    def _tls_context(self) -> ssl.SSLContext:
-        """Verify the broker against the topology's CA; present a client certificate when one is set."""
-        topology = self.topology
-        context = ssl.create_default_context(cafile=str(topology.mqtt_ca_file) if topology.mqtt_ca_file else None)
-        if topology.mqtt_cert_file is not None and topology.mqtt_key_file is not None:
-            context.load_cert_chain(str(topology.mqtt_cert_file), str(topology.mqtt_key_file))
-        return context
 
     async def _own_loop(self) -> None:
         me = self.topology.sites[self.site]
@@ -142,7 +132,6 @@ class Mailbox:
                     await client.subscribe(topics.presence(peer), qos=1)
                     await client.publish(topics.presence(self.site), _presence(self.site, "online"), qos=1, retain=True)
                     self._peers[peer] = client
-                    self.peers_ready[peer].set()
                     attempt = 0
                     log.info("link_connected", peer=peer, broker=str(link.broker))
                     self._notify(peer, True)
@@ -156,7 +145,6 @@ class Mailbox:
             finally:
                 was_up = self._peers.get(peer) is not None
                 self._peers[peer] = None
-                self.peers_ready[peer].clear()
                 self.peer_online[peer] = False
                 if was_up:
                     self._notify(peer, False)
@@ -231,18 +219,12 @@ class Mailbox:
 
     async def goodbye(self) -> None:
         """Publish ``offline`` presence on every connected broker before a clean shutdown."""
-        for peer, client in list(self._peers.items()):
+        for client in [*self._peers.values(), self._local]:
             if client is not None:
                 with contextlib.suppress(aiomqtt.MqttError):
                     await client.publish(
                         topics.presence(self.site), _presence(self.site, "offline"), qos=1, retain=True, timeout=1.0
                     )
-            del peer
-        if self._local is not None:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await self._local.publish(
-                    topics.presence(self.site), _presence(self.site, "offline"), qos=1, retain=True, timeout=1.0
-                )
 
 
 def _cancelling() -> bool:

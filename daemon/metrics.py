@@ -26,7 +26,7 @@ class SiteCollector(Collector):
         site = self.site
         name = site.name
         files = CounterMetricFamily("skyrelay_files", "Files handled, by outcome", labels=["site", "outcome"])
-        for outcome, count in site.counters.items():
+        for outcome, count in site.counter_values().items():
             files.add_metric([name, outcome], count)
         yield files
         problems = CounterMetricFamily("skyrelay_problems", "Problems reported, by kind", labels=["site", "kind"])

@@ -51,7 +51,6 @@ class Awaiting:
     file: FileRow
     route: str
     started: float | None  # monotonic time of the first hop's ack; None while the offer waits
-    reroutes: int = 0
 
 
 class Router:
@@ -74,8 +73,6 @@ class Router:
         self.make_item = make_item
         self.awaiting: dict[str, Awaiting] = {}
         self.wake = asyncio.Event()
-        self.failovers = 0
-        self.overdue_reroutes = 0
         self._pending_events: list[tuple[str, str, dict[str, Any]]] = []
 
     # ---- bookkeeping -----------------------------------------------------------------------
@@ -179,7 +176,6 @@ class Router:
             if alternative is None:
                 continue
             await self._reroute(item, alternative, reason=f"{route.name} unusable: {self._why(route, now)}")
-            self.failovers += 1
 
     def _why(self, route: Route, now: float) -> str:
         peer = self.routes.next_hop(route)
@@ -237,7 +233,6 @@ class Router:
                 continue
             old_route = waiting.route
             await self._resend(key, waiting, alternative)
-            self.overdue_reroutes += 1
             await self.reporter.event(
                 "custody_overdue",
                 f"{waiting.file.name}: no custody {timeout:.0f}s after {old_route}'s first hop took it; re-sent by "
@@ -259,7 +254,6 @@ class Router:
         )
         self.sender.add(self.make_item(transfer, waiting.file))
         waiting.route, waiting.started = route.name, None
-        waiting.reroutes += 1
 
     async def _rescue_stranded(self, now: float) -> None:
         """Files the next hop already holds but reports it cannot forward go again by another route."""
@@ -274,7 +268,6 @@ class Router:
             if alternative is None:
                 continue
             await self._resend(key, waiting, alternative)
-            self.failovers += 1
             hop = self.routes.next_hop(route)
             await self.reporter.event(
                 "failover",

@@ -96,7 +96,6 @@ class Site:
             "rejected": 0,
             "registered": 0,
             "custody": 0,
-            "notices": 0,
         }
         self.metrics = SiteMetrics(self)
         self.archivist: Archivist | None = None
@@ -119,6 +118,13 @@ class Site:
             router = self.router
             self.mailbox.add_peer_listener(lambda peer, up: router.wake.set())
             self.sender.health_listeners.append(router.wake.set)
+
+    def counter_values(self) -> dict[str, int]:
+        """Files by outcome, and at the archive the notices published."""
+        values = dict(self.counters)
+        if self.archivist is not None:
+            values["notices"] = self.archivist.notices_published
+        return values
 
     def _peer_unreachable(self, peer: str) -> frozenset[str]:
         return self.mailbox.peer_unreachable.get(peer, frozenset())
@@ -729,7 +735,7 @@ class Site:
             },
             "files": files,
             "pending": len(self.sender.items),
-            "counters": dict(self.counters),
+            "counters": self.counter_values(),
             "problems": dict(self.reporter.problem_counts),
             "recent_problems": list(self.reporter.recent_problems)[-10:],
             "events": list(self.reporter.recent_events)[-10:],

@@ -79,7 +79,6 @@ class InboxWatcher:
         self.known = known
         self.rescan_interval_s = rescan_interval_s
         self.queue: asyncio.Queue[Path] = asyncio.Queue()
-        self.rescans = 0
 
     async def run(self, ready: asyncio.Event) -> None:
         """Watch until cancelled; rescan at start and every ``rescan_interval_s``."""
@@ -107,7 +106,6 @@ class InboxWatcher:
             while True:
                 for path in await asyncio.to_thread(scan, self.inbox, dict(self.known)):
                     self.queue.put_nowait(path)
-                self.rescans += 1
                 rescan_now.clear()
                 try:
                     async with asyncio.timeout(self.rescan_interval_s):

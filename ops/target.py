@@ -36,9 +36,7 @@ class Target:
         topo = self.topology
         tls: ssl.SSLContext | None = None
         if url.scheme == "mqtts":
-            tls = ssl.create_default_context(cafile=str(topo.mqtt_ca_file) if topo and topo.mqtt_ca_file else None)
-            if topo is not None and topo.mqtt_cert_file is not None and topo.mqtt_key_file is not None:
-                tls.load_cert_chain(str(topo.mqtt_cert_file), str(topo.mqtt_key_file))
+            tls = topo.mqtt_tls_context() if topo is not None else ssl.create_default_context()
         return aiomqtt.Client(
             url.hostname or "127.0.0.1",
             url.port or 1883,
