@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import random
 import shutil
 import signal
 import socket
@@ -20,11 +21,67 @@ class BrokerError(RuntimeError):
     """mosquitto is missing or did not start."""
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections (Linux; the IANA range elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+class _PortAllocator:
+    """Hands out listening ports that stay free between being picked and being bound.
+
+    A port the kernel picks with ``bind(0)`` comes from the ephemeral range, the same range every
+    outgoing TCP connection (an MQTT client, an HTTP pull) takes its source port from: between being
+    picked and being bound by a broker or a daemon, a busy machine can hand it to a connection, and
+    the bind fails with EADDRINUSE. Ports below the ephemeral range are never used as source ports, so
+    we pick there, starting at a random point (two processes rarely start on the same port), never
+    hand out the same port twice in one process, and check that each is bindable right now.
+    """
+
+    def __init__(self) -> None:
+        low, _high = _ephemeral_range()
+        self._low, self._high = 10000, low - 1
+        self._issued: set[int] = set()
+        self._next = random.randint(self._low, self._high) if self._high - self._low > 1000 else 0
+
+    def take(self, host: str) -> int:
+        if not self._next:
+            return self._kernel_pick(host)
+        span = self._high - self._low + 1
+        for _ in range(span):
+            port = self._next
+            self._next = self._low + (self._next - self._low + 1) % span
+            if port not in self._issued and self._bindable(host, port):
+                self._issued.add(port)
+                return port
+        return self._kernel_pick(host)
+
+    @staticmethod
+    def _bindable(host: str, port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the real listeners bind
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+            return True
+
+    @staticmethod
+    def _kernel_pick(host: str) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+
+
+_ports = _PortAllocator()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free now and that no outgoing connection can take before it is bound."""
+    return _ports.take(host)
 
 
 def mosquitto_binary() -> str:

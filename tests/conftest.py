@@ -103,9 +103,10 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[MakeCluster]:
                 cluster = Cluster(tmp_path / f"cluster{count}", tuning=tuning, **kwargs)
                 try:
                     return await stack.enter_async_context(cluster)
-                except (ClusterError, BrokerError) as exc:
-                    # Free ports are picked, released, then bound: another process on this machine
-                    # can take one in between. Only that clash is retried; any other failure is real.
+                except (ClusterError, BrokerError, OSError) as exc:
+                    # Free ports are picked below the ephemeral range, released, then bound: only another
+                    # process listening on the machine can take one in between. Only that clash is
+                    # retried; any other failure is real.
                     if attempt == PORT_CLASH_ATTEMPTS or not _port_clash(cluster.workdir, str(exc)):
                         raise
             raise AssertionError("unreachable")
