@@ -46,11 +46,27 @@ class SiteConfig:
     archive_root: Path | None = None
     correction_dirs: tuple[Path, ...] = ()
     retention_s: float | None = None
+    http_cert_file: Path | None = None
+    http_key_file: Path | None = None
+
+    @property
+    def http_tls(self) -> bool:
+        """Whether the data server speaks HTTPS (a certificate is configured)."""
+        return self.http_cert_file is not None
 
     @property
     def http_url(self) -> str:
         """The data server's own URL."""
-        return f"http://{self.http_listen.host}:{self.http_listen.port}"
+        scheme = "https" if self.http_tls else "http"
+        return f"{scheme}://{self.http_listen.host}:{self.http_listen.port}"
+
+    def http_server_tls_context(self) -> ssl.SSLContext | None:
+        """The data server's TLS (its certificate and key), or None for plain HTTP."""
+        if self.http_cert_file is None or self.http_key_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(self.http_cert_file), str(self.http_key_file))
+        return context
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,6 +123,7 @@ class Topology:
     mqtt_ca_file: Path | None = None
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
+    http_ca_file: Path | None = None
 
     @property
     def summit(self) -> SiteConfig:
@@ -145,6 +162,12 @@ class Topology:
             context.load_cert_chain(str(self.mqtt_cert_file), str(self.mqtt_key_file))
         return context
 
+    def http_tls_context(self) -> ssl.SSLContext | None:
+        """TLS for pulls from ``https://`` data servers, verified against ``http_ca_file``; None if none is."""
+        if self.http_ca_file is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.http_ca_file))
+
     def route(self, name: str) -> Route | None:
         """The route called ``name``."""
         return next((r for r in self.routes if r.name == name), None)
@@ -156,7 +179,7 @@ def _endpoint(value: Any, where: str, problems: list[str], *, scheme: str | None
         return None
     text = value if "://" in value else f"tcp://{value}"
     parts = urlsplit(text)
-    allowed = (scheme, f"{scheme}s") if scheme == "mqtt" else (scheme,)
+    allowed = (scheme, f"{scheme}s") if scheme in ("mqtt", "http") else (scheme,)
     if scheme is not None and "://" in value and parts.scheme not in allowed:
         problems.append(f"{where}: scheme must be {' or '.join(f'{a}://' for a in allowed)}, got {parts.scheme}://")
         return None
@@ -167,7 +190,7 @@ def _endpoint(value: Any, where: str, problems: list[str], *, scheme: str | None
     if not parts.hostname or port is None:
         problems.append(f"{where}: needs host and port, got {value!r}")
         return None
-    return Endpoint(host=parts.hostname, port=port, tls=parts.scheme == "mqtts")
+    return Endpoint(host=parts.hostname, port=port, tls=parts.scheme in ("mqtts", "https"))
 
 
 def _path(base: Path, value: Any, where: str, problems: list[str]) -> Path | None:
@@ -176,6 +199,20 @@ def _path(base: Path, value: Any, where: str, problems: list[str]) -> Path | Non
         return None
     path = Path(value)
     return path if path.is_absolute() else (base / path).resolve()
+
+
+def _tls_problem(where: str, *, ca: Path | None = None, pair: tuple[Path, Path] | None = None) -> str | None:
+    """Why a CA file or a certificate/key pair cannot be loaded by the ssl module, or None if it can."""
+    try:
+        context = ssl.create_default_context()
+        if ca is not None:
+            context.load_verify_locations(cafile=str(ca))
+        if pair is not None:
+            context.load_cert_chain(str(pair[0]), str(pair[1]))
+    except (ssl.SSLError, OSError) as exc:
+        what = ca if ca is not None else " and ".join(map(str, pair or ()))
+        return f"{where}: cannot load {what}: {exc}"
+    return None
 
 
 def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
@@ -226,6 +263,20 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
             for i, v in enumerate(spec.get("correction_dirs", []))
             if (p := _path(base, v, f"{where}.correction_dirs[{i}]", problems)) is not None
         )
+        cert_files = {
+            key: _path(base, spec[key], f"{where}.{key}", problems) if key in spec else None
+            for key in ("http_cert_file", "http_key_file")
+        }
+        if (cert_files["http_cert_file"] is None) != (cert_files["http_key_file"] is None):
+            problems.append(f"{where}: http_cert_file and http_key_file go together (the data server's TLS)")
+        for key, file in cert_files.items():
+            if check_dirs and file is not None and not file.is_file():
+                problems.append(f"{where}.{key}: {file} is not a readable file")
+        cert, key_file = cert_files["http_cert_file"], cert_files["http_key_file"]
+        pair = (cert, key_file) if cert is not None and key_file is not None else None
+        if check_dirs and pair and all(f.is_file() for f in pair):
+            problem = _tls_problem(f"{where}.http_cert_file", pair=pair)
+            problems.extend([problem] if problem else [])
         retention = spec.get("retention_s", 0.0 if role == "relay" else None)
         if retention is not None and (not isinstance(retention, int | float) or retention < 0):
             problems.append(f"{where}.retention_s: must be a number >= 0")
@@ -239,6 +290,8 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
             "archive_root",
             "correction_dirs",
             "retention_s",
+            "http_cert_file",
+            "http_key_file",
         }
         for key in sorted(unknown):
             problems.append(f"{where}.{key}: unknown setting")
@@ -254,6 +307,8 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
             archive_root=archive_root,
             correction_dirs=corrections,
             retention_s=float(retention) if retention is not None else None,
+            http_cert_file=cert_files["http_cert_file"],
+            http_key_file=cert_files["http_key_file"],
         )
     for role in ("summit", "archive"):
         count = sum(1 for s in sites.values() if s.role == role)
@@ -277,7 +332,15 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
             broker = _endpoint(spec.get("broker"), f"{where}.broker", problems, scheme="mqtt")
             http_ep = _endpoint(spec.get("http"), f"{where}.http", problems, scheme="http")
             if broker and http_ep:
-                links[(src, dst)] = LinkConfig(src=src, dst=dst, broker=broker, http=f"http://{http_ep}")
+                far = sites.get(dst)
+                if far is not None and http_ep.tls != far.http_tls:
+                    problems.append(
+                        f"{where}.http: {dst}'s data server speaks {'https' if far.http_tls else 'http'} "
+                        f"(http_cert_file {'set' if far.http_tls else 'not set'}), the link says "
+                        f"{'https' if http_ep.tls else 'http'}://"
+                    )
+                scheme = "https" if http_ep.tls else "http"
+                links[(src, dst)] = LinkConfig(src=src, dst=dst, broker=broker, http=f"{scheme}://{http_ep}")
 
     routes: list[Route] = []
     raw_routes = raw.get("routes")
@@ -334,14 +397,35 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
                     token = token_path.read_text().strip()
                 except OSError as exc:
                     problems.append(f"security.token_file: cannot read {token_path}: {exc.strerror}")
+        known_security = {
+            "token",
+            "token_file",
+            "mqtt_username",
+            "mqtt_password",
+            "mqtt_ca_file",
+            "mqtt_cert_file",
+            "mqtt_key_file",
+            "http_ca_file",
+        }
+        for key in sorted(set(security) - known_security):
+            problems.append(f"security.{key}: unknown setting")
         username = security.get("mqtt_username")
         password = security.get("mqtt_password")
-        for key in ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file"):
+        for key in ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "http_ca_file"):
             tls_files[key] = _path(base, security[key], f"security.{key}", problems) if key in security else None
             if check_dirs and tls_files[key] is not None and not tls_files[key].is_file():  # type: ignore[union-attr]
                 problems.append(f"security.{key}: {tls_files[key]} is not a readable file")
         if (tls_files["mqtt_cert_file"] is None) != (tls_files["mqtt_key_file"] is None):
             problems.append("security: mqtt_cert_file and mqtt_key_file go together (client certificate)")
+        if check_dirs:
+            readable = {k: f for k, f in tls_files.items() if f is not None and f.is_file()}
+            for key in ("mqtt_ca_file", "http_ca_file"):
+                if key in readable and (problem := _tls_problem(f"security.{key}", ca=readable[key])):
+                    problems.append(problem)
+            if "mqtt_cert_file" in readable and "mqtt_key_file" in readable:
+                pair = (readable["mqtt_cert_file"], readable["mqtt_key_file"])
+                if problem := _tls_problem("security.mqtt_cert_file", pair=pair):
+                    problems.append(problem)
     if token is not None and len(token) < 16:
         problems.append("security.token: must be at least 16 characters")
     if token is None:
@@ -360,6 +444,8 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
     uses_tls = any(s.broker.tls for s in sites.values()) or any(link.broker.tls for link in links.values())
     if uses_tls and tls_files.get("mqtt_ca_file") is None:
         problems.append("security.mqtt_ca_file: required to verify brokers reached by mqtts://")
+    if any(s.http_tls for s in sites.values()) and tls_files.get("http_ca_file") is None:
+        problems.append("security.http_ca_file: required to verify data servers that speak https")
     if problems:
         raise TopologyError(str(path), problems)
     return Topology(
@@ -374,4 +460,5 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
         mqtt_ca_file=tls_files.get("mqtt_ca_file"),
         mqtt_cert_file=tls_files.get("mqtt_cert_file"),
         mqtt_key_file=tls_files.get("mqtt_key_file"),
+        http_ca_file=tls_files.get("http_ca_file"),
     )

@@ -147,10 +147,13 @@ class Site:
         if self.watcher is None:
             watcher_ready.set()
         try:
-            async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tg:
+            client_tls = self.topology.http_tls_context()
+            connector = aiohttp.TCPConnector(ssl=client_tls) if client_tls is not None else None
+            async with aiohttp.ClientSession(connector=connector) as session, asyncio.TaskGroup() as tg:
                 self.session = session
                 app = build_app(self.journal, self.topology.token, self.status, self.http_routes())
-                tg.create_task(serve(app, self.cfg.http_listen, http_ready), name=f"{self.name}.http")
+                server = serve(app, self.cfg.http_listen, http_ready, self.cfg.http_server_tls_context())
+                tg.create_task(server, name=f"{self.name}.http")
                 await self.mailbox.run(tg)
                 await self.sender.run(tg)
                 for i in range(self.tuning.pull_concurrency):

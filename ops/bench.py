@@ -6,6 +6,8 @@ under one run directory, and the same files are used for skyrelay and for the ba
 - **direct** / **primary**: one LSSTCam-sized exposure (197 files x 20 MB by default) renamed into the
   summit inbox all at once, one hop (summit -> archive) or two (summit -> base -> archive);
   throughput = bytes / (last arrival notice - first rename).
+- **https**: the direct exposure again with every data server speaking HTTPS (a throwaway CA made with
+  openssl): what TLS on the pulls costs.
 - **idle**: files renamed one at a time, each after the previous one's notice: close -> notice latency
   of an otherwise idle system.
 - **small**: a stream of small files (500 x ~100 KB by default): files/s, MB/s and latency.
@@ -50,12 +52,13 @@ import structlog
 
 from ops.broker import BrokerError, free_port
 from ops.cluster import SITES, Cluster, ClusterError
+from ops.pki import PkiError, make_pki
 
 __all__ = ["BenchError", "add_bench_arguments", "bench_main", "run_bench"]
 
 log = structlog.get_logger()
 
-WORKLOADS: Final = ("direct", "primary", "idle", "small", "cpu", "headers")
+WORKLOADS: Final = ("direct", "primary", "https", "idle", "small", "cpu", "headers")
 ARRIVALS_TOPIC: Final = "skyrelay/v1/arrivals/#"
 INSTRUMENT: Final = "LSSTCam"
 MB: Final = 1_000_000
@@ -469,10 +472,15 @@ async def on_fresh_cluster(
     *,
     cpu_window_s: float | None = None,
     keep: bool,
+    https: bool = False,
 ) -> dict[str, Any]:
-    """Start a fresh cluster in ``workdir``, subscribe to arrivals, run ``body``; add peak RSS (and idle CPU)."""
+    """Start a fresh cluster in ``workdir``, subscribe to arrivals, run ``body``; add peak RSS (and idle CPU).
+
+    ``https``: the data servers speak HTTPS with a throwaway CA's certificate (made with openssl).
+    """
     try:
-        async with Cluster(workdir, routes=routes) as cluster:
+        http_tls = await asyncio.to_thread(make_pki, workdir / "pki", "skyrelay bench") if https else None
+        async with Cluster(workdir, routes=routes, http_tls=http_tls) as cluster:
             async with listen_arrivals(cluster.brokers["archive"].port) as listener:
                 pids = {site: pid for site, _ in SITES if (pid := cluster.daemons[site].pid) is not None}
                 cpu_before = {site: cpu_seconds(pid) for site, pid in pids.items()}
@@ -629,7 +637,7 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
 
 async def _run_all(config: BenchConfig, run_dir: Path, report: dict[str, Any]) -> None:
     selected = set(config.workloads)
-    exposure = selected & {"direct", "primary"}
+    exposure = selected & {"direct", "primary", "https"}
     pregen_count = max(config.files if exposure else 0, config.idle_files if "idle" in selected else 0)
     files: list[Path] = []
     if pregen_count:
@@ -652,7 +660,15 @@ async def _run_all(config: BenchConfig, run_dir: Path, report: dict[str, Any]) -
         log.info("bench_step", step=key)
         try:
             section[key] = await step
-        except (BenchError, ClusterError, BrokerError, OSError, aiomqtt.MqttError, aiohttp.ClientError) as exc:
+        except (
+            BenchError,
+            ClusterError,
+            BrokerError,
+            PkiError,
+            OSError,
+            aiomqtt.MqttError,
+            aiohttp.ClientError,
+        ) as exc:
             message = f"{key}: {type(exc).__name__}: {exc}"
             log.error("bench_step_failed", step=key, error=message)
             errors.append(message)
@@ -686,6 +702,8 @@ async def _run_all(config: BenchConfig, run_dir: Path, report: dict[str, Any]) -
         plan.append(("direct", {"direct": ["summit", "archive"]}, burst, None))
     if "primary" in selected:
         plan.append(("primary", {"primary": ["summit", "base", "archive"]}, burst, None))
+    if "https" in selected:
+        plan.append(("https", {"direct": ["summit", "archive"]}, burst, None))
     if "idle" in selected:
         plan.append(("idle", {"direct": ["summit", "archive"]}, one_by_one, None))
     if "small" in selected:
@@ -694,7 +712,8 @@ async def _run_all(config: BenchConfig, run_dir: Path, report: dict[str, Any]) -
         plan.append(("cpu", {"direct": ["summit", "archive"]}, nothing, cpu_window))
     for name, routes, body, window in plan:
         workdir = run_dir / f"cluster-{name}"
-        await attempt(name, workloads, on_fresh_cluster(workdir, routes, body, cpu_window_s=window, keep=config.keep))
+        step = on_fresh_cluster(workdir, routes, body, cpu_window_s=window, keep=config.keep, https=name == "https")
+        await attempt(name, workloads, step)
         measured = workloads[name]
         if "idle_cpu" in measured:
             after = name if name != "cpu" else "start-up of a fresh cluster"
@@ -702,7 +721,7 @@ async def _run_all(config: BenchConfig, run_dir: Path, report: dict[str, Any]) -
         elif window is not None:
             workloads["cpu"] = {"error": f"not measured: the {name} cluster failed"}
 
-    for name in ("direct", "primary"):
+    for name in ("direct", "primary", "https"):
         entry = workloads.get(name)
         if entry and "mb_per_s" in entry:
             entry["vs_rsync"] = _ratio(entry["mb_per_s"], baselines.get("rsync", {}).get("mb_per_s"))
@@ -812,9 +831,9 @@ def render_table(report: Mapping[str, Any]) -> str:
         f"{'x rsync':>7} {'x dd':>6}  {'CPU s sum/base/arch':>19}  peak RSS MiB sum/base/arch"
     )
     workloads = report["workloads"]
-    if any(name in workloads for name in ("direct", "primary", "idle", "small")):
+    if any(name in workloads for name in ("direct", "primary", "https", "idle", "small")):
         lines += [header, "-" * len(header)]
-    for name in ("direct", "primary", "idle", "small"):
+    for name in ("direct", "primary", "https", "idle", "small"):
         entry = workloads.get(name)
         if entry is None:
             continue

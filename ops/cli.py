@@ -21,9 +21,9 @@ from ops.target import Target, add_target_arguments, resolve
 log = structlog.get_logger()
 
 
-def _http_get(url: str) -> Any:
+def _http_get(target: Target, url: str) -> Any:
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with target.urlopen(url, timeout_s=10) as resp:
             return json.loads(resp.read())
     except (urllib.error.URLError, OSError) as exc:
         raise SystemExit(f"skyrelay: cannot reach {url}: {exc}") from None
@@ -54,13 +54,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).resolve()
     routes = {name: DEFAULT_ROUTES[name] for name in args.routes.split(",")} if args.routes else None
     corrections = [Path(p).resolve() for p in args.corrections]
+    http_tls = None
+    if args.https:
+        from ops.pki import PkiError, make_pki
+
+        try:
+            http_tls = make_pki(workdir / "pki", "skyrelay up")
+        except PkiError as exc:
+            raise SystemExit(f"skyrelay up: {exc}") from None
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with Cluster(workdir, routes=routes, drill=args.drill, correction_dirs=corrections) as cluster:
+        cluster = Cluster(workdir, routes=routes, drill=args.drill, correction_dirs=corrections, http_tls=http_tls)
+        async with cluster:
             print(f"skyrelay up: cluster ready, see {workdir / 'cluster.json'}", flush=True)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(cluster.supervise(stop), name="up.supervise")
@@ -103,7 +112,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Show each site's status."""
     target = resolve(args)
-    result = {name: _http_get(url + "/v1/status") for name, url in target.http.items()}
+    result = {name: _http_get(target, url + "/v1/status") for name, url in target.http.items()}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -122,7 +131,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     """Show what each site still has to deliver."""
     target = resolve(args)
     for name, url in target.http.items():
-        st = _http_get(url + "/v1/queue")
+        st = _http_get(target, url + "/v1/queue")
         print(f"{name}: {len(st)} pending")
         for item in st[: args.limit]:
             print(
@@ -140,7 +149,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
             print(f"skyrelay: routes {args.action} needs a route name", file=sys.stderr)
             return 2
         asyncio.run(_send_route_control(target, args.action, args.route))
-    status = _http_get(target.http[target.summit] + "/v1/status")
+    status = _http_get(target, target.http[target.summit] + "/v1/status")
     routes = status.get("routes", [])
     if args.json:
         print(json.dumps(routes, indent=2))
@@ -178,15 +187,15 @@ async def _send_route_control(target: Target, command: str, route: str | None) -
         await client.publish(topics.site(target.summit, "control"), message.to_json(), qos=1)
 
 
-def _archive(args: argparse.Namespace) -> tuple[str, str]:
+def _archive(args: argparse.Namespace) -> tuple[Target, str]:
     target = resolve(args)
-    return target.http[target.archive], target.token
+    return target, target.http[target.archive]
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Completeness of one observing day; exit 1 when anything is missing."""
-    http, _ = _archive(args)
-    report = _http_get(f"{http}/v1/verify?dayobs={args.dayobs}")
+    target, http = _archive(args)
+    report = _http_get(target, f"{http}/v1/verify?dayobs={args.dayobs}")
     if args.json:
         print(json.dumps(report, indent=2))
         return 0 if report["ok"] else 1
@@ -208,9 +217,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     """List quarantined files, or release one for re-ingest."""
-    http, token = _archive(args)
+    target, http = _archive(args)
     if args.action == "list":
-        rows = _http_get(f"{http}/v1/quarantine")
+        rows = _http_get(target, f"{http}/v1/quarantine")
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
@@ -222,10 +231,10 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         print("skyrelay: quarantine release needs an id (see `skyrelay quarantine list`)", file=sys.stderr)
         return 2
     request = urllib.request.Request(
-        f"{http}/v1/quarantine/{args.id}/release", method="POST", headers={"Authorization": f"Bearer {token}"}
+        f"{http}/v1/quarantine/{args.id}/release", method="POST", headers={"Authorization": f"Bearer {target.token}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=120) as resp:
+        with target.urlopen(request, timeout_s=120) as resp:
             result = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         body = exc.read().decode(errors="replace")
@@ -279,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-mb", type=float, default=4.0, help="camera: size of each file")
     p.add_argument("--routes", help="comma-separated subset of primary,direct")
     p.add_argument("--drill", action="store_true", help="put every link behind the link simulator")
+    p.add_argument("--https", action="store_true", help="data servers speak HTTPS (a throwaway CA in WORKDIR/pki)")
     p.add_argument("--corrections", action="append", default=[], help="header correction directory (repeatable)")
     p.set_defaults(func=cmd_up)
 

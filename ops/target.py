@@ -10,7 +10,9 @@ import argparse
 import dataclasses
 import json
 import ssl
+import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -29,6 +31,11 @@ class Target:
     summit: str
     archive: str
     topology: Topology | None = None
+
+    def urlopen(self, request: str | urllib.request.Request, *, timeout_s: float) -> Any:
+        """Open an HTTP(S) request to a site's data server, verifying HTTPS with the topology's CA."""
+        context = self.topology.http_tls_context() if self.topology is not None else None
+        return urllib.request.urlopen(request, timeout=timeout_s, context=context)
 
     def mqtt_client(self, site: str) -> aiomqtt.Client:
         """An MQTT v5 client for ``site``'s broker, with the topology's credentials and TLS."""
@@ -81,10 +88,18 @@ def resolve(args: argparse.Namespace) -> Target:
             "(for a deployed system pass --topology)"
         ) from None
     sites = info["sites"]
+    generated_topology: Topology | None = None
+    generated = Path(info.get("topology") or Path(args.workdir) / "topology.toml")
+    if generated.is_file():  # written by `skyrelay up`: its CA for HTTPS and MQTT over TLS
+        try:
+            generated_topology = load_topology(generated, check_dirs=False)
+        except TopologyError as exc:
+            raise SystemExit(f"skyrelay: {exc}") from None
     return Target(
         http={name: site["http"] for name, site in sites.items()},
         brokers={name: site["broker"] for name, site in sites.items()},
         token=info.get("token", ""),
         summit="summit",
         archive="archive",
+        topology=generated_topology,
     )

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -327,10 +328,15 @@ def drop_into_inbox(cluster: Cluster, name: str, data: bytes) -> Path:
     return final
 
 
+def http_ssl(cluster: Cluster) -> ssl.SSLContext | bool:
+    """What a client passes as aiohttp's ``ssl=`` to reach this cluster's data servers."""
+    return ssl.create_default_context(cafile=str(cluster.http_tls[0])) if cluster.http_tls else True
+
+
 async def site_status(session: aiohttp.ClientSession, cluster: Cluster, site: str) -> dict[str, Any]:
-    """A site's ``GET /v1/status``."""
-    url = f"http://127.0.0.1:{cluster.http_ports[site]}/v1/status"
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+    """A site's ``GET /v1/status`` (over HTTPS when the cluster's data servers speak it)."""
+    url = f"{cluster.info()['sites'][site]['http']}/v1/status"
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5), ssl=http_ssl(cluster)) as resp:
         resp.raise_for_status()
         data: dict[str, Any] = await resp.json()
         return data

@@ -8,6 +8,7 @@ import pytest
 
 from daemon.config import load_topology
 from daemon.errors import TopologyError
+from ops.pki import make_pki
 
 VALID = """
 [sites.summit]
@@ -115,3 +116,40 @@ def test_unreadable_or_invalid_toml_is_a_clear_error(tmp_path: Path) -> None:
         load_topology(tmp_path / "absent.toml")
     with pytest.raises(TopologyError, match="not valid TOML"):
         load_topology(write(tmp_path, "[sites\n"))
+
+
+def test_https_data_servers_need_their_certificate_pair_a_ca_and_matching_links(tmp_path: Path) -> None:
+    """A site that serves HTTPS needs cert and key; pullers need the CA; a link must say https:// for it."""
+    make_pki(tmp_path / "pki", "test")
+    (tmp_path / "garbage.crt").write_text("not a certificate\n")
+    tls = VALID.replace(
+        'archive_root = "archive/root"',
+        'archive_root = "archive/root"\nhttp_cert_file = "pki/server.crt"\nhttp_key_file = "pki/server.key"',
+    )
+    good = tls.replace('http = "http://127.0.0.1:9083"', 'http = "https://127.0.0.1:9083"').replace(
+        'token = "0123456789abcdef0123"', 'token = "0123456789abcdef0123"\nhttp_ca_file = "pki/ca.crt"'
+    )
+    topology = load_topology(write(tmp_path, good))
+    assert topology.archive.http_url == "https://127.0.0.1:8083"
+    assert topology.link("summit", "archive").http == "https://127.0.0.1:9083"
+    assert topology.link("base", "archive").http == "https://127.0.0.1:8083"
+    assert topology.link("summit", "base").http == "http://127.0.0.1:8082"
+    assert topology.http_tls_context() is not None
+
+    broken = (
+        tls.replace('http_key_file = "pki/server.key"', "")
+        .replace('http_listen = "127.0.0.1:8082"', 'http_listen = "127.0.0.1:8082"\nhttp_cert_file = "gone.crt"')
+        .replace(
+            'token = "0123456789abcdef0123"',
+            'token = "0123456789abcdef0123"\nhttp_ca = "pki/ca.crt"\nmqtt_ca_file = "garbage.crt"',
+        )
+    )
+    with pytest.raises(TopologyError) as caught:
+        load_topology(write(tmp_path, broken))
+    text = "\n".join(caught.value.problems)
+    assert "sites.archive: http_cert_file and http_key_file go together" in text
+    assert f"sites.base.http_cert_file: {tmp_path / 'gone.crt'} is not a readable file" in text
+    assert "links.summit.archive.http: archive's data server speaks https (http_cert_file set)" in text
+    assert "security.http_ca: unknown setting" in text
+    assert "security.http_ca_file: required to verify data servers that speak https" in text
+    assert f"security.mqtt_ca_file: cannot load {tmp_path / 'garbage.crt'}" in text

@@ -1,82 +1,35 @@
-"""Mailboxes over TLS: a daemon verifies its broker with the topology's CA, and refuses one it cannot verify."""
+"""TLS on both channels between sites.
+
+- Mailboxes: a daemon verifies its broker with the topology's CA, and refuses one it cannot verify.
+- Data servers: with ``http_cert_file`` set, every pull is HTTPS, verified with ``http_ca_file``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
-import subprocess
+import ssl
+import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
+from conftest import MakeCluster, Subscribe, checksums, read_catalog, wait_settled, write_files
 
 from daemon.config import Endpoint, SiteConfig, Topology, Tuning
+from daemon.errors import PullError
 from daemon.mailbox import Mailbox
+from daemon.puller import pull_file
 from ops.broker import Mosquitto, mosquitto_binary
+from ops.pki import make_pki
 from protocol import topics
 
 pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make test certificates"),
 ]
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_pki(directory: Path, name: str) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
-    directory.mkdir(parents=True)
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        f"/CN={name} test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        cwd=directory,
-    )
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        cwd=directory,
-    )
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "server.crt",
-        cwd=directory,
-    )
-    return directory / "ca.crt", directory / "server.crt", directory / "server.key"
 
 
 def topology(broker: Mosquitto, ca: Path, state: Path) -> Topology:
@@ -147,3 +100,47 @@ async def test_mailbox_connects_over_tls_and_refuses_an_unverifiable_broker(tmp_
         assert not untrusted.local_ready.is_set()
     finally:
         await broker.stop()
+
+
+async def test_pulls_cross_every_hop_over_https_and_an_unverifiable_data_server_is_refused(
+    make_cluster: MakeCluster, subscribe: Subscribe, tmp_path: Path
+) -> None:
+    """Every data server speaks HTTPS: an exposure crosses summit → base → archive intact, operator
+    commands reach the sites over HTTPS, plain HTTP gets no answer, and a puller with another CA
+    refuses the server before a byte is written."""
+    pki = make_pki(tmp_path / "pki", "skyrelay")
+    cluster = await make_cluster(http_tls=pki)
+    arrivals = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
+    files = await write_files(cluster, seqnum=1, size_bytes=3 << 20)
+    sources = await checksums(files)
+    await wait_settled(cluster, archived=len(files), wake=arrivals)
+
+    catalog = read_catalog(cluster)
+    assert {r["name"]: r["checksum"] for r in catalog} == sources
+    assert {n["route"] for n in arrivals.of_type("arrival")} == {"primary"}, "both hops pulled over HTTPS"
+    summit_url = cluster.info()["sites"]["summit"]["http"]
+    assert summit_url.startswith("https://")
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ops.cli", "status", "--workdir", str(cluster.workdir), "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")
+    assert json.loads(out)["archive"]["catalog"] == {"archived": len(files)}
+
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientError):
+            plain = summit_url.replace("https://", "http://") + "/v1/status"
+            async with session.get(plain, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                await resp.read()
+
+    other_ca, _, _ = make_pki(tmp_path / "other", "stranger")
+    untrusted = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(other_ca)))
+    dest = tmp_path / "pulled.part"
+    async with aiohttp.ClientSession(connector=untrusted) as session:
+        with pytest.raises(PullError, match=r"(?i)certificate"):
+            await pull_file(
+                session, f"{summit_url}/v1/transfers/any", cluster.token, dest, size=1, checksum="blake3:" + "0" * 64
+            )
+    assert not dest.exists()
