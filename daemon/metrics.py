@@ -78,8 +78,13 @@ class SiteCollector(Collector):
                 routes.add_metric([name, route.name], 1.0 if site.routes.route_healthy(route) else 0.0)
             yield routes
         if site.router is not None:
+            custody = site.router.custody_summary()
+            yield _single("skyrelay_awaiting_custody", "Summit files not yet in custody", name, custody["awaiting"])
             yield _single(
-                "skyrelay_awaiting_custody", "Summit files not yet in custody", name, len(site.router.awaiting)
+                "skyrelay_custody_stuck",
+                "Summit files overdue for custody with no other usable route (alert on > 0)",
+                name,
+                custody["stuck"],
             )
 
 

@@ -51,6 +51,7 @@ class Awaiting:
     file: FileRow
     route: str
     started: float | None  # monotonic time of the first hop's ack; None while the offer waits
+    stuck: bool = False  # overdue with no other usable route: reported, still retried
 
 
 class Router:
@@ -72,6 +73,7 @@ class Router:
         self.reporter = reporter
         self.make_item = make_item
         self.awaiting: dict[str, Awaiting] = {}
+        self._stuck_reported_at: float | None = None
         self.wake = asyncio.Event()
         self._pending_events: list[tuple[str, str, dict[str, Any]]] = []
 
@@ -229,6 +231,7 @@ class Router:
             )
             waiting.started = now  # with no alternative, look again after another period
             if alternative is None:
+                waiting.stuck = True
                 next_deadline = now + timeout if next_deadline is None else min(next_deadline, now + timeout)
                 continue
             old_route = waiting.route
@@ -241,7 +244,32 @@ class Router:
                 old_route=old_route,
                 new_route=alternative.name,
             )
+        await self._report_stuck(now, timeout)
         return next_deadline
+
+    def custody_summary(self) -> dict[str, int]:
+        """Files awaiting custody, and those overdue with no other usable route (``stuck``)."""
+        return {
+            "awaiting": len(self.awaiting),
+            "stuck": sum(1 for w in self.awaiting.values() if w.stuck),
+        }
+
+    async def _report_stuck(self, now: float, period: float) -> None:
+        """Nothing silently stuck: one problem per period listing every overdue file with no other
+        usable route (not one problem per file)."""
+        stuck = [w for w in self.awaiting.values() if w.stuck]
+        due = self._stuck_reported_at is None or now - self._stuck_reported_at >= period
+        if stuck and due:
+            self._stuck_reported_at = now
+            names = sorted(w.file.name for w in stuck)
+            await self.reporter.problem(
+                "custody_overdue",
+                f"{len(stuck)} file(s) without custody {period:.0f}s after their first hop took them, and no "
+                "other usable route; still retrying",
+                files=len(stuck),
+                routes=sorted({w.route for w in stuck}),
+                examples=names[:10],
+            )
 
     async def _resend(self, key: str, waiting: Awaiting, route: Route) -> None:
         """Send a file again by ``route``; any offer still waiting is superseded. The earlier copy may
@@ -253,7 +281,7 @@ class Router:
             functools.partial(_supersede_and_insert, old=stale, file_key=key, route=route)
         )
         self.sender.add(self.make_item(transfer, waiting.file))
-        waiting.route, waiting.started = route.name, None
+        waiting.route, waiting.started, waiting.stuck = route.name, None, False
 
     async def _rescue_stranded(self, now: float) -> None:
         """Files the next hop already holds but reports it cannot forward go again by another route."""

@@ -745,6 +745,8 @@ class Site:
         }
         if self.routes is not None:
             out["routes"] = [dataclasses.asdict(v) for v in self.routes.view(self.sender.queue_by_route())]
+        if self.router is not None:
+            out["custody"] = self.router.custody_summary()
         if self.role == "archive":
             rows = await self.journal.query("SELECT status, COUNT(*) AS n FROM catalog GROUP BY status")
             out["catalog"] = {r["status"]: r["n"] for r in rows}

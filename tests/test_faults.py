@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import collections
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from conftest import (
     INSTRUMENT,
@@ -19,6 +21,7 @@ from conftest import (
     blake3_of,
     checksums,
     read_catalog,
+    site_status,
     wait_settled,
     write_files,
 )
@@ -144,3 +147,34 @@ async def test_corrupted_bytes_on_the_link_are_caught_and_retried(
     )
     assert archived == sources
     assert sorted(n["name"] for n in notices.of_type("arrival")) == sorted(sources)
+
+
+async def test_a_file_with_no_route_to_custody_is_reported_not_silently_stuck(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
+    """Only one route and the archive down behind the base: the summit reports the overdue files as a
+    problem (one per period, not one per file), keeps them, and they are archived once the archive returns."""
+    cluster = await make_cluster(
+        routes={"primary": ["summit", "base", "archive"]}, tuning={"end_to_end_timeout_s": 3.0}
+    )
+    problems = await subscribe(cluster, "summit", "skyrelay/v1/problems/summit")
+    notices = await subscribe(cluster, "archive", ARRIVALS)
+    await cluster.daemons["archive"].kill()
+    paths = await write_files(cluster, seqnum=1, size_bytes=64 * 1024)
+
+    def overdue() -> list[dict[str, Any]]:
+        return [p for p in problems.of_type("problem") if p["kind"] == "custody_overdue"]
+
+    await problems.wait_for(lambda _: any(p["details"]["files"] == len(paths) for p in overdue()), timeout_s=30)
+    report = overdue()[-1]
+    assert report["details"]["routes"] == ["primary"]
+    assert "no other usable route" in report["reason"]
+    assert len(overdue()) < len(paths), "aggregated, not one problem per file"
+    async with aiohttp.ClientSession() as session:
+        summit = await site_status(session, cluster, "summit")
+    assert summit["custody"] == {"awaiting": len(paths), "stuck": len(paths)}
+
+    await cluster.restart_daemon("archive")
+    await notices.wait_for(lambda _: {p.name for p in paths} <= _arrived(notices), timeout_s=60)
+    await wait_settled(cluster, archived=len(paths), timeout_s=60, wake=notices)
+    assert sorted(r["name"] for r in read_catalog(cluster)) == sorted(p.name for p in paths)

@@ -35,6 +35,7 @@ async def test_metrics_count_the_exposure_and_the_base_expires_its_copies(
     summit = await asyncio.to_thread(_get, f"http://127.0.0.1:{cluster.http_ports['summit']}/metrics")
     assert 'skyrelay_route_healthy{route="primary",site="summit"} 1.0' in summit
     assert 'skyrelay_awaiting_custody{site="summit"} 0.0' in summit
+    assert 'skyrelay_custody_stuck{site="summit"} 0.0' in summit
     assert 'skyrelay_link_up{peer="base",site="summit"} 1.0' in summit
 
     page = await asyncio.to_thread(_get, f"http://127.0.0.1:{cluster.http_ports['base']}/")
