@@ -1,0 +1,51 @@
+"""``skyrelay bench --quick`` end to end: every workload completes and the report carries its figures.
+
+A smoke test of the benchmark itself (real clusters, rsync and dd); the targets are reported, never
+asserted here: timing belongs to benchmarks, not tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def test_quick_bench_reports_every_workload_beside_rsync_and_dd(tmp_path: Path) -> None:
+    """Throughput, latency, RSS and CPU per workload, the rsync and dd baselines, and the targets."""
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is needed for the baseline (.ci/install installs it)")
+    workloads = ["direct", "idle", "cpu", "headers"] + (["https"] if shutil.which("openssl") else [])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ops.cli", "bench", "--quick", "--json", "--workdir", str(tmp_path),
+        "--workloads", ",".join(workloads), "--files", "12", "--idle-files", "3",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    report = json.loads(out)
+    table = err.decode(errors="replace")
+
+    assert report["errors"] == []
+    assert report["baselines"]["rsync"]["mb_per_s"] > 0 and report["baselines"]["rsync"]["fsync"]
+    assert report["baselines"]["dd"]["mb_per_s"] > 0
+    for name in ("direct", *(["https"] if "https" in workloads else [])):
+        entry = report["workloads"][name]
+        assert entry["complete"] and entry["received"] == 12, entry
+        assert entry["vs_rsync"] > 0 and entry["latency"]["p99_s"] >= entry["latency"]["p50_s"] > 0
+        assert entry["duplicate_notices"] == 0
+        assert all(0 < rss < 1024 for rss in entry["peak_rss_mib"].values())
+    assert report["workloads"]["idle"]["complete"] and report["workloads"]["idle"]["received"] == 3
+    cpu = report["workloads"]["cpu"]
+    assert set(cpu["percent"]) == set(cpu["tail"]) == {"summit", "base", "archive"}
+    assert report["workloads"]["headers"]["verify_us_per_header"] > 0
+    assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"direct", "idle", "peak"}
+    assert "rsync    loopback daemon" in table and "x rsync" in table
+    leftovers = await asyncio.to_thread(lambda: list(tmp_path.iterdir()))
+    assert leftovers == [], "the run directory is removed unless --keep"
