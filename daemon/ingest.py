@@ -511,15 +511,19 @@ class Archivist:
                 seqnums.setdefault(row["instrument"], set()).add(int(row["seqnum"]))
         gaps = {inst: sorted(set(range(min(s), max(s) + 1)) - s) for inst, s in seqnums.items()}
         quarantined = [q for q in await self.quarantine_list() if q["dayobs"] in (dayobs, None)]
-        missing_any = any(e["missing"] for e in out_exposures) or any(gaps.values())
+        # An exposure whose detectors are still arriving (within late_after_s of its first) is not
+        # missing anything yet: it is reported as arriving and does not fail verify.
+        arriving = [e for e in out_exposures if e["missing"] and e["state"] == "pending"]
+        incomplete = [e for e in out_exposures if e["missing"] and e["state"] != "pending"]
         return {
             "dayobs": dayobs,
             "exposures": out_exposures,
             "gaps": {k: v for k, v in gaps.items() if v},
             "quarantined": quarantined,
             "complete": sum(1 for e in out_exposures if not e["missing"]),
-            "incomplete": sum(1 for e in out_exposures if e["missing"]),
-            "ok": not missing_any,
+            "incomplete": len(incomplete),
+            "arriving": len(arriving),
+            "ok": not incomplete and not any(gaps.values()),
         }
 
     def http_routes(self) -> list[web.RouteDef]:

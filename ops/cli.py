@@ -199,10 +199,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0 if report["ok"] else 1
-    print(f"dayobs {report['dayobs']}: {report['complete']} complete, {report['incomplete']} incomplete exposures")
+    print(
+        f"dayobs {report['dayobs']}: {report['complete']} complete, {report['incomplete']} incomplete exposures"
+        + (f", {report['arriving']} still arriving" if report.get("arriving") else "")
+    )
     print(f"{'instrument':10} {'obsid':24} {'seq':>5} {'state':9} {'arrived':>9}  missing")
     for exp in report["exposures"]:
         missing = ", ".join(exp["missing"][:12]) + (" ..." if len(exp["missing"]) > 12 else "")
+        if missing and exp["state"] == "pending":
+            missing = f"awaiting {missing}"
         print(
             f"{exp['instrument']:10} {exp['obsid']:24} {exp['seqnum'] or '':>5} {exp['state']:9} "
             f"{exp['arrived']:>4}/{exp['expected']:<4}  {missing}"

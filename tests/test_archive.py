@@ -427,6 +427,25 @@ async def test_missing_detector_makes_the_exposure_late_and_verify_fails(
     assert (code, report["ok"], report["incomplete"]) == (0, True, 0)
 
 
+async def test_an_exposure_still_arriving_is_reported_but_does_not_fail_verify(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
+    """Within late_after_s of its first detector an exposure is arriving, not missing: verify exits 0."""
+    cluster = await make_cluster(tuning={"late_after_s": 300.0})
+    arrivals = await subscribe(cluster, "archive", ARRIVALS)
+    partial = await camera(cluster.inbox, "ComCam", seqnum=1, detectors=["R22_S00", "R22_S11"])
+    await arrivals.wait_for(arrivals_named(arrivals, {p.name for p in partial}), timeout_s=30)
+
+    code, report = await verify_json(cluster)
+    assert (code, report["ok"], report["arriving"], report["incomplete"], report["complete"]) == (0, True, 1, 0, 0)
+    (exposure,) = report["exposures"]
+    assert (exposure["state"], exposure["arrived"], exposure["late"]) == ("pending", 2, [])
+    assert len(exposure["missing"]) == 7
+    code, out, _ = await skyrelay(cluster, "verify", "--dayobs", DAYOBS)
+    assert code == 0
+    assert "1 still arriving" in out and "awaiting R22_S01" in out
+
+
 async def test_sequence_gap_fails_verify_until_the_missing_exposure_arrives(
     cluster: Cluster, subscribe: Subscribe
 ) -> None:
