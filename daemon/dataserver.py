@@ -43,6 +43,8 @@ def build_app(
         row = await journal.transfer_source(transfer_id)
         if row is None:
             raise web.HTTPNotFound(text=f"no transfer {transfer_id}")
+        if row.state == "replaced":
+            raise web.HTTPGone(text=f"{row.name} was rewritten at the source; this version no longer exists")
         path = Path(row.local_path)
         try:
             size = await asyncio.to_thread(lambda: os.stat(path).st_size)

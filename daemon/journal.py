@@ -351,6 +351,34 @@ class Journal:
 # ---- statements used inside transactions (run on the journal thread) ---------------------
 
 
+def retire_replaced(db: sqlite3.Connection, *, name: str, keep: str) -> list[sqlite3.Row]:
+    """Mark ``replaced`` the earlier inbox files of this name that no site ever took (no first-hop ack),
+    and supersede their transfers; return them. A version a site did take stays: it is delivered from
+    there, and the archive keeps both versions (the later one under quarantine/name_conflict)."""
+    rows = db.execute(
+        "SELECT file_key, checksum, size FROM files f WHERE f.name = ? AND f.source = 'inbox'"
+        " AND f.state = 'held' AND f.file_key != ?"
+        " AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.file_key = f.file_key AND t.acked_at IS NOT NULL)",
+        (name, keep),
+    ).fetchall()
+    for row in rows:
+        db.execute("UPDATE files SET state = 'replaced' WHERE file_key = ?", (row["file_key"],))
+        db.execute(
+            "UPDATE transfers SET state = 'superseded', last_reason = 'source rewritten'"
+            " WHERE file_key = ? AND state = 'pending'",
+            (row["file_key"],),
+        )
+    return rows
+
+
+def revive_replaced(db: sqlite3.Connection, file_key: str, *, mtime_ns: int) -> bool:
+    """A replaced file's content is back in the inbox: hold it again; False if it was not replaced."""
+    cur = db.execute(
+        "UPDATE files SET state = 'held', mtime_ns = ? WHERE file_key = ? AND state = 'replaced'", (mtime_ns, file_key)
+    )
+    return cur.rowcount > 0
+
+
 def insert_file(
     db: sqlite3.Connection,
     *,

@@ -112,8 +112,8 @@ class Router:
             waiting.started = time.monotonic()
             self.wake.set()  # schedule this file's custody deadline
 
-    def custody(self, file_key: str) -> None:
-        """The archive holds the file: stop tracking it."""
+    def forget(self, file_key: str) -> None:
+        """Stop tracking a file: the archive holds it, or the camera replaced it before it left."""
         self.awaiting.pop(file_key, None)
 
     def choose(self) -> Route | None:

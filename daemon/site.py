@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ class Site:
             "failed": 0,
             "rejected": 0,
             "registered": 0,
+            "replaced": 0,
             "custody": 0,
         }
         self.metrics = SiteMetrics(self)
@@ -477,11 +479,7 @@ class Site:
             return jr.queue_custody(db, onward, key)
 
         queued = await self.journal.transaction(record)
-        for item in self.sender.of_file(key):
-            if item.kind == "offer":
-                self.sender.remove(item.msg_id)
-        if self.router is not None:
-            self.router.custody(key)
+        self._stop_offering(key)
         self.counters["custody"] += 1
         log.info(
             "custody_received",
@@ -659,8 +657,8 @@ class Site:
             )
         chosen = route or self.topology.routes[0]
 
-        def record(db: Any) -> TransferRow | None:
-            if not jr.insert_file(
+        def record(db: Any) -> tuple[TransferRow | None, list[sqlite3.Row]]:
+            inserted = jr.insert_file(
                 db,
                 file_key=identity.key,
                 name=relative,
@@ -670,9 +668,13 @@ class Site:
                 local_path=str(path),
                 source="inbox",
                 mtime_ns=mtime_ns,
-            ):
-                return None
-            return jr.insert_transfer(
+            )
+            # Content rewritten back to an earlier version that was itself replaced: send it again.
+            revived = not inserted and jr.revive_replaced(db, identity.key, mtime_ns=mtime_ns)
+            if not inserted and not revived:
+                return None, []
+            replaced = jr.retire_replaced(db, name=relative, keep=identity.key)
+            transfer = jr.insert_transfer(
                 db,
                 transfer_id=jr.new_id("t"),
                 file_key=identity.key,
@@ -680,8 +682,20 @@ class Site:
                 route_sites=chosen.sites,
                 hop=0,
             )
+            return transfer, replaced
 
-        transfer = await self.journal.transaction(record)
+        transfer, replaced = await self.journal.transaction(record)
+        for old in replaced:
+            self._stop_offering(old["file_key"])
+            self.counters["replaced"] += 1
+            await self.reporter.problem(
+                "source_replaced",
+                f"{relative} was rewritten before any site took the earlier content ({old['checksum']}, "
+                f"{old['size']} bytes); that content no longer exists and is not sent, the new content is",
+                name=relative,
+                old_checksum=old["checksum"],
+                new_checksum=checksum,
+            )
         if transfer is None:
             return
         self.counters["registered"] += 1
@@ -691,6 +705,14 @@ class Site:
         if route is not None:
             self.sender.add(self._offer_item(transfer, file_row))
         self.router.track(file_row, chosen.name)
+
+    def _stop_offering(self, file_key: str) -> None:
+        """Drop a file's offers and stop tracking its custody (it reached custody, or it was replaced)."""
+        for item in self.sender.of_file(file_key):
+            if item.kind == "offer":
+                self.sender.remove(item.msg_id)
+        if self.router is not None:
+            self.router.forget(file_key)
 
     async def on_control(self, control: RouteControl) -> None:
         """Operator route policy; only the summit chooses routes."""

@@ -351,16 +351,15 @@ def assert_daemons_alive(cluster: Cluster) -> None:
             raise AssertionError(f"the {site} daemon exited with {daemon.proc.returncode}; its log ends:\n{tail}")
 
 
-def _settled(statuses: Mapping[str, Mapping[str, Any]], archived: int) -> bool:
-    return statuses["summit"].get("files") == {"archived": archived} and all(
-        s.get("pending") == 0 for s in statuses.values()
-    )
+def _settled(statuses: Mapping[str, Mapping[str, Any]], want: Mapping[str, int]) -> bool:
+    return statuses["summit"].get("files") == want and all(s.get("pending") == 0 for s in statuses.values())
 
 
 async def wait_settled(
-    cluster: Cluster, *, archived: int, timeout_s: float = 60.0, wake: Collector | None = None
+    cluster: Cluster, *, archived: int, timeout_s: float = 60.0, wake: Collector | None = None, replaced: int = 0
 ) -> dict[str, dict[str, Any]]:
-    """Wait until custody of ``archived`` files is back at the summit and no site has pending work.
+    """Wait until custody of ``archived`` files is back at the summit and no site has pending work
+    (and, with ``replaced``, that many inbox files were rewritten before they left and are not sent).
 
     A bounded settle check: it re-reads every site's ``/v1/status`` after each MQTT message that
     ``wake`` receives, or at most every 0.2 s, for up to ``timeout_s`` seconds. Returns the statuses.
@@ -369,6 +368,7 @@ async def wait_settled(
         AssertionError: not settled in time (shows the last statuses seen).
     """
     statuses: dict[str, dict[str, Any]] = {}
+    want = {"archived": archived, **({"replaced": replaced} if replaced else {})}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     async with aiohttp.ClientSession() as session:
@@ -378,7 +378,7 @@ async def wait_settled(
                 statuses = {site: await site_status(session, cluster, site) for site in SITES}
             except (aiohttp.ClientError, TimeoutError):
                 statuses = {}
-            if statuses and _settled(statuses, archived):
+            if statuses and _settled(statuses, want):
                 return statuses
             if loop.time() >= deadline:
                 brief = {
@@ -386,7 +386,7 @@ async def wait_settled(
                     for site, s in statuses.items()
                 }
                 raise AssertionError(
-                    f"not settled within {timeout_s}s (want summit files {{'archived': {archived}}}, "
+                    f"not settled within {timeout_s}s (want summit files {want}, "
                     f"pending 0 everywhere): {json.dumps(brief, indent=1)[:6000]}"
                 )
             if wake is not None:

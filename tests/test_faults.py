@@ -8,24 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from conftest import (
+    DAYOBS,
     INSTRUMENT,
     Collector,
     MakeCluster,
     Subscribe,
     blake3_of,
     checksums,
+    drop_into_inbox,
     read_catalog,
     site_status,
     wait_settled,
     write_files,
 )
 
+from ops.camera import write_exposure
 from ops.cluster import Cluster
 
 ARRIVALS = "skyrelay/v1/arrivals/#"
@@ -178,3 +182,53 @@ async def test_a_file_with_no_route_to_custody_is_reported_not_silently_stuck(
     await notices.wait_for(lambda _: {p.name for p in paths} <= _arrived(notices), timeout_s=60)
     await wait_settled(cluster, archived=len(paths), timeout_s=60, wake=notices)
     assert sorted(r["name"] for r in read_catalog(cluster)) == sorted(p.name for p in paths)
+
+
+async def test_a_file_rewritten_before_it_left_is_sent_in_its_latest_version_only(
+    make_cluster: MakeCluster, subscribe: Subscribe, tmp_path: Path
+) -> None:
+    """The camera rewrites a file, then rewrites it back, while no site can take it yet. Each version gone
+    from disk is retired with a source_replaced problem instead of being retried forever; the version
+    back on disk is sent again; exactly the latest content is archived."""
+    cluster = await make_cluster()
+    problems = await subscribe(cluster, "summit", "skyrelay/v1/problems/summit")
+    notices = await subscribe(cluster, "archive", ARRIVALS)
+    for site in ("base", "archive"):  # no first hop can take the file
+        await cluster.daemons[site].kill()
+    versions = [
+        await asyncio.to_thread(
+            write_exposure, tmp_path / version, INSTRUMENT, dayobs=DAYOBS, seqnum=1, size_bytes=size,
+            detectors=["R22_S11"],
+        )
+        for version, size in (("v1", 64 * 1024), ("v2", 96 * 1024))
+    ]  # fmt: skip
+    (first,), (second,) = versions
+    assert first.name == second.name
+    name, a, b = first.name, blake3_of(first), blake3_of(second)
+    saved_a = await asyncio.to_thread(first.read_bytes)
+
+    def replaced() -> list[tuple[str, str]]:
+        found = [p for p in problems.of_type("problem") if p["kind"] == "source_replaced" and p["name"] == name]
+        return [(p["details"]["old_checksum"], p["details"]["new_checksum"]) for p in found]
+
+    await asyncio.to_thread(os.replace, first, cluster.inbox / name)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):  # bounded: registration is a hash and a journal commit
+            if (await site_status(session, cluster, "summit"))["files"] == {"held": 1}:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the summit never registered the first version")
+    await asyncio.to_thread(os.replace, second, cluster.inbox / name)  # the camera's rewrite: write, rename
+    await problems.wait_for(lambda _: replaced() == [(a, b)], timeout_s=30)
+    await asyncio.to_thread(drop_into_inbox, cluster, name, saved_a)  # and back to the first content
+    await problems.wait_for(lambda _: replaced() == [(a, b), (b, a)], timeout_s=30)
+
+    for site in ("base", "archive"):
+        await cluster.restart_daemon(site)
+    statuses = await wait_settled(cluster, archived=1, replaced=1, wake=notices, timeout_s=60)
+    assert statuses["summit"]["counters"]["replaced"] == 2
+    (row,) = read_catalog(cluster)
+    assert (row["name"], row["checksum"]) == (name, a)
+    assert await asyncio.to_thread(blake3_of, cluster.archive_root / row["archive_path"]) == a
+    assert [n["checksum"] for n in notices.of_type("arrival")] == [a]
