@@ -269,13 +269,17 @@ class Cluster:
         await self.linksim.start()
         return addresses
 
+    def http_url(self, site: str) -> str:
+        """Where ``site``'s data server answers (HTTPS when the cluster has ``http_tls``)."""
+        return f"{'https' if self.http_tls else 'http'}://127.0.0.1:{self.http_ports[site]}"
+
     def info(self) -> dict[str, Any]:
         """The public ``cluster.json`` contract."""
         sites: dict[str, Any] = {}
         for name, _ in SITES:
             entry: dict[str, Any] = {
                 "broker": self.brokers[name].url,
-                "http": f"{'https' if self.http_tls else 'http'}://127.0.0.1:{self.http_ports[name]}",
+                "http": self.http_url(name),
                 "pid": self.daemons[name].pid if name in self.daemons else None,
                 "broker_pid": self.brokers[name].pid,
             }

@@ -19,6 +19,7 @@ import json
 import os
 import sqlite3
 import ssl
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,49 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[MakeCluster]:
 async def cluster(make_cluster: MakeCluster) -> Cluster:
     """A started cluster with the default routes (primary via base, and direct)."""
     return await make_cluster()
+
+
+# ---- the operator's command line ----------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True, slots=True)
+class CliRun:
+    """How one ``skyrelay`` command ended."""
+
+    code: int
+    out: str
+    err: str
+
+
+async def run_cli(*args: str, timeout_s: float = 60.0) -> CliRun:
+    """Run ``python -m ops.cli ARGS`` from the repository, as an operator would; killed after ``timeout_s``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ops.cli",
+        *args,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"skyrelay {' '.join(args)}: still running after {timeout_s}s") from None
+    assert proc.returncode is not None
+    return CliRun(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+async def cli_ok(*args: str, timeout_s: float = 60.0) -> str:
+    """Run a ``skyrelay`` command that must exit 0; return its standard output."""
+    run = await run_cli(*args, timeout_s=timeout_s)
+    assert run.code == 0, f"skyrelay {' '.join(args)} exited {run.code}: {run.err[-3000:] or run.out[-3000:]}"
+    return run.out
 
 
 # ---- MQTT subscriber ----------------------------------------------------------------------
@@ -335,7 +379,7 @@ def http_ssl(cluster: Cluster) -> ssl.SSLContext | bool:
 
 async def site_status(session: aiohttp.ClientSession, cluster: Cluster, site: str) -> dict[str, Any]:
     """A site's ``GET /v1/status`` (over HTTPS when the cluster's data servers speak it)."""
-    url = f"{cluster.info()['sites'][site]['http']}/v1/status"
+    url = f"{cluster.http_url(site)}/v1/status"
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=5), ssl=http_ssl(cluster)) as resp:
         resp.raise_for_status()
         data: dict[str, Any] = await resp.json()

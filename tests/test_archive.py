@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from conftest import (
     drop_into_inbox,
     query_journal,
     read_catalog,
+    run_cli,
     wait_settled,
 )
 
@@ -37,7 +37,6 @@ from processors.detectors import expected_detectors
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE_BYTES = 200_000
 ARRIVALS = "skyrelay/v1/arrivals/#"
 ARCHIVE_PROBLEMS = "skyrelay/v1/problems/archive"
@@ -83,22 +82,9 @@ async def camera(
 
 
 async def skyrelay(cluster: Cluster, *args: str) -> tuple[int, str, str]:
-    """Run ``python -m ops.cli <args> --workdir <cluster>`` as an operator would; return (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ops.cli",
-        *args,
-        "--workdir",
-        str(cluster.workdir),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """Run ``skyrelay <args> --workdir <cluster>`` as an operator would; return (exit code, stdout, stderr)."""
+    run = await run_cli(*args, "--workdir", str(cluster.workdir))
+    return run.code, run.out, run.err
 
 
 async def verify_json(cluster: Cluster) -> tuple[int, dict[str, Any]]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -22,15 +22,14 @@ async def test_quick_bench_reports_every_workload_beside_rsync_and_dd(tmp_path: 
     if shutil.which("rsync") is None:
         pytest.skip("rsync is needed for the baseline (.ci/install installs it)")
     workloads = ["direct", "idle", "cpu", "headers"] + (["https"] if shutil.which("openssl") else [])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ops.cli", "bench", "--quick", "--json", "--workdir", str(tmp_path),
+    run = await run_cli(
+        "bench", "--quick", "--json", "--workdir", str(tmp_path),
         "--workloads", ",".join(workloads), "--files", "12", "--idle-files", "3",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        timeout_s=220,
     )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-    report = json.loads(out)
-    table = err.decode(errors="replace")
+    assert run.code == 0, run.err[-3000:]
+    report = json.loads(run.out)
+    table = run.err
 
     assert report["errors"] == []
     assert report["baselines"]["rsync"]["mb_per_s"] > 0 and report["baselines"]["rsync"]["fsync"]

@@ -8,11 +8,9 @@ the routing decisions reported on ``events/summit``.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +21,7 @@ from conftest import (
     Subscribe,
     blake3_of,
     checksums,
+    cli_ok,
     query_journal,
     read_catalog,
     site_status,
@@ -35,7 +34,6 @@ from ops.linksim import Link, link_name
 
 pytestmark = pytest.mark.timeout(150)
 
-REPO = Path(__file__).resolve().parents[1]
 ARRIVALS = "skyrelay/v1/arrivals/#"
 SUMMIT_EVENTS = "skyrelay/v1/events/summit"
 ARCHIVE_PROBLEMS = "skyrelay/v1/problems/archive"
@@ -132,23 +130,6 @@ async def probe_until(
         assert loop.time() < deadline, f"{what}: not within {bound_s:.0f}s"
         await probe()
         await wake.next_message(1.0)
-
-
-async def skyrelay_cli(*args: str) -> str:
-    """Run ``python -m ops.cli ARGS`` as an operator would; return its output (it must exit 0)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ops.cli",
-        *args,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    async with asyncio.timeout(30):
-        out, _ = await proc.communicate()
-    assert proc.returncode == 0, out.decode(errors="replace")
-    return out.decode(errors="replace")
 
 
 async def summit_linked(cluster: Cluster, subscribe: Subscribe) -> None:
@@ -430,7 +411,7 @@ async def test_operator_forces_auto_and_disables_routes_from_the_cli(
 
     async def command_then_exposure(seqnum: int, *command: str, expect: str) -> None:
         policies = len(events_of(events, "route_policy"))
-        await skyrelay_cli("routes", *command, "--workdir", str(cluster.workdir))
+        await cli_ok("routes", *command, "--workdir", str(cluster.workdir), timeout_s=30)
         await events.wait_for(lambda _: len(events_of(events, "route_policy")) > policies, timeout_s=10)
         event = events_of(events, "route_policy")[-1]
         assert event["details"]["command"] == command[0], event

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import urllib.request
 
 import pytest
-from conftest import MakeCluster, Subscribe, wait_settled
+from conftest import MakeCluster, Subscribe, cli_ok, wait_settled
 
 from ops.camera import write_exposure
 
@@ -75,19 +74,10 @@ async def test_operator_commands_reach_a_system_through_its_topology_file(
     await wait_settled(cluster, archived=1, wake=arrivals)
     topology = str(cluster.topology_path)
 
-    status = json.loads(await _cli("status", "--topology", topology, "--json"))
+    status = json.loads(await cli_ok("status", "--topology", topology, "--json"))
     assert set(status) == {"summit", "base", "archive"}
     assert status["archive"]["catalog"] == {"archived": 1}
-    routes = json.loads(await _cli("routes", "--topology", topology, "--json"))
+    routes = json.loads(await cli_ok("routes", "--topology", topology, "--json"))
     assert [r["name"] for r in routes] == ["primary", "direct"]
-    report = json.loads(await _cli("verify", "--topology", topology, "--dayobs", "20261120", "--json"))
+    report = json.loads(await cli_ok("verify", "--topology", topology, "--dayobs", "20261120", "--json"))
     assert report["ok"] and report["complete"] == 1
-
-
-async def _cli(*args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ops.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode(errors="replace")
-    return out.decode()
