@@ -1,0 +1,1 @@
+"""Simulators that write what a camera writes, with known truth beside it."""

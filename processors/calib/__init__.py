@@ -1,0 +1,1 @@
+"""Calibration: ISR building blocks, MEANCLIP combination and master bias, dark and flat."""

@@ -1,0 +1,1 @@
+"""Difference imaging: PSF, Alard-Lupton matching, subtraction, detection and measurement."""
