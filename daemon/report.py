@@ -1,40 +1,36 @@
-"""Problems and events: logged, counted, and published on the site's own broker."""
+"""Problems and events: logged, counted, journaled, and published on the site's own broker by their own loop.
+
+Reporting never waits for a broker: a problem is a log line, a counter and a journal row at once,
+and :class:`~daemon.publisher.LogPublisher` publishes the journaled rows in order, so a slow or
+absent local broker stalls no delivery, router or dispatch.
+"""
 
 from __future__ import annotations
 
-import collections
+import json
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
+from daemon.counters import SiteCounters
+from daemon.journal import Journal
+from daemon.journal import reports as journal_reports
+from daemon.publisher import LogPublisher
 from protocol import topics
 from protocol.events import Event, Problem
 
 log = structlog.get_logger()
 
-Publisher = Callable[[str, bytes], Awaitable[bool]]
-
 
 class Reporter:
-    """Tells operators what went wrong (``problems/<site>``) and what was decided (``events/<site>``).
+    """Tells operators what went wrong (``problems/<site>``) and what was decided (``events/<site>``)."""
 
-    Publishing is best effort: when the site's own broker is down the line is still logged and
-    counted, and the state that caused it stays in the journal.
-    """
-
-    def __init__(self, site: str) -> None:
+    def __init__(self, site: str, journal: Journal, counters: SiteCounters) -> None:
         self.site = site
-        self.problem_counts: collections.Counter[str] = collections.Counter()
-        self.event_counts: collections.Counter[str] = collections.Counter()
-        self.recent_problems: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
-        self.recent_events: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
-        self._publish: Publisher | None = None
-
-    def attach(self, publish: Publisher) -> None:
-        """Set the function that publishes on the site's own broker."""
-        self._publish = publish
+        self.journal = journal
+        self.counters = counters
+        self.publisher: LogPublisher[journal_reports.ReportRow] | None = None
 
     async def problem(
         self,
@@ -46,8 +42,8 @@ class Reporter:
         transfer_id: str | None = None,
         **details: Any,
     ) -> None:
-        """Report a problem: a warning log line, a counter, and a ``problems/<site>`` message."""
-        self.problem_counts[kind] += 1
+        """Report a problem: a warning log line, a counter, and a journaled ``problems/<site>`` message."""
+        self.counters.problems[kind] += 1
         message = Problem(
             site=self.site,
             kind=kind,
@@ -58,14 +54,12 @@ class Reporter:
             details={k: _jsonable(v) for k, v in details.items()},
             at=time.time(),
         )
-        self.recent_problems.append(message.to_dict())
         log.warning("problem", kind=kind, reason=reason, topic=topic, file=name, transfer_id=transfer_id, **details)
-        if self._publish is not None:
-            await self._publish(topics.problems(self.site), message.to_json())
+        await self._journal("problem", kind, topics.problems(self.site), message.to_json(), message.at)
 
     async def event(self, kind: str, message: str, **details: Any) -> None:
-        """Report a decision: an info log line, a counter, and an ``events/<site>`` message."""
-        self.event_counts[kind] += 1
+        """Report a decision: an info log line, a counter, and a journaled ``events/<site>`` message."""
+        self.counters.events[kind] += 1
         event = Event(
             site=self.site,
             kind=kind,
@@ -73,10 +67,18 @@ class Reporter:
             details={k: _jsonable(v) for k, v in details.items()},
             at=time.time(),
         )
-        self.recent_events.append(event.to_dict())
         log.info("event", kind=kind, message=message, **details)
-        if self._publish is not None:
-            await self._publish(topics.events(self.site), event.to_json())
+        await self._journal("event", kind, topics.events(self.site), event.to_json(), event.at)
+
+    async def _journal(self, stream: str, kind: str, topic: str, payload: bytes, at: float) -> None:
+        await self.journal.write(journal_reports.insert, stream=stream, kind=kind, topic=topic, payload=payload, at=at)
+        if self.publisher is not None:
+            self.publisher.wake.set()
+
+    async def recent(self, stream: str, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest problems or events, oldest first, as published."""
+        rows = await self.journal.read(journal_reports.recent, stream, limit)
+        return [json.loads(r.payload) for r in rows]
 
 
 def _jsonable(value: Any) -> Any:

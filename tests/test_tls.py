@@ -20,7 +20,7 @@ from conftest import MakeCluster, Subscribe, checksums, cli_ok, read_catalog, wa
 from daemon.config import Endpoint, SiteConfig, Topology, Tuning
 from daemon.errors import PullError
 from daemon.mailbox import Mailbox
-from daemon.puller import pull_file
+from daemon.receiving import pull_file
 from ops.broker import Mosquitto, mosquitto_binary
 from ops.pki import make_pki
 from protocol import topics

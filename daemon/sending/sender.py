@@ -1,4 +1,4 @@
-"""Reliable delivery of offers and custody messages, one channel per peer.
+"""Reliable delivery of offers and custody messages: timers, retries and backoff, one channel per peer.
 
 An item stays here (and in the journal) until the peer acknowledges it with an Ack whose
 checksum equals ours. Each peer's channel sends up to ``window_per_peer`` items at a time, waits
@@ -23,10 +23,11 @@ import structlog
 from daemon.aio import raise_if_cancelling
 from daemon.backoff import backoff_delay
 from daemon.config import Topology
+from daemon.counters import SiteCounters
 from daemon.errors import PeerUnreachable
 from daemon.mailbox import Mailbox
 from daemon.report import Reporter
-from daemon.routes import RouteTable
+from daemon.sending.routes import RouteTable
 from protocol.transfer import ACCEPTED_STATUSES, Ack
 
 log = structlog.get_logger()
@@ -51,13 +52,15 @@ class Outgoing:
     attempt: int = 0
     failures: int = 0
     generation: int = 0
-    inflight: bool = False
     last_error: str = ""
     created: float = dataclasses.field(default_factory=time.monotonic)
 
 
 class Channel:
-    """Sends one peer's items in order, within a window, and times out their acks."""
+    """Sends one peer's items in order, within a window, and times out their acks.
+
+    ``inflight`` is the one record of which items await an ack; ``waiting`` those backing off.
+    """
 
     def __init__(self, sender: Sender, peer: str) -> None:
         self.sender = sender
@@ -68,7 +71,6 @@ class Channel:
         self._timers: list[tuple[float, int, str, int, str]] = []
         self._seq = itertools.count()
         self.wake = asyncio.Event()
-        self.breaker_wake_at: float | None = None
 
     def push_timer(self, when: float, item: Outgoing, what: str) -> None:
         heapq.heappush(self._timers, (when, next(self._seq), item.msg_id, item.generation, what))
@@ -78,7 +80,7 @@ class Channel:
         """The peer came back: retry every waiting item at once instead of at its backoff time."""
         for msg_id in list(self.waiting):
             item = self.sender.items.get(msg_id)
-            if item is not None and not item.inflight:
+            if item is not None and msg_id not in self.inflight:
                 item.generation += 1
                 self.ready.append(msg_id)
         self.waiting.clear()
@@ -89,21 +91,19 @@ class Channel:
         while True:
             raise_if_cancelling()
             self.wake.clear()
-            self.breaker_wake_at = None
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 _, _, msg_id, generation, what = heapq.heappop(self._timers)
                 item = self.sender.items.get(msg_id)
                 if item is None or item.generation != generation:
                     continue
-                if what == "deadline" and item.inflight:
+                if what == "deadline" and msg_id in self.inflight:
                     await self.sender.failed(item, "ack timeout")
-                elif what == "retry" and not item.inflight:
+                elif what == "retry" and msg_id not in self.inflight:
                     self.waiting.discard(msg_id)
                     self.ready.append(msg_id)
             await self._send_ready(tuning.window_per_peer)
-            wake_at = [t for t in (self._timers[0][0] if self._timers else None, self.breaker_wake_at) if t]
-            timeout = max(0.0, min(wake_at) - time.monotonic()) if wake_at else None
+            timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.wake.wait()
@@ -114,15 +114,13 @@ class Channel:
             if not sender.mailbox.connected(self.peer):
                 return
             breaker = sender.routes.breaker(self.peer) if sender.routes else None
-            if breaker is not None and not breaker.allows(time.monotonic()):
-                # Wake when the hold-down ends so the breaker can let a probe through.
-                self.breaker_wake_at = breaker.opened_at + breaker.hold_down_s
-                return
+            if breaker is not None and not breaker.allows():
+                return  # the breaker's hold-down timer wakes this channel
             if breaker is not None and breaker.state == "half_open" and self.inflight:
                 return  # one probe at a time while half-open
             msg_id = self.ready.popleft()
             item = sender.items.get(msg_id)
-            if item is None or item.inflight:
+            if item is None or msg_id in self.inflight:
                 continue
             item.attempt += 1
             item.generation += 1
@@ -131,7 +129,6 @@ class Channel:
             except PeerUnreachable as exc:
                 await sender.failed(item, str(exc))
                 continue
-            item.inflight = True
             self.inflight.add(msg_id)
             ahead = sum(sender.items[i].size for i in self.inflight if i in sender.items)
             self.push_timer(time.monotonic() + sender.ack_timeout(item, bytes_ahead=ahead), item, "deadline")
@@ -141,18 +138,23 @@ class Sender:
     """Owns every outgoing item of a site and the per-peer channels that deliver them."""
 
     def __init__(
-        self, site: str, topology: Topology, mailbox: Mailbox, reporter: Reporter, routes: RouteTable | None
+        self,
+        site: str,
+        topology: Topology,
+        mailbox: Mailbox,
+        reporter: Reporter,
+        routes: RouteTable | None,
+        counters: SiteCounters,
     ) -> None:
         self.site = site
         self.topology = topology
         self.mailbox = mailbox
         self.reporter = reporter
         self.routes = routes
+        self.counters = counters
         self.items: dict[str, Outgoing] = {}
         self.channels: dict[str, Channel] = {p: Channel(self, p) for p in mailbox.peers}
         self.health_listeners: list[Callable[[], None]] = []
-        self.acked_total = 0
-        self.failures_total = 0
         mailbox.add_peer_listener(self._on_peer_change)
 
     async def run(self, tg: asyncio.TaskGroup) -> None:
@@ -191,6 +193,16 @@ class Sender:
             channel.wake.set()
         return item
 
+    def drop_offers(self, file_key: str) -> None:
+        """Stop offering a file (it reached custody, or the camera replaced it)."""
+        for item in self.of_file(file_key):
+            if item.kind == "offer":
+                self.remove(item.msg_id)
+
+    def inflight(self, item: Outgoing) -> bool:
+        """Whether ``item`` was sent and awaits its ack."""
+        return item.msg_id in self.channels[item.peer].inflight
+
     def of_file(self, file_key: str) -> list[Outgoing]:
         """Items in flight or waiting for one file."""
         return [i for i in self.items.values() if i.file_key == file_key]
@@ -208,7 +220,7 @@ class Sender:
             return
         if ack.status in ACCEPTED_STATUSES and ack.checksum == item.checksum:
             self.remove(item.msg_id)
-            self.acked_total += 1
+            self.counters.deliveries_acked += 1
             if self.routes is not None and self.routes.breaker(item.peer).record_success():
                 self._health_changed()
                 await self.reporter.event(
@@ -225,12 +237,11 @@ class Sender:
     async def failed(self, item: Outgoing, reason: str) -> None:
         """One delivery attempt failed: back off and retry, feeding the hop's breaker."""
         channel = self.channels[item.peer]
-        item.inflight = False
         channel.inflight.discard(item.msg_id)
         item.failures += 1
         item.generation += 1
         item.last_error = reason
-        self.failures_total += 1
+        self.counters.delivery_failures += 1
         tuning = self.topology.tuning
         delay = backoff_delay(item.failures, initial_s=tuning.backoff_initial_s, cap_s=tuning.backoff_max_s)
         channel.waiting.add(item.msg_id)
@@ -245,7 +256,9 @@ class Sender:
             reason=reason,
             retry_in_s=round(delay, 2),
         )
-        if self.routes is not None and self.routes.breaker(item.peer).record_failure(reason, time.monotonic()):
+        breaker = self.routes.breaker(item.peer) if self.routes is not None else None
+        if breaker is not None and breaker.record_failure(reason, time.monotonic()):
+            self._schedule_half_open(item.peer, breaker.half_open_at)
             self._health_changed()
             await self.reporter.event(
                 "breaker_open", f"hop {self.site}->{item.peer} failing: {reason}", peer=item.peer, reason=reason
@@ -259,6 +272,18 @@ class Sender:
                 peer=item.peer,
                 failures=item.failures,
             )
+
+    def _schedule_half_open(self, peer: str, when: float) -> None:
+        """At the end of the hold-down, move the breaker to half-open and wake whoever cares (a timer, not a poll)."""
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            if self.routes is not None and self.routes.breaker(peer).half_open(time.monotonic()):
+                log.info("breaker_half_open", peer=peer)
+                self.channels[peer].wake.set()
+                self._health_changed()
+
+        loop.call_later(max(0.0, when - time.monotonic()), fire)
 
     def _health_changed(self) -> None:
         for listener in self.health_listeners:
@@ -289,7 +314,7 @@ class Sender:
                 "route": i.route,
                 "attempt": i.attempt,
                 "failures": i.failures,
-                "inflight": i.inflight,
+                "inflight": self.inflight(i),
                 "age_s": round(now - i.created, 1),
                 "last_error": i.last_error,
             }

@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from importlib import resources
 
-PAGE = resources.files("daemon").joinpath("status.html").read_text(encoding="utf-8")
+PAGE = resources.files("daemon.http").joinpath("status.html").read_text(encoding="utf-8")

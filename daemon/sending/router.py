@@ -1,8 +1,9 @@
-"""The summit's router: failover of waiting files, end-to-end custody deadlines, failback.
+"""The summit's router: where a route is chosen, failover of waiting files, custody deadlines, failback.
 
-It wakes on health changes (a link drops or returns, a breaker opens or closes, a peer's
-presence changes, an operator changes the policy) and on timers (the next custody deadline,
-the end of a hold-down); it never polls.
+It wakes on health changes (a link drops or returns, a breaker opens, closes or half-opens, a
+peer's presence changes, an operator changes the policy) and on timers (the next custody
+deadline, the end of a degraded period, the moment a recovered route may take files again); it
+never polls.
 
 - A file whose offer waits on an unhealthy hop moves to the first healthy other route.
 - A file that has no custody ``end_to_end_timeout_s`` after the first hop acknowledged it is sent
@@ -19,20 +20,20 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from daemon import journal as jr
 from daemon.aio import raise_if_cancelling
 from daemon.config import Route, Topology
-from daemon.journal import FileRow, Journal, TransferRow
+from daemon.journal import FileRow, Journal, TransferRow, new_id
+from daemon.journal import files as journal_files
 from daemon.report import Reporter
-from daemon.routes import RouteTable
-from daemon.sender import Outgoing, Sender
+from daemon.sending.routes import RouteTable
+from daemon.sending.sender import Outgoing, Sender
 from protocol.control import RouteControl
 
 log = structlog.get_logger()
@@ -81,25 +82,11 @@ class Router:
 
     async def restore(self) -> None:
         """Load files without custody, and the persisted operator policy, from the journal."""
-        rows = await self.journal.query(
-            "SELECT f.file_key, t.route, t.state, t.acked_at FROM files f JOIN transfers t USING (file_key)"
-            " WHERE f.state = 'held' AND f.source = 'inbox' AND t.created_at ="
-            " (SELECT MAX(created_at) FROM transfers WHERE file_key = f.file_key)"
-        )
         now_wall, now = time.time(), time.monotonic()
-        for row in rows:
-            file_row = await self.journal.file(row["file_key"])
-            if file_row is None:
-                continue
-            started = None
-            if row["state"] == "acked" and row["acked_at"] is not None:
-                started = now - max(0.0, now_wall - float(row["acked_at"]))
-            self.awaiting[row["file_key"]] = Awaiting(file=file_row, route=row["route"], started=started)
-        policy = await self.journal.get_setting("route_policy")
-        if policy:
-            for name, value in json.loads(policy).items():
-                if name in self.routes.policy and value in ("auto", "force", "disable"):
-                    self.routes.policy[name] = value
+        for row in await self.journal.read(journal_files.awaiting_custody):
+            started = None if row.acked_at is None else now - max(0.0, now_wall - row.acked_at)
+            self.awaiting[row.file.file_key] = Awaiting(file=row.file, route=row.route, started=started)
+        await self.routes.policy.load(self.journal)
 
     def track(self, file_row: FileRow, route: str) -> None:
         """A new file was offered along ``route``."""
@@ -148,33 +135,21 @@ class Router:
             await self._failover()
             await self._rescue_stranded(time.monotonic())
             next_deadline = await self._overdue()
-            timeout = None if next_deadline is None else max(0.05, next_deadline - time.monotonic())
-            if self._something_unhealthy():
-                hold = self.topology.tuning.breaker_hold_down_s
-                timeout = min(timeout, hold / 2) if timeout is not None else hold / 2
+            now = time.monotonic()
+            wake_at = [t for t in (next_deadline, self.routes.next_change_at(now)) if t is not None]
+            timeout = max(0.05, min(wake_at) - now) if wake_at else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.wake.wait()
-
-    def _something_unhealthy(self) -> bool:
-        now = time.monotonic()
-        return any(not self.routes.route_healthy(r, now) for r in self.routes.routes)
-
-    def _usable(self, route: Route, now: float) -> bool:
-        policy = self.routes.policy[route.name]
-        forced = any(v == "force" for v in self.routes.policy.values())
-        if policy == "disable" or (forced and policy != "force"):
-            return False
-        return policy == "force" or self.routes.route_healthy(route, now)
 
     async def _failover(self) -> None:
         """Move offers that wait on an unusable route to the first usable other route."""
         now = time.monotonic()
         for item in [i for i in self.sender.items.values() if i.kind == "offer" and i.route is not None]:
             route = self.topology.route(item.route or "")
-            if route is None or route.sites[0] != self.sender.site or self._usable(route, now):
+            if route is None or route.sites[0] != self.sender.site or self.routes.usable(route, now):
                 continue
-            alternative = next((r for r in self.routes.routes if r.name != route.name and self._usable(r, now)), None)
+            alternative = self.routes.alternative(route.name, now)
             if alternative is None:
                 continue
             await self._reroute(item, alternative, reason=f"{route.name} unusable: {self._why(route, now)}")
@@ -184,7 +159,7 @@ class Router:
         breaker = self.routes.breaker(peer)
         if self.routes.policy[route.name] == "disable":
             return "disabled by operator"
-        if any(v == "force" for v in self.routes.policy.values()) and self.routes.policy[route.name] != "force":
+        if self.routes.policy.forced() not in (None, route.name):
             return "another route is forced by operator"
         if not self.routes.hop_healthy(peer, now):
             return f"hop to {peer}: connected={self.sender.mailbox.connected(peer)}, breaker={breaker.state}"
@@ -199,7 +174,7 @@ class Router:
             functools.partial(_supersede_and_insert, old=[old_id], file_key=item.file_key, route=route, reason=reason)
         )
         self.sender.remove(old_id)
-        file_row = await self.journal.file(item.file_key)
+        file_row = await self.journal.read(journal_files.file, item.file_key)
         if file_row is None:
             return
         self.sender.add(self.make_item(transfer, file_row))
@@ -226,9 +201,7 @@ class Router:
                 next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
                 continue
             self.routes.mark_degraded(waiting.route, now)
-            alternative = next(
-                (r for r in self.routes.routes if r.name != waiting.route and self._usable(r, now)), None
-            )
+            alternative = self.routes.alternative(waiting.route, now)
             waiting.started = now  # with no alternative, look again after another period
             if alternative is None:
                 waiting.stuck = True
@@ -292,7 +265,7 @@ class Router:
             beyond = self.routes.onward_down(route)
             if not beyond:
                 continue
-            alternative = next((r for r in self.routes.routes if r.name != route.name and self._usable(r, now)), None)
+            alternative = self.routes.alternative(route.name, now)
             if alternative is None:
                 continue
             await self._resend(key, waiting, alternative)
@@ -311,42 +284,27 @@ class Router:
 
     async def control(self, command: RouteControl) -> None:
         """Apply an operator's route command, persist it, and report it as an event."""
-        names = [r.name for r in self.routes.routes]
-        if command.command != "auto" and command.route not in names:
-            await self.reporter.problem("bad_control", f"unknown route {command.route!r}; routes: {', '.join(names)}")
+        try:
+            policy = await self.routes.policy.apply(self.journal, command.command, command.route)
+        except KeyError:
+            names = ", ".join(r.name for r in self.routes.routes)
+            await self.reporter.problem("bad_control", f"unknown route {command.route!r}; routes: {names}")
             return
-        if command.command == "auto":
-            for name in names:
-                self.routes.policy[name] = "auto"
-        elif command.command == "force":
-            for name in names:
-                if self.routes.policy[name] == "force":
-                    self.routes.policy[name] = "auto"
-            self.routes.policy[command.route or ""] = "force"
-        elif command.command == "disable":
-            self.routes.policy[command.route or ""] = "disable"
-        elif command.command == "enable":
-            self.routes.policy[command.route or ""] = "auto"
-        await self.journal.set_setting("route_policy", json.dumps(self.routes.policy))
         await self.reporter.event(
             "route_policy",
             f"operator {command.issued_by}: routes {command.command} {command.route or ''}".strip(),
             command=command.command,
             route=command.route,
-            policy=dict(self.routes.policy),
+            policy=policy,
         )
         self.wake.set()
 
 
 def _supersede_and_insert(
-    db: Any, *, old: list[str], file_key: str, route: Route, reason: str = "custody overdue"
+    db: sqlite3.Connection, *, old: list[str], file_key: str, route: Route, reason: str = "custody overdue"
 ) -> TransferRow:
     """Supersede a file's waiting transfers and start one on ``route`` (inside a transaction)."""
-    for transfer_id in old:
-        db.execute(
-            "UPDATE transfers SET state = 'superseded', last_reason = ? WHERE transfer_id = ?",
-            (reason[:500], transfer_id),
-        )
-    return jr.insert_transfer(
-        db, transfer_id=jr.new_id("t"), file_key=file_key, route=route.name, route_sites=route.sites, hop=0
+    journal_files.supersede(db, old, reason)
+    return journal_files.insert_transfer(
+        db, transfer_id=new_id("t"), file_key=file_key, route=route.name, route_sites=route.sites, hop=0
     )

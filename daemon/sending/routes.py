@@ -1,4 +1,4 @@
-"""Route health and choice: per-peer circuit breakers, operator policy, failover and failback.
+"""Route health and choice: per-peer circuit breakers, the operator's route policy, failover and failback.
 
 A site judges a hop by what it sees: the connection into the peer's mailbox (a cut link drops
 it at once), the peer's presence, and how offers fare (ack timeouts and failures feed a circuit
@@ -10,11 +10,14 @@ learns about a hop it cannot see (base → archive).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from typing import Literal
 
 from daemon.config import Route, Topology
+from daemon.journal import Journal
+from daemon.journal import settings as journal_settings
 
 BreakerState = Literal["closed", "open", "half_open"]
 Policy = Literal["auto", "force", "disable"]
@@ -22,7 +25,11 @@ Policy = Literal["auto", "force", "disable"]
 
 @dataclasses.dataclass(slots=True)
 class Breaker:
-    """Consecutive failures open the breaker; after ``hold_down_s`` one probe may pass (half-open)."""
+    """Consecutive failures open the breaker; after ``hold_down_s`` one probe may pass (half-open).
+
+    Reading the state never changes it: the move to half-open is a timer event that the sender
+    schedules when the breaker opens (:meth:`half_open`).
+    """
 
     threshold: int
     hold_down_s: float
@@ -48,11 +55,75 @@ class Breaker:
             return True
         return False
 
-    def allows(self, now: float) -> bool:
-        """Whether traffic may be sent (moving open → half-open once the hold-down has passed)."""
-        if self.state == "open" and now - self.opened_at >= self.hold_down_s:
+    @property
+    def half_open_at(self) -> float:
+        """Monotonic time at which an open breaker lets a probe through."""
+        return self.opened_at + self.hold_down_s
+
+    def half_open(self, now: float) -> bool:
+        """The hold-down timer fired: let one probe through; True when this changed the state."""
+        if self.state == "open" and now >= self.half_open_at:
             self.state = "half_open"
+            return True
+        return False
+
+    def allows(self) -> bool:
+        """Whether traffic may be sent now (closed, or half-open for a probe)."""
         return self.state != "open"
+
+
+ROUTE_POLICY_KEY = "route_policy"
+
+
+class RoutePolicy:
+    """The operator's route policy (auto / force / disable per route): the one owner, journaled on change."""
+
+    def __init__(self, route_names: tuple[str, ...]) -> None:
+        self._policy: dict[str, Policy] = dict.fromkeys(route_names, "auto")
+
+    def __getitem__(self, route: str) -> Policy:
+        return self._policy[route]
+
+    def __contains__(self, route: object) -> bool:
+        return route in self._policy
+
+    def as_dict(self) -> dict[str, Policy]:
+        """A copy of the policy, route → setting."""
+        return dict(self._policy)
+
+    def forced(self) -> str | None:
+        """The forced route, if any."""
+        return next((name for name, value in self._policy.items() if value == "force"), None)
+
+    async def load(self, journal: Journal) -> None:
+        """Take the policy persisted by an earlier run."""
+        stored = await journal.read(journal_settings.get, ROUTE_POLICY_KEY)
+        if stored:
+            for name, value in json.loads(stored).items():
+                if name in self._policy and value in ("auto", "force", "disable"):
+                    self._policy[name] = value
+
+    async def apply(self, journal: Journal, command: str, route: str | None) -> dict[str, Policy]:
+        """Apply an operator command (``auto``, ``force R``, ``disable R``, ``enable R``), journal it, return it.
+
+        Raises:
+            KeyError: ``route`` is not one of this site's routes.
+        """
+        if command != "auto" and route not in self._policy:
+            raise KeyError(route)
+        updated = dict(self._policy)
+        if command == "auto":
+            updated = dict.fromkeys(updated, "auto")
+        elif command == "force":
+            updated = {k: ("auto" if v == "force" else v) for k, v in updated.items()}
+            updated[route or ""] = "force"
+        elif command == "disable":
+            updated[route or ""] = "disable"
+        elif command == "enable":
+            updated[route or ""] = "auto"
+        await journal.write(journal_settings.put, ROUTE_POLICY_KEY, json.dumps(updated))
+        self._policy = updated
+        return dict(updated)
 
 
 @dataclasses.dataclass(slots=True)
@@ -83,7 +154,7 @@ class RouteTable:
         self.routes: tuple[Route, ...] = tuple(r for r in topology.routes if site in r.sites[:-1])
         self._connected = connected
         self.breakers: dict[str, Breaker] = {}
-        self.policy: dict[str, Policy] = {r.name: "auto" for r in self.routes}
+        self.policy = RoutePolicy(tuple(r.name for r in self.routes))
         self.degraded_until: dict[str, float] = {}
         self._healthy_since: dict[str, float | None] = {r.name: None for r in self.routes}
         self._has_failed: set[str] = set()
@@ -104,8 +175,7 @@ class RouteTable:
 
     def hop_healthy(self, peer: str, now: float | None = None) -> bool:
         """Connected to the peer's mailbox and its breaker lets traffic through."""
-        now = time.monotonic() if now is None else now
-        return self._connected(peer) and self.breaker(peer).allows(now)
+        return self._connected(peer) and self.breaker(peer).allows()
 
     def onward_down(self, route: Route) -> tuple[str, ...]:
         """Sites further along ``route`` that the next hop reports it cannot reach."""
@@ -165,6 +235,28 @@ class RouteTable:
     def _current_ok(self, now: float) -> bool:
         current = next((r for r in self.routes if r.name == self.current), None)
         return current is not None and self.policy[current.name] != "disable" and self.route_healthy(current, now)
+
+    def next_change_at(self, now: float) -> float | None:
+        """The next moment a route's standing changes by time alone: a degraded period ends, or a route
+        that failed has been healthy for the hold-down and may take new files again (failback)."""
+        times = [t for t in self.degraded_until.values() if t > now]
+        for name in self._has_failed:
+            since = self._healthy_since.get(name)
+            if since is not None and since + self.tuning.breaker_hold_down_s > now:
+                times.append(since + self.tuning.breaker_hold_down_s)
+        return min(times) if times else None
+
+    def usable(self, route: Route, now: float) -> bool:
+        """Whether files may be sent on ``route`` now: the policy allows it and it is healthy (or forced)."""
+        policy = self.policy[route.name]
+        forced = self.policy.forced()
+        if policy == "disable" or (forced is not None and policy != "force"):
+            return False
+        return policy == "force" or self.route_healthy(route, now)
+
+    def alternative(self, route_name: str, now: float) -> Route | None:
+        """The first usable route other than ``route_name``."""
+        return next((r for r in self.routes if r.name != route_name and self.usable(r, now)), None)
 
     def mark_degraded(self, route_name: str, now: float | None = None) -> None:
         """A file on this route missed its end-to-end deadline: avoid the route for a hold-down."""

@@ -1,4 +1,4 @@
-"""The site's HTTP face: file bytes for authorised pullers, status for operators."""
+"""The data server: a transfer's file bytes for an authorised puller, and the HTTP app that carries every route."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from aiohttp import web
 
 from daemon.config import Endpoint
 from daemon.journal import Journal
+from daemon.journal import files as journal_files
 
 log = structlog.get_logger()
 
@@ -40,7 +41,7 @@ def build_app(
             log.warning("pull_unauthorised", peer=request.remote, path=request.path)
             raise web.HTTPUnauthorized(text="missing or wrong bearer token")
         transfer_id = request.match_info["transfer_id"]
-        row = await journal.transfer_source(transfer_id)
+        row = await journal.read(journal_files.transfer_source, transfer_id)
         if row is None:
             raise web.HTTPNotFound(text=f"no transfer {transfer_id}")
         if row.state == "replaced":

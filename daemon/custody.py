@@ -1,0 +1,151 @@
+"""Custody: record the archive's receipt, relay it upstream (journal first), and expire copies after retention.
+
+Only custody lets a site expire its copy: the base deletes its relay copy at once (``retention_s``
+0 by default for relays), the summit keeps the camera's files unless ``retention_s`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from daemon.aio import raise_if_cancelling
+from daemon.counters import SiteCounters
+from daemon.errors import PeerUnreachable
+from daemon.journal import Journal, new_id
+from daemon.journal import files as journal_files
+from daemon.journal import outbox as journal_outbox
+from daemon.mailbox import Mailbox
+from daemon.sending.items import ItemFactory
+from daemon.sending.sender import Sender
+from protocol.custody import Custody
+from protocol.errors import ProtocolError
+from protocol.transfer import Ack, FileIdentity
+
+log = structlog.get_logger()
+
+EXPIRY_BATCH = 1000
+
+StopOffering = Callable[[str], None]
+
+
+class CustodyRelay:
+    """Handles custody receipts arriving at a relay or the summit, and expiry of copies in custody."""
+
+    def __init__(
+        self,
+        site: str,
+        journal: Journal,
+        mailbox: Mailbox,
+        sender: Sender,
+        items: ItemFactory,
+        counters: SiteCounters,
+        stop_offering: StopOffering,
+        relay_dir: Path,
+    ) -> None:
+        self.site = site
+        self.journal = journal
+        self.mailbox = mailbox
+        self.sender = sender
+        self.items = items
+        self.counters = counters
+        self.stop_offering = stop_offering
+        self.relay_dir = relay_dir
+        self.expiry_wake = asyncio.Event()
+
+    async def on_custody(self, custody: Custody) -> None:
+        """The archive holds a file: record it, stop its transfers, relay custody upstream, ack.
+
+        Raises:
+            ProtocolError: the receipt is not addressed to this site or comes from a non-peer.
+        """
+        if custody.receiver != self.site:
+            raise ProtocolError(f"custody for {custody.receiver} arrived at {self.site}", field="receiver")
+        if custody.sender not in self.mailbox.peers:
+            raise ProtocolError(f"{custody.sender!r} is not a peer of {self.site}", field="sender")
+        key = FileIdentity(name=custody.name, size=custody.size, checksum=custody.checksum).key
+        held = await self.journal.read(journal_files.file, key)
+        onward: Custody | None = None
+        if held is not None and held.source != "inbox" and held.source in self.mailbox.peers:
+            onward = Custody(
+                custody_id=new_id("c"),
+                sender=self.site,
+                receiver=held.source,
+                name=custody.name,
+                size=custody.size,
+                checksum=custody.checksum,
+                status=custody.status,
+                archive_path=custody.archive_path,
+                archived_at=custody.archived_at,
+                route=custody.route,
+            )
+
+        def record(db: sqlite3.Connection) -> bool:
+            journal_files.mark_archived(db, key, status=custody.status, archive_path=custody.archive_path)
+            return onward is not None and journal_outbox.queue_custody(db, onward, key)
+
+        queued = await self.journal.transaction(record)
+        self.stop_offering(key)
+        self.counters.files["custody"] += 1
+        log.info(
+            "custody_received",
+            file=custody.name,
+            status=custody.status,
+            archive_path=custody.archive_path,
+            relayed_to=onward.receiver if onward else None,
+        )
+        ack = Ack(
+            kind="custody",
+            transfer_id=custody.custody_id,
+            sender=self.site,
+            status="stored",
+            checksum=custody.checksum,
+            size=custody.size,
+            at=time.time(),
+        )
+        try:
+            await self.mailbox.send(custody.sender, "ack", ack.to_json())
+        except PeerUnreachable as exc:
+            log.info("ack_not_sent", peer=custody.sender, transfer_id=ack.transfer_id, reason=str(exc))
+        if onward is not None and queued:
+            self.sender.add(self.items.custody(onward))
+        self.expiry_wake.set()
+
+    async def expiry_loop(self, retention_s: float) -> None:
+        """Delete local copies ``retention_s`` after custody (only custody lets a site expire a file)."""
+        while True:
+            raise_if_cancelling()
+            self.expiry_wake.clear()
+            rows = await self.journal.read(journal_files.archived_unexpired, EXPIRY_BATCH)
+            now = time.time()
+            due = [r for r in rows if r[2] + retention_s <= now]
+            for _, local_path, _ in due:
+                await asyncio.to_thread(_remove_local_copy, Path(local_path), self.relay_dir)
+            if due:
+                await self.journal.write(journal_files.mark_expired, [r[0] for r in due])
+                log.info("files_expired", count=len(due), retention_s=retention_s)
+            later = [r[2] + retention_s for r in rows[len(due) :]]
+            timeout = max(0.0, min(later) - time.time()) if later else None
+            if len(due) == len(rows) == EXPIRY_BATCH:
+                continue  # more are due than one batch holds
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.expiry_wake.wait()
+
+
+def _remove_local_copy(path: Path, relay_dir: Path) -> None:
+    """Delete an expired copy, and the directories it leaves empty under ``relay_dir`` (blocking)."""
+    path.unlink(missing_ok=True)
+    parent = path.parent
+    while parent != relay_dir and relay_dir in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        parent = parent.parent

@@ -1,0 +1,63 @@
+"""The operator's HTTP endpoints: status page, ``/v1/queue``, ``/metrics``, the archive's verify and quarantine."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from daemon.archive.exposures import Completeness
+from daemon.archive.quarantine import Quarantine
+from daemon.http.dataserver import bearer_ok
+from daemon.http.metrics import SiteMetrics
+from daemon.http.page import PAGE
+from daemon.http.status import SiteView
+
+
+def operator_routes(view: SiteView, metrics: SiteMetrics) -> list[web.RouteDef]:
+    """Endpoints every site serves beyond the data server's own."""
+
+    async def queue(request: web.Request) -> web.Response:
+        return web.json_response(view.queue())
+
+    async def metrics_text(request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.render(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
+    return [web.get("/", page), web.get("/v1/queue", queue), web.get("/metrics", metrics_text)]
+
+
+def archive_routes(completeness: Completeness, quarantine: Quarantine, token: str) -> list[web.RouteDef]:
+    """``/v1/verify``, ``/v1/quarantine`` and ``/v1/quarantine/{id}/release`` (token required to release)."""
+
+    async def verify(request: web.Request) -> web.Response:
+        dayobs = request.query.get("dayobs", "")
+        if not (len(dayobs) == 8 and dayobs.isdigit()):
+            raise web.HTTPBadRequest(text="dayobs must be YYYYMMDD")
+        return web.json_response(await completeness.verify(dayobs))
+
+    async def quarantined(request: web.Request) -> web.Response:
+        return web.json_response(await quarantine.list())
+
+    async def release(request: web.Request) -> web.Response:
+        if not bearer_ok(request, token):
+            raise web.HTTPUnauthorized(text="missing or wrong bearer token")
+        try:
+            quarantine_id = int(request.match_info["qid"])
+            result = await quarantine.release(quarantine_id)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text="id must be an integer") from exc
+        except LookupError as exc:
+            raise web.HTTPNotFound(text=str(exc)) from exc
+        return web.json_response(result, status=200 if result["released"] else 409)
+
+    return [
+        web.get("/v1/verify", verify),
+        web.get("/v1/quarantine", quarantined),
+        web.post("/v1/quarantine/{qid}/release", release),
+    ]

@@ -1,0 +1,109 @@
+"""What a site shows of itself: the ``/v1/status`` view, the queue, and the live values metrics read."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from daemon.counters import SiteCounters
+from daemon.journal import Journal
+from daemon.journal import catalog as journal_catalog
+from daemon.journal import files as journal_files
+from daemon.mailbox import Mailbox
+from daemon.report import Reporter
+from daemon.sending.router import Router
+from daemon.sending.routes import RouteTable
+from daemon.sending.sender import Sender
+
+VERSION = "0.1.0"
+
+
+class SiteView:
+    """Read-only view of one site's parts, for operators (status, queue) and for Prometheus."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        role: str,
+        journal: Journal,
+        counters: SiteCounters,
+        reporter: Reporter,
+        mailbox: Mailbox,
+        sender: Sender,
+        routes: RouteTable | None,
+        router: Router | None,
+    ) -> None:
+        self.name = name
+        self.role = role
+        self.journal = journal
+        self.counters = counters
+        self.reporter = reporter
+        self.mailbox = mailbox
+        self.sender = sender
+        self.routes = routes
+        self.router = router
+        self.started = time.time()
+
+    # ---- what metrics read (daemon.http.metrics.MetricsSource) --------------------------------
+
+    def file_outcomes(self) -> dict[str, int]:
+        """Files by outcome (and notices published at the archive)."""
+        return self.counters.file_outcomes(archive=self.role == "archive")
+
+    def pending(self) -> Iterator[tuple[str, str, float]]:
+        """(peer, kind, age in seconds) of every undelivered message."""
+        now = time.monotonic()
+        for item in self.sender.items.values():
+            yield item.peer, item.kind, now - item.created
+
+    def links(self) -> Iterator[tuple[str, bool, bool]]:
+        """(peer, mailbox connected, presence online) for each link."""
+        for peer in self.mailbox.peers:
+            yield peer, self.mailbox.connected(peer), bool(self.mailbox.peer_online.get(peer))
+
+    def route_health(self) -> Iterator[tuple[str, bool]]:
+        """(route, healthy) for each route this site starts."""
+        if self.routes is not None:
+            for route in self.routes.routes:
+                yield route.name, self.routes.route_healthy(route)
+
+    def custody(self) -> dict[str, int] | None:
+        """Summit files awaiting custody, and those stuck with no usable route (None elsewhere)."""
+        return self.router.custody_summary() if self.router is not None else None
+
+    # ---- operators ---------------------------------------------------------------------------
+
+    def queue(self) -> list[dict[str, object]]:
+        """Every pending item, for ``skyrelay queue``."""
+        return self.sender.snapshot()
+
+    async def status(self) -> dict[str, Any]:
+        """What ``skyrelay status`` shows for this site."""
+        out: dict[str, Any] = {
+            "site": self.name,
+            "role": self.role,
+            "version": VERSION,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "links": {
+                p: {"connected": self.mailbox.connected(p), "peer_online": self.mailbox.peer_online.get(p)}
+                for p in self.mailbox.peers
+            },
+            "files": await self.journal.read(journal_files.state_counts),
+            "pending": len(self.sender.items),
+            "counters": self.file_outcomes(),
+            "problems": dict(self.counters.problems),
+            "recent_problems": await self.reporter.recent("problem"),
+            "events": await self.reporter.recent("event"),
+        }
+        if self.routes is not None:
+            out["routes"] = [dataclasses.asdict(v) for v in self.routes.view(self.sender.queue_by_route())]
+        if self.router is not None:
+            out["custody"] = self.router.custody_summary()
+        if self.role == "archive":
+            out["catalog"] = await self.journal.read(journal_catalog.status_counts)
+        return out

@@ -1,0 +1,388 @@
+"""Receiving, shared by relay and archive: offer intake, pull, verify, durable store, then the ack.
+
+An offer is answered from the journal when it repeats one already answered; otherwise the file is
+pulled over HTTP (hashed while it streams, fsynced), checked against the offered size and
+checksum, handed to the site's :class:`Store` (the relay keeps it and journals its next hop; the
+archive ingests it), and only then acknowledged with the checksum this site computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+import blake3
+import structlog
+
+from daemon.aio import raise_if_cancelling
+from daemon.config import Topology
+from daemon.counters import SiteCounters
+from daemon.errors import ChecksumMismatch, PeerUnreachable, PullError
+from daemon.fsutil import durable_rename
+from daemon.journal import Journal, new_id
+from daemon.journal import files as journal_files
+from daemon.journal import outbox as journal_outbox
+from daemon.mailbox import Mailbox
+from daemon.report import Reporter
+from daemon.sending.items import ItemFactory
+from daemon.sending.sender import Outgoing, Sender
+from protocol.checksum import format_checksum
+from protocol.custody import Custody
+from protocol.errors import ProtocolError
+from protocol.transfer import ACCEPTED_STATUSES, Ack, AckStatus, Offer
+
+log = structlog.get_logger()
+
+CHUNK_BYTES = 1 << 20
+WRITE_BATCH_BYTES = 256 * 1024
+"""Small chunks are gathered and written together, in a thread, never on the event loop."""
+
+
+class Store(Protocol):
+    """Where a verified file goes: the relay's cache or the archive."""
+
+    async def holds(self, offer: Offer) -> tuple[bool, Custody | None]:
+        """Whether the offered file (name + checksum) is already here, and the custody to send back if so."""
+        ...
+
+    async def store(self, offer: Offer, tmp: Path, computed: str) -> list[Outgoing]:
+        """Keep the verified file durably and journal it; return what to send once it is acked."""
+        ...
+
+
+class Receiver:
+    """Answers offers addressed to this site and pulls what they offer, ``pull_concurrency`` at a time."""
+
+    def __init__(
+        self,
+        site: str,
+        topology: Topology,
+        journal: Journal,
+        mailbox: Mailbox,
+        sender: Sender,
+        items: ItemFactory,
+        reporter: Reporter,
+        counters: SiteCounters,
+        store: Store,
+        incoming: Path,
+    ) -> None:
+        self.site = site
+        self.topology = topology
+        self.tuning = topology.tuning
+        self.journal = journal
+        self.mailbox = mailbox
+        self.sender = sender
+        self.items = items
+        self.reporter = reporter
+        self.counters = counters
+        self.store = store
+        self.incoming = incoming
+        self.session: aiohttp.ClientSession | None = None
+        self.pulls: asyncio.Queue[Offer] = asyncio.Queue()
+        self.pulling: set[str] = set()
+        self.pulling_keys: set[str] = set()
+        self.held_back: dict[str, dict[str, Offer]] = {}
+
+    def clean_incoming(self) -> None:
+        """Remove partial downloads a crash left behind (blocking)."""
+        for leftover in self.incoming.glob("*.part*"):
+            leftover.unlink()
+
+    async def run(self, tg: asyncio.TaskGroup, session: aiohttp.ClientSession) -> None:
+        """Start the pull workers."""
+        self.session = session
+        for i in range(self.tuning.pull_concurrency):
+            tg.create_task(self._pull_worker(), name=f"{self.site}.puller-{i}")
+
+    # ---- acks ------------------------------------------------------------------------------
+
+    async def send_ack(self, peer: str, ack: Ack) -> None:
+        """Publish an ack into ``peer``'s mailbox; a lost ack is answered again when the offer repeats."""
+        try:
+            await self.mailbox.send(peer, "ack", ack.to_json())
+        except PeerUnreachable as exc:
+            log.info("ack_not_sent", peer=peer, transfer_id=ack.transfer_id, reason=str(exc))
+
+    def _ack(
+        self,
+        offer: Offer,
+        status: AckStatus,
+        *,
+        checksum: str | None = None,
+        size: int | None = None,
+        reason: str | None = None,
+    ) -> Ack:
+        return Ack(
+            kind="offer",
+            transfer_id=offer.transfer_id,
+            sender=self.site,
+            status=status,
+            checksum=checksum,
+            size=size,
+            reason=reason[:1024] if reason else None,
+            attempt=offer.attempt,
+            at=time.time(),
+        )
+
+    # ---- intake ----------------------------------------------------------------------------
+
+    async def on_offer(self, offer: Offer) -> None:
+        """Validate an offer, answer repeats from the journal, queue new files for pulling.
+
+        Raises:
+            ProtocolError: the offer is not addressed to this site or comes from a non-peer.
+        """
+        if offer.receiver != self.site:
+            raise ProtocolError(f"offer for {offer.receiver} arrived at {self.site}", field="receiver")
+        if offer.sender not in self.mailbox.peers:
+            raise ProtocolError(f"{offer.sender!r} is not a peer of {self.site}", field="sender")
+        route = self.topology.route(offer.route)
+        reject: str | None = None
+        if route is None or route.sites != offer.route_sites:
+            reject = f"route {offer.route!r} {list(offer.route_sites)} is not in the topology"
+        elif offer.size > self.tuning.max_file_bytes:
+            reject = f"size {offer.size} exceeds max_file_bytes {self.tuning.max_file_bytes}"
+        if reject is not None:
+            self.counters.files["rejected"] += 1
+            await self.reporter.problem("offer_rejected", reject, name=offer.name, transfer_id=offer.transfer_id)
+            await self.send_ack(offer.sender, self._ack(offer, "rejected", reason=reject))
+            return
+        if offer.transfer_id in self.pulling:
+            return  # a pull is under way; its ack will answer this repeat
+        prior = await self.journal.read(journal_files.inbound, offer.transfer_id)
+        if prior is not None and prior.status in ACCEPTED_STATUSES:
+            await self.send_ack(offer.sender, self._ack(offer, prior.status, checksum=prior.checksum, size=offer.size))  # type: ignore[arg-type]
+            return
+        key = offer.identity.key
+        if await self._answer_duplicate(offer):
+            return
+        if key in self.pulling_keys:
+            # The same file is arriving by another transfer: answer this one when that pull ends.
+            self.held_back.setdefault(key, {})[offer.transfer_id] = offer
+            return
+        self.pulling.add(offer.transfer_id)
+        self.pulling_keys.add(key)
+        self.pulls.put_nowait(offer)
+
+    async def _answer_duplicate(self, offer: Offer) -> bool:
+        """Answer ``duplicate`` when this file (name + checksum) is already held or archived."""
+        held, custody = await self.store.holds(offer)
+        if not held:
+            return False
+        key = offer.identity.key
+
+        def record(db: sqlite3.Connection) -> bool:
+            journal_files.insert_inbound(
+                db,
+                transfer_id=offer.transfer_id,
+                sender=offer.sender,
+                file_key=key,
+                status="duplicate",
+                checksum=offer.checksum,
+            )
+            return custody is not None and journal_outbox.queue_custody(db, custody, key)
+
+        queued = await self.journal.transaction(record)
+        self.counters.files["duplicate"] += 1
+        log.info("offer_duplicate", transfer_id=offer.transfer_id, file=offer.name, sender=offer.sender)
+        await self.send_ack(offer.sender, self._ack(offer, "duplicate", checksum=offer.checksum, size=offer.size))
+        if custody is not None and queued:
+            self.sender.add(self.items.custody(custody))
+        return True
+
+    # ---- pulling ---------------------------------------------------------------------------
+
+    async def _pull_worker(self) -> None:
+        while True:
+            raise_if_cancelling()
+            offer = await self.pulls.get()
+            try:
+                with structlog.contextvars.bound_contextvars(transfer_id=offer.transfer_id, file=offer.name):
+                    await self._receive(offer)
+            finally:
+                self.pulling.discard(offer.transfer_id)
+                self.pulling_keys.discard(offer.identity.key)
+            for held_back in self.held_back.pop(offer.identity.key, {}).values():
+                await self.on_offer(held_back)  # now a duplicate, or pulled afresh if that pull failed
+
+    async def _receive(self, offer: Offer) -> None:
+        assert self.session is not None
+        url = self.topology.link(self.site, offer.sender).http + offer.source_path
+        tmp = self.incoming / f"{offer.transfer_id}.part"
+        try:
+            computed = await pull_file(
+                self.session, url, self.topology.token, tmp, size=offer.size, checksum=offer.checksum
+            )
+        except ChecksumMismatch as exc:
+            self.counters.files["checksum_mismatch"] += 1
+            await self.reporter.problem(
+                "checksum_mismatch", str(exc), name=offer.name, transfer_id=offer.transfer_id, sender=offer.sender
+            )
+            await self.send_ack(
+                offer.sender,
+                self._ack(offer, "checksum_mismatch", checksum=exc.checksum, size=exc.size, reason=str(exc)),
+            )
+            return
+        except PullError as exc:
+            self.counters.files["failed"] += 1
+            log.warning("pull_failed", error=str(exc), sender=offer.sender)
+            await self.send_ack(offer.sender, self._ack(offer, "failed", reason=str(exc)))
+            return
+        except OSError as exc:
+            await self._storage_failed(offer, tmp, exc)
+            return
+        try:
+            onward = await self.store.store(offer, tmp, computed)
+        except OSError as exc:
+            await self._storage_failed(offer, tmp, exc)
+            return
+        self.counters.files["stored"] += 1
+        await self.send_ack(offer.sender, self._ack(offer, "stored", checksum=computed, size=offer.size))
+        for item in onward:
+            self.sender.add(item)
+
+    async def _storage_failed(self, offer: Offer, tmp: Path, exc: OSError) -> None:
+        """Disk full or unwritable: tell operators and the sender (who retries); keep running."""
+        self.counters.files["failed"] += 1
+        await asyncio.to_thread(tmp.unlink, missing_ok=True)
+        reason = f"cannot store {offer.name}: {exc.strerror or exc}"
+        await self.reporter.problem(
+            "storage_error", reason, name=offer.name, transfer_id=offer.transfer_id, errno=exc.errno
+        )
+        await self.send_ack(offer.sender, self._ack(offer, "failed", reason=reason))
+
+
+class RelayStore:
+    """The relay's cache: ``relay/<checksum>/<name>``, journaled with the file's next hop before the ack."""
+
+    def __init__(self, journal: Journal, items: ItemFactory, relay_dir: Path) -> None:
+        self.journal = journal
+        self.items = items
+        self.relay_dir = relay_dir
+
+    async def holds(self, offer: Offer) -> tuple[bool, Custody | None]:
+        """Whether the relay already holds this file."""
+        return await self.journal.read(journal_files.file, offer.identity.key) is not None, None
+
+    async def store(self, offer: Offer, tmp: Path, computed: str) -> list[Outgoing]:
+        """Keep the file, journal it with its onward transfer (journal first); return the onward offer."""
+        dest = self.relay_dir / computed.split(":", 1)[1] / offer.name
+        await asyncio.to_thread(durable_rename, tmp, dest)
+        key = offer.identity.key
+        next_hop = offer.hop + 1
+
+        def record(db: sqlite3.Connection) -> tuple[journal_files.TransferRow, journal_files.FileRow | None]:
+            journal_files.insert_file(
+                db,
+                file_key=key,
+                name=offer.name,
+                size=offer.size,
+                checksum=computed,
+                closed_at=offer.closed_at,
+                local_path=str(dest),
+                source=offer.sender,
+                upstream_transfer=offer.transfer_id,
+                route=offer.route,
+                route_sites=offer.route_sites,
+                hop=next_hop,
+            )
+            journal_files.insert_inbound(
+                db, transfer_id=offer.transfer_id, sender=offer.sender, file_key=key, status="stored", checksum=computed
+            )
+            transfer = journal_files.insert_transfer(
+                db,
+                transfer_id=new_id("t"),
+                file_key=key,
+                route=offer.route,
+                route_sites=offer.route_sites,
+                hop=next_hop,
+            )
+            return transfer, journal_files.file(db, key)
+
+        transfer, file_row = await self.journal.transaction(record)
+        assert file_row is not None
+        log.info("file_stored", role="relay", sender=offer.sender, next=transfer.receiver)
+        return [self.items.offer(transfer, file_row)]
+
+
+# ---- the pull itself ------------------------------------------------------------------------
+
+
+def _write_all(fd: int, hasher: blake3.blake3, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        hasher.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+
+def _finish(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def pull_file(
+    session: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    dest: Path,
+    *,
+    size: int,
+    checksum: str,
+    read_timeout_s: float = 30.0,
+) -> str:
+    """Download ``url`` into ``dest`` (created or truncated), fsynced; return the computed checksum.
+
+    The bytes are hashed as they stream, so a mismatch is known the moment the last byte lands.
+    Writes happen in a thread, in batches of at least :data:`WRITE_BATCH_BYTES`.
+
+    Raises:
+        ChecksumMismatch: the size or blake3 differs from what was offered (``dest`` is removed).
+        PullError: connection failure, HTTP error status, or the stream ended early.
+    """
+    hasher = blake3.blake3(max_threads=1)
+    received = 0
+    fd = await asyncio.to_thread(os.open, dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    ok = False
+    pending: list[bytes] = []
+    pending_bytes = 0
+    try:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout_s)
+        async with session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout) as resp:
+            if resp.status != 200:
+                body = (await resp.text())[:200]
+                raise PullError(f"HTTP {resp.status} from {url}: {body.strip()}")
+            async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                received += len(chunk)
+                if received > size:
+                    break
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                if pending_bytes >= WRITE_BATCH_BYTES:
+                    await asyncio.to_thread(_write_all, fd, hasher, pending)
+                    pending, pending_bytes = [], 0
+        await asyncio.to_thread(_write_all, fd, hasher, pending)
+        await asyncio.to_thread(_finish, fd)
+        fd = -1
+        computed = format_checksum(hasher.hexdigest())
+        if received != size:
+            raise ChecksumMismatch(f"received {received} bytes, offered {size}", checksum=computed, size=received)
+        if computed != checksum:
+            raise ChecksumMismatch(f"checksum {computed} != offered {checksum}", checksum=computed, size=received)
+        ok = True
+        return computed
+    except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        raise PullError(f"pull from {url} failed: {exc!r}") from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not ok:
+            await asyncio.to_thread(dest.unlink, missing_ok=True)

@@ -1,0 +1,169 @@
+"""The summit's registrar: journal each finished inbox file (hash, early header warning, route) and offer it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon.aio import raise_if_cancelling
+from daemon.config import Topology
+from daemon.counters import SiteCounters
+from daemon.fitsfile import read_primary_header
+from daemon.fsutil import hash_file
+from daemon.journal import FileRow, Journal, TransferRow, new_id
+from daemon.journal import files as journal_files
+from daemon.report import Reporter
+from daemon.sending.items import ItemFactory
+from daemon.sending.router import Router
+from daemon.sending.sender import Sender
+from daemon.summit.watcher import InboxWatcher, is_candidate
+from processors.headers import verify_header
+from protocol.errors import ProtocolError
+from protocol.names import validate_name
+from protocol.transfer import FileIdentity
+
+log = structlog.get_logger()
+
+REGISTRARS = 2
+"""Files hashed and checked at once: the summit keeps up with small-file bursts."""
+
+
+class Registrar:
+    """Takes paths from the inbox watcher and turns each new file into a journaled, offered transfer."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        inbox: Path,
+        watcher: InboxWatcher,
+        journal: Journal,
+        sender: Sender,
+        router: Router,
+        items: ItemFactory,
+        reporter: Reporter,
+        counters: SiteCounters,
+        known: dict[str, tuple[int, int | None]],
+        stop_offering: Callable[[str], None],
+    ) -> None:
+        self.topology = topology
+        self.inbox = inbox
+        self.watcher = watcher
+        self.journal = journal
+        self.sender = sender
+        self.router = router
+        self.items = items
+        self.reporter = reporter
+        self.counters = counters
+        self.known = known
+        self.stop_offering = stop_offering
+
+    async def restore(self) -> None:
+        """Remember every inbox file the journal has seen, so rescans enqueue only new or rewritten ones."""
+        self.known.update(await self.journal.read(journal_files.inbox_versions))
+
+    async def run(self) -> None:
+        """Register files from the watcher until cancelled."""
+        while True:
+            raise_if_cancelling()
+            path = await self.watcher.queue.get()
+            try:
+                relative = path.relative_to(self.inbox).as_posix()
+            except ValueError:
+                continue
+            if not is_candidate(relative):
+                continue
+            try:
+                st = await asyncio.to_thread(os.stat, path)
+            except FileNotFoundError:
+                continue
+            if self.known.get(relative) == (st.st_size, st.st_mtime_ns):
+                continue
+            self.known[relative] = (st.st_size, st.st_mtime_ns)
+            try:
+                validate_name(relative)
+            except ProtocolError as exc:
+                await self.reporter.problem(
+                    "bad_name", f"inbox file cannot travel under this name: {exc.reason}", name=relative
+                )
+                continue
+            with structlog.contextvars.bound_contextvars(file=relative):
+                await self._register(path, relative, st.st_mtime_ns)
+
+    async def _register(self, path: Path, relative: str, mtime_ns: int) -> None:
+        try:
+            checksum, size = await asyncio.to_thread(hash_file, path)
+        except FileNotFoundError:
+            return
+        identity = FileIdentity(name=relative, size=size, checksum=checksum)
+        findings = await asyncio.to_thread(early_findings, path)
+        if findings:
+            await self.reporter.problem(
+                "header_warning",
+                "; ".join(f"{f['rule']}: {f['message']}" for f in findings)[:1500]
+                + " (found at the summit before transfer; the archive fixes what is derivable)",
+                name=relative,
+                findings=findings,
+            )
+        route = self.router.choose()
+        if route is None:
+            await self.reporter.problem(
+                "no_route", "every route is disabled; the file waits in the journal", name=relative
+            )
+        chosen = route or self.topology.routes[0]
+
+        def record(db: sqlite3.Connection) -> tuple[TransferRow | None, list[sqlite3.Row], FileRow | None]:
+            inserted = journal_files.insert_file(
+                db,
+                file_key=identity.key,
+                name=relative,
+                size=size,
+                checksum=checksum,
+                closed_at=mtime_ns / 1e9,
+                local_path=str(path),
+                source="inbox",
+                mtime_ns=mtime_ns,
+            )
+            # Content rewritten back to an earlier version that was itself replaced: send it again.
+            revived = not inserted and journal_files.revive_replaced(db, identity.key, mtime_ns=mtime_ns)
+            if not inserted and not revived:
+                return None, [], None
+            replaced = journal_files.retire_replaced(db, name=relative, keep=identity.key)
+            transfer = journal_files.insert_transfer(
+                db, transfer_id=new_id("t"), file_key=identity.key, route=chosen.name, route_sites=chosen.sites, hop=0
+            )
+            return transfer, replaced, journal_files.file(db, identity.key)
+
+        transfer, replaced, file_row = await self.journal.transaction(record)
+        for old in replaced:
+            self.stop_offering(old["file_key"])
+            self.counters.files["replaced"] += 1
+            await self.reporter.problem(
+                "source_replaced",
+                f"{relative} was rewritten before any site took the earlier content ({old['checksum']}, "
+                f"{old['size']} bytes); that content no longer exists and is not sent, the new content is",
+                name=relative,
+                old_checksum=old["checksum"],
+                new_checksum=checksum,
+            )
+        if transfer is None or file_row is None:
+            return
+        self.counters.files["registered"] += 1
+        log.info("file_registered", size=size, checksum=checksum, route=chosen.name)
+        if route is not None:
+            self.sender.add(self.items.offer(transfer, file_row))
+        self.router.track(file_row, chosen.name)
+
+
+def early_findings(path: Path) -> list[dict[str, Any]]:
+    """Read-only header verification at the summit, before the file travels (blocking)."""
+    header, problem = read_primary_header(path)
+    if header is None:
+        kind, _, detail = (problem or "not_fits: unreadable").partition(": ")
+        return [{"rule": kind, "keyword": None, "message": detail}]
+    return [f.to_dict() for f in verify_header(header)]
