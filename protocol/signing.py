@@ -2,20 +2,29 @@
 
 A signed message on the wire is a flat JSON object::
 
-    {"v":1,"kind":"ack","signer":"base","body":"<the message's exact JSON text>","sig":"<base64url>"}
+    {"v":1,"kind":"ack","signer":"base","to":"summit","body":"<the message's exact JSON text>","sig":"<b64url>"}
 
-The signature covers ``b"skyrelay/v1/sig\\x00" + kind + b"\\x00" + signer + b"\\x00" + body``: a signature
-made for one kind (an ack) does not verify as another (a custody receipt), and one signer's cannot be
-re-labelled as another's. ``kind`` and ``signer`` are names without NUL bytes (``NAME_PATTERN``), so the
-signed string splits one way only. The body travels as a JSON *string* holding the exact text that was
-signed: the verifier checks those bytes and then parses those same bytes, so no canonical form of JSON
-is needed and nothing the signature did not cover is ever read.
+The signature covers ``b"skyrelay/v1/sig\\x00" + kind + b"\\x00" + signer + b"\\x00" + to + b"\\x00" + body``:
+a signature made for one kind (an ack) does not verify as another (a custody receipt), one signer's
+cannot be re-labelled as another's, and a message sealed *to* one site (its audience, ``to``) cannot be
+replayed into another site's mailbox — an Ack names no receiver in its body, so without ``to`` a relay
+could hand an ack the archive signed for it to the summit. ``to`` is ``""`` for a statement meant for
+anyone (the archive's custody receipt, read by every site of the route). ``kind``, ``signer`` and
+``to`` are names without NUL bytes (``NAME_PATTERN``), so the signed string splits one way only.
+
+The body travels as a JSON *string* holding the exact text that was signed: the verifier checks those
+bytes and then parses those same bytes, so no canonical form of JSON is needed and nothing the
+signature did not cover is ever read.
 
 Custody is the archive's receipt carried unchanged hop by hop (DESIGN §3): the archive seals the receipt
 (kind ``custody_receipt``) once; each hop seals a *hop* message (kind ``custody``, signed by the relaying
 site) whose JSON body carries that receipt envelope verbatim in its ``receipt`` field. A receiver checks
 the hop signature (a peer relayed it) and the inner signature (the archive said it), and relays the
 inner bytes untouched.
+
+What a signature does not say: *when*. A receiver therefore also checks the verified body: its claimed
+sender equals the signer, and its id (transfer, custody, control) is not one already acted on —
+receivers are idempotent anyway, and a control message's ``at`` bounds how old a command may be.
 
 Pure: no I/O except :func:`load_private_key` / :func:`write_private_key`, which read and write key files.
 """
@@ -50,10 +59,10 @@ PUBLIC_KEY_PREFIX = "ed25519:"
 MAX_ENVELOPE_BYTES = 4 * MAX_MESSAGE_BYTES
 _SIGNATURE_BYTES = 64
 _NAME_RE = re.compile(NAME_PATTERN)
-_FIELDS = frozenset({"v", "kind", "signer", "body", "sig"})
+_FIELDS = frozenset({"v", "kind", "signer", "to", "body", "sig"})
 
 SignatureReason = Literal[
-    "unsigned", "unknown_signer", "signer_not_allowed", "bad_signature", "wrong_kind", "malformed"
+    "unsigned", "unknown_signer", "signer_not_allowed", "bad_signature", "wrong_kind", "wrong_audience", "malformed"
 ]
 
 
@@ -62,7 +71,7 @@ class SignatureError(ProtocolError):
 
     Attributes:
         reason: what was wrong, one of ``SignatureReason``: ``unsigned``, ``unknown_signer``,
-            ``signer_not_allowed``, ``bad_signature``, ``wrong_kind``, ``malformed``.
+            ``signer_not_allowed``, ``bad_signature``, ``wrong_kind``, ``wrong_audience``, ``malformed``.
         detail: a human-readable explanation.
         signer: the signer the envelope claimed, when it could be read.
     """
@@ -82,10 +91,11 @@ class SignatureError(ProtocolError):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Sealed:
-    """A verified envelope: who signed it, the kind it was signed as, and the exact body bytes."""
+    """A verified envelope: who signed it, as what kind, for whom, and the exact body bytes."""
 
     signer: str
     kind: str
+    to: str
     body: bytes
 
 
@@ -111,27 +121,36 @@ def _check_name(value: str, what: str) -> None:
         raise ProtocolError(f"{value!r} is not a valid {what} (want {NAME_PATTERN})", field=what)
 
 
-def signed_bytes(body: bytes, *, kind: str, signer: str) -> bytes:
-    """The exact byte string a signature covers (domain, kind, signer, body)."""
-    return b"".join((DOMAIN, kind.encode(), b"\x00", signer.encode(), b"\x00", body))
+def signed_bytes(body: bytes, *, kind: str, signer: str, to: str = "") -> bytes:
+    """The exact byte string a signature covers (domain, kind, signer, audience, body)."""
+    return b"".join((DOMAIN, kind.encode(), b"\x00", signer.encode(), b"\x00", to.encode(), b"\x00", body))
 
 
-def seal(body: bytes, *, kind: str, signer: str, key: Ed25519PrivateKey) -> bytes:
-    """Sign ``body`` (a message's UTF-8 JSON text) as ``kind`` by ``signer``; return the envelope bytes.
+def seal(body: bytes, *, kind: str, signer: str, key: Ed25519PrivateKey, to: str = "") -> bytes:
+    """Sign ``body`` (a message's UTF-8 JSON text) as ``kind`` by ``signer`` for ``to``; return the envelope.
+
+    Args:
+        body: the message's JSON text, carried and signed verbatim.
+        kind: what the message is (``offer``, ``ack``, ``custody``, ``control``, ``presence``...).
+        signer: who signs (a site or an operator name in the topology's key table).
+        key: the signer's private key.
+        to: the site the message is addressed to (its mailbox); ``""`` for a statement to anyone.
 
     Raises:
-        ProtocolError: ``kind`` or ``signer`` is not a valid name, or ``body`` is not UTF-8 or too large.
+        ProtocolError: ``kind``, ``signer`` or ``to`` is not a valid name, or ``body`` is not UTF-8 or too large.
     """
     _check_name(kind, "kind")
     _check_name(signer, "signer")
+    if to:
+        _check_name(to, "to")
     if len(body) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"body larger than {MAX_MESSAGE_BYTES} bytes")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError("body is not UTF-8") from exc
-    sig = key.sign(signed_bytes(body, kind=kind, signer=signer))
-    envelope = {"v": ENVELOPE_VERSION, "kind": kind, "signer": signer, "body": text, "sig": _b64url(sig)}
+    sig = key.sign(signed_bytes(body, kind=kind, signer=signer, to=to))
+    envelope = {"v": ENVELOPE_VERSION, "kind": kind, "signer": signer, "to": to, "body": text, "sig": _b64url(sig)}
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -141,21 +160,24 @@ def unseal(
     kind: str,
     keys: Mapping[str, Ed25519PublicKey],
     allowed_signers: Collection[str],
+    to: str = "",
 ) -> Sealed:
-    """Verify an envelope signed as ``kind`` by one of ``allowed_signers``; return its signer and body.
+    """Verify an envelope signed as ``kind`` by one of ``allowed_signers`` for ``to``; return signer and body.
 
     Args:
         data: the envelope bytes as received.
         kind: the kind this receiver expects here (e.g. the mailbox topic's kind).
         keys: every known signer's public key, by name.
         allowed_signers: the signers allowed to send this kind to this receiver.
+        to: this receiver's site name for mailbox messages (the envelope must be addressed to it), or
+            ``""`` for a statement to anyone (the envelope must then name no audience).
 
     Returns:
         The signer and the exact body bytes that were signed (parse them; nothing else was covered).
 
     Raises:
         SignatureError: with ``reason`` ``malformed``, ``unsigned``, ``wrong_kind``, ``unknown_signer``,
-            ``signer_not_allowed`` or ``bad_signature``.
+            ``signer_not_allowed``, ``wrong_audience`` or ``bad_signature``.
     """
     try:
         envelope = load_object(data, max_bytes=MAX_ENVELOPE_BYTES)
@@ -166,14 +188,14 @@ def unseal(
     if set(envelope) != _FIELDS:
         missing, extra = sorted(_FIELDS - set(envelope)), sorted(set(envelope) - _FIELDS)
         raise SignatureError("malformed", f"envelope fields: missing {missing}, unexpected {extra}")
-    version, got_kind, signer = envelope["v"], envelope["kind"], envelope["signer"]
+    version, got_kind, signer, got_to = envelope["v"], envelope["kind"], envelope["signer"], envelope["to"]
     body_text, sig_text = envelope["body"], envelope["sig"]
     if type(version) is not int or version != ENVELOPE_VERSION:
         raise SignatureError("malformed", f"envelope version {version!r} (want {ENVELOPE_VERSION})")
-    if not all(isinstance(v, str) for v in (got_kind, signer, body_text, sig_text)):
-        raise SignatureError("malformed", "kind, signer, body and sig must be strings")
-    if not _NAME_RE.match(got_kind) or not _NAME_RE.match(signer):
-        raise SignatureError("malformed", "kind or signer is not a valid name")
+    if not all(isinstance(v, str) for v in (got_kind, signer, got_to, body_text, sig_text)):
+        raise SignatureError("malformed", "kind, signer, to, body and sig must be strings")
+    if not _NAME_RE.match(got_kind) or not _NAME_RE.match(signer) or (got_to and not _NAME_RE.match(got_to)):
+        raise SignatureError("malformed", "kind, signer or to is not a valid name")
     if got_kind != kind:
         raise SignatureError("wrong_kind", f"signed as {got_kind!r}, expected {kind!r}", signer=signer)
     key = keys.get(signer)
@@ -181,6 +203,9 @@ def unseal(
         raise SignatureError("unknown_signer", f"no public key for {signer!r}", signer=signer)
     if signer not in allowed_signers:
         raise SignatureError("signer_not_allowed", f"{signer!r} may not send {kind!r} here", signer=signer)
+    if got_to != to:
+        raise SignatureError("wrong_audience", f"addressed to {got_to or 'anyone'!r}, not {to or 'anyone'!r}",
+                             signer=signer)  # fmt: skip
     sig = _unb64url(sig_text)
     if sig is None or len(sig) != _SIGNATURE_BYTES:
         raise SignatureError("malformed", "sig is not a base64url Ed25519 signature", signer=signer)
@@ -189,10 +214,10 @@ def unseal(
     except UnicodeEncodeError as exc:  # a lone surrogate escaped as \udXXX in the envelope
         raise SignatureError("malformed", "body is not valid Unicode", signer=signer) from exc
     try:
-        key.verify(sig, signed_bytes(body, kind=kind, signer=signer))
+        key.verify(sig, signed_bytes(body, kind=kind, signer=signer, to=to))
     except InvalidSignature as exc:
         raise SignatureError("bad_signature", f"signature by {signer!r} does not verify", signer=signer) from exc
-    return Sealed(signer=signer, kind=kind, body=body)
+    return Sealed(signer=signer, kind=kind, to=to, body=body)
 
 
 def seal_receipt(body: bytes, *, archive: str, key: Ed25519PrivateKey) -> bytes:
@@ -214,6 +239,7 @@ def seal_hop(
     *,
     signer: str,
     key: Ed25519PrivateKey,
+    to: str,
     fields: Mapping[str, Any] | None = None,
 ) -> bytes:
     """A custody hop signed by the relaying site, carrying the archive's ``receipt`` envelope verbatim.
@@ -222,6 +248,7 @@ def seal_hop(
         receipt: the archive-signed receipt envelope (from :func:`seal_receipt` or a hop received earlier).
         signer: the relaying site.
         key: the relaying site's private key.
+        to: the next site upstream, whose mailbox receives the hop.
         fields: per-hop fields of the hop message (e.g. ``sender``, ``receiver``); ``receipt`` is added.
 
     Raises:
@@ -235,7 +262,7 @@ def seal_hop(
     except UnicodeDecodeError as exc:
         raise ProtocolError("receipt is not UTF-8", field="receipt") from exc
     body = json.dumps(hop, separators=(",", ":"), sort_keys=True).encode()
-    return seal(body, kind=HOP_KIND, signer=signer, key=key)
+    return seal(body, kind=HOP_KIND, signer=signer, key=key, to=to)
 
 
 def open_hop(
@@ -244,14 +271,15 @@ def open_hop(
     keys: Mapping[str, Ed25519PublicKey],
     relays: Collection[str],
     archive: str,
+    to: str,
 ) -> CustodyHop:
-    """Verify a custody hop from one of ``relays`` and the archive's receipt it carries.
+    """Verify a custody hop from one of ``relays`` addressed ``to`` this site, and the archive's receipt in it.
 
     Raises:
         SignatureError: either signature is missing, from the wrong signer or bad; ``malformed`` when the
             hop body is not an object with a string ``receipt``.
     """
-    hop = unseal(data, kind=HOP_KIND, keys=keys, allowed_signers=relays)
+    hop = unseal(data, kind=HOP_KIND, keys=keys, allowed_signers=relays, to=to)
     try:
         body = load_object(hop.body)
     except ProtocolError as exc:

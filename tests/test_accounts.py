@@ -235,18 +235,18 @@ async def test_a_subscriber_reads_arrivals_but_nothing_it_publishes_is_delivered
 
 
 async def test_a_subscriber_cannot_read_sys_or_mailboxes(brokers: StartBroker) -> None:
-    """Subscribed to ``#`` and ``$SYS/#``, the subscriber gets the arrival but no $SYS, offer or presence of
-    an unknown family; the same subscriptions on an anonymous broker do deliver $SYS (the check can see it)."""
+    """Subscribed to ``#`` and ``$SYS/#``, the subscriber gets presence and arrivals but no $SYS and no
+    mailbox offer; the same subscription on an anonymous broker does deliver $SYS (the check can see it)."""
     plan = plan_accounts(TRIANGLE)
     archive = await brokers(plan, "archive")
-    async with client(archive, plan.subscribers[0]) as reader, client(archive, plan.daemons["base"]) as base:
+    async with client(archive, plan.subscribers[0]) as reader:
         await reader.subscribe("#", qos=1)
         await reader.subscribe("$SYS/#", qos=1)
         assert await publish_reason(archive, plan.daemons["base"], topics.site("archive", "offer"), b"o") in ALLOWED
         async with client(archive, plan.daemons["archive"]) as daemon:
+            await daemon.publish(topics.presence("archive"), b"online", qos=1)
             await daemon.publish(ARRIVAL, b"sentinel", qos=1)
-        assert await seen_until_sentinel(reader) == [ARRIVAL]
-        del base
+        assert await seen_until_sentinel(reader) == [topics.presence("archive"), ARRIVAL]
 
     open_broker = Mosquitto(archive.workdir.parent.parent / "open" / "broker", name="open.broker")
     await open_broker.start()

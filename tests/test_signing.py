@@ -56,9 +56,9 @@ def _receipt() -> bytes:
     ).to_json()
 
 
-def _reason(data: bytes, *, kind: str = "ack", allowed: tuple[str, ...] = ("base",)) -> str:
+def _reason(data: bytes, *, kind: str = "ack", allowed: tuple[str, ...] = ("base",), to: str = "") -> str:
     with pytest.raises(SignatureError) as info:
-        unseal(data, kind=kind, keys=KEYS, allowed_signers=allowed)
+        unseal(data, kind=kind, keys=KEYS, allowed_signers=allowed, to=to)
     assert isinstance(info.value, ProtocolError)
     return info.value.reason
 
@@ -72,17 +72,18 @@ def _edit(data: bytes, **changes: object) -> bytes:
 def test_a_sealed_message_unseals_to_the_exact_body_and_its_signer() -> None:
     """unseal returns the signer and the very bytes that were sealed, which decode to the same message."""
     body = _ack()
-    sealed = unseal(seal(body, kind="ack", signer="base", key=PRIVATE["base"]), kind="ack", keys=KEYS,
-                    allowed_signers={"base"})  # fmt: skip
-    assert (sealed.signer, sealed.kind, sealed.body) == ("base", "ack", body)
+    sealed = unseal(seal(body, kind="ack", signer="base", key=PRIVATE["base"], to="summit"), kind="ack", keys=KEYS,
+                    allowed_signers={"base"}, to="summit")  # fmt: skip
+    assert (sealed.signer, sealed.kind, sealed.to, sealed.body) == ("base", "ack", "summit", body)
     assert decode(sealed.body) == decode(body)
 
 
 def test_the_envelope_is_compact_json_with_the_body_as_text() -> None:
     """The wire form is a flat JSON object whose body is the message's JSON text, signature 64 bytes base64url."""
     body = _ack()
-    envelope = json.loads(seal(body, kind="ack", signer="base", key=PRIVATE["base"]))
-    assert set(envelope) == {"v", "kind", "signer", "body", "sig"}
+    envelope = json.loads(seal(body, kind="ack", signer="base", key=PRIVATE["base"], to="summit"))
+    assert set(envelope) == {"v", "kind", "signer", "to", "body", "sig"}
+    assert envelope["to"] == "summit"
     assert envelope["body"].encode() == body
     assert len(base64.urlsafe_b64decode(envelope["sig"] + "==")) == 64
 
@@ -120,6 +121,27 @@ def test_relabelling_the_signer_breaks_the_signature() -> None:
     assert _reason(_edit(ack, signer="summit"), allowed=("summit",)) == "bad_signature"
 
 
+def test_a_message_addressed_to_one_site_is_refused_by_another() -> None:
+    """An ack the archive sealed to base, replayed by base into the summit's mailbox, is refused; so is an
+    envelope whose ``to`` was rewritten, and an addressed message read as a statement to anyone."""
+    ack = seal(_ack(), kind="ack", signer="archive", key=PRIVATE["archive"], to="base")
+    assert unseal(ack, kind="ack", keys=KEYS, allowed_signers={"archive"}, to="base").to == "base"
+    assert _reason(ack, allowed=("archive",), to="summit") == "wrong_audience"
+    assert _reason(ack, allowed=("archive",)) == "wrong_audience"
+    assert _reason(_edit(ack, to="summit"), allowed=("archive",), to="summit") == "bad_signature"
+    receipt = seal_receipt(_receipt(), archive="archive", key=PRIVATE["archive"])
+    assert _reason(receipt, kind=RECEIPT_KIND, allowed=("archive",), to="summit") == "wrong_audience"
+
+
+def test_a_hop_addressed_to_another_site_is_refused() -> None:
+    """A custody hop base sealed to the summit is not accepted by the archive reading its own mailbox."""
+    receipt = seal_receipt(_receipt(), archive="archive", key=PRIVATE["archive"])
+    hop = seal_hop(receipt, signer="base", key=PRIVATE["base"], to="summit")
+    with pytest.raises(SignatureError) as info:
+        open_hop(hop, keys=KEYS, relays={"base"}, archive="archive", to="archive")
+    assert info.value.reason == "wrong_audience"
+
+
 def test_a_tampered_body_is_refused() -> None:
     """Changing one character of the signed body (the ack's status) makes the signature fail."""
     ack = seal(_ack(), kind="ack", signer="base", key=PRIVATE["base"])
@@ -149,15 +171,15 @@ def test_a_signature_by_the_wrong_key_is_refused() -> None:
         b"",
         b"not json",
         b"[]",
-        b'{"v":1,"kind":"ack","signer":"base","body":"{}"}',
-        b'{"v":1,"kind":"ack","signer":"base","body":"{}","sig":"AA","extra":1}',
-        b'{"v":2,"kind":"ack","signer":"base","body":"{}","sig":"AA"}',
-        b'{"v":1,"kind":"ack","signer":"base","body":{},"sig":"AA"}',
-        b'{"v":1,"kind":"ack","signer":"Base\\u0000","body":"{}","sig":"AA"}',
-        b'{"v":1,"kind":"ack","signer":"base","body":"{}","sig":"not base64!"}',
-        b'{"v":1,"kind":"ack","signer":"base","body":"\\ud800","sig":"' + b"A" * 86 + b'"}',
-        b'{"v":1,"kind":"ack","kind":"ack","signer":"base","body":"{}","sig":"AA"}',
-        b'{"v":1,"kind":"ack","signer":"base","body":"' + b"x" * 300_000 + b'","sig":"AA"}',
+        b'{"v":1,"kind":"ack","signer":"base","to":"","body":"{}"}',
+        b'{"v":1,"kind":"ack","signer":"base","to":"","body":"{}","sig":"AA","extra":1}',
+        b'{"v":2,"kind":"ack","signer":"base","to":"","body":"{}","sig":"AA"}',
+        b'{"v":1,"kind":"ack","signer":"base","to":"","body":{},"sig":"AA"}',
+        b'{"v":1,"kind":"ack","signer":"Base\\u0000","to":"","body":"{}","sig":"AA"}',
+        b'{"v":1,"kind":"ack","signer":"base","to":"","body":"{}","sig":"not base64!"}',
+        b'{"v":1,"kind":"ack","signer":"base","to":"","body":"\\ud800","sig":"' + b"A" * 86 + b'"}',
+        b'{"v":1,"kind":"ack","kind":"ack","signer":"base","to":"","body":"{}","sig":"AA"}',
+        b'{"v":1,"kind":"ack","signer":"base","to":"","body":"' + b"x" * 300_000 + b'","sig":"AA"}',
     ],
     ids=["empty", "text", "array", "no-sig", "extra-field", "version", "body-object", "bad-signer",
          "sig-not-b64", "lone-surrogate", "duplicate-key", "oversized"],
@@ -168,20 +190,22 @@ def test_a_malformed_envelope_is_refused_as_malformed(data: bytes) -> None:
 
 
 def test_seal_refuses_names_that_could_blur_the_signed_string() -> None:
-    """kind and signer must be plain names (no NUL, no upper case), so the signed string splits one way."""
-    for kind, signer in (("ack\x00x", "base"), ("ack", "base\x00ack"), ("", "base"), ("ack", "Base")):
+    """kind, signer and to must be plain names (no NUL, no upper case), so the signed string splits one way."""
+    for kind, signer, to in (("ack\x00x", "base", ""), ("ack", "base\x00ack", ""), ("", "base", ""),
+                             ("ack", "Base", ""), ("ack", "base", "summit\x00")):  # fmt: skip
         with pytest.raises(ProtocolError):
-            seal(b"{}", kind=kind, signer=signer, key=PRIVATE["base"])
+            seal(b"{}", kind=kind, signer=signer, key=PRIVATE["base"], to=to)
 
 
 def test_a_custody_hop_carries_the_archives_receipt_verbatim_through_two_relays() -> None:
     """archive -> base -> summit: each hop verifies the relay and the archive; the receipt bytes never change."""
     receipt = seal_receipt(_receipt(), archive="archive", key=PRIVATE["archive"])
-    to_base = seal_hop(receipt, signer="archive", key=PRIVATE["archive"], fields={"sender": "archive"})
-    at_base = open_hop(to_base, keys=KEYS, relays={"archive"}, archive="archive")
+    to_base = seal_hop(receipt, signer="archive", key=PRIVATE["archive"], to="base", fields={"sender": "archive"})
+    at_base = open_hop(to_base, keys=KEYS, relays={"archive"}, archive="archive", to="base")
     assert at_base.relay == "archive" and at_base.receipt_envelope == receipt
-    to_summit = seal_hop(at_base.receipt_envelope, signer="base", key=PRIVATE["base"], fields={"sender": "base"})
-    at_summit = open_hop(to_summit, keys=KEYS, relays={"base"}, archive="archive")
+    to_summit = seal_hop(at_base.receipt_envelope, signer="base", key=PRIVATE["base"], to="summit",
+                         fields={"sender": "base"})  # fmt: skip
+    at_summit = open_hop(to_summit, keys=KEYS, relays={"base"}, archive="archive", to="summit")
     assert at_summit.relay == "base"
     assert at_summit.receipt_envelope == receipt
     assert at_summit.receipt.signer == "archive" and at_summit.receipt.body == _receipt()
@@ -193,29 +217,30 @@ def test_a_relay_cannot_forge_the_receipt_it_carries() -> None:
     """base wrapping a receipt it signed itself (or one with an edited body) is refused at the summit."""
     forged = seal(_receipt(), kind=RECEIPT_KIND, signer="base", key=PRIVATE["base"])
     with pytest.raises(SignatureError) as info:
-        open_hop(seal_hop(forged, signer="base", key=PRIVATE["base"]), keys=KEYS, relays={"base"}, archive="archive")
+        open_hop(seal_hop(forged, signer="base", key=PRIVATE["base"], to="summit"), keys=KEYS, relays={"base"},
+                 archive="archive", to="summit")  # fmt: skip
     assert info.value.reason == "signer_not_allowed"
     genuine = seal_receipt(_receipt(), archive="archive", key=PRIVATE["archive"])
     body = json.loads(genuine)["body"].replace('"archived"', '"quarantined"')
     with pytest.raises(SignatureError) as info:
-        open_hop(seal_hop(_edit(genuine, body=body), signer="base", key=PRIVATE["base"]), keys=KEYS,
-                 relays={"base"}, archive="archive")  # fmt: skip
+        open_hop(seal_hop(_edit(genuine, body=body), signer="base", key=PRIVATE["base"], to="summit"), keys=KEYS,
+                 relays={"base"}, archive="archive", to="summit")  # fmt: skip
     assert info.value.reason == "bad_signature"
 
 
 def test_a_hop_from_a_site_that_is_not_a_relay_here_is_refused() -> None:
     """A genuine hop signed by the summit is not accepted where only base may relay custody."""
     receipt = seal_receipt(_receipt(), archive="archive", key=PRIVATE["archive"])
-    hop = seal_hop(receipt, signer="summit", key=PRIVATE["summit"])
+    hop = seal_hop(receipt, signer="summit", key=PRIVATE["summit"], to="base")
     with pytest.raises(SignatureError) as info:
-        open_hop(hop, keys=KEYS, relays={"base"}, archive="archive")
+        open_hop(hop, keys=KEYS, relays={"base"}, archive="archive", to="base")
     assert info.value.reason == "signer_not_allowed"
 
 
 def test_the_bare_receipt_is_not_a_hop_and_a_hop_is_not_a_receipt() -> None:
     """The two custody kinds are domain-separated: neither verifies in the other's place."""
     receipt = seal_receipt(_receipt(), archive="archive", key=PRIVATE["archive"])
-    hop = seal_hop(receipt, signer="archive", key=PRIVATE["archive"])
+    hop = seal_hop(receipt, signer="archive", key=PRIVATE["archive"], to="base")
     assert _reason(receipt, kind=HOP_KIND, allowed=("archive",)) == "wrong_kind"
     with pytest.raises(SignatureError) as info:
         verify_receipt(hop, keys=KEYS, archive="archive")
@@ -224,9 +249,9 @@ def test_the_bare_receipt_is_not_a_hop_and_a_hop_is_not_a_receipt() -> None:
 
 def test_a_hop_without_a_receipt_is_malformed() -> None:
     """A validly signed hop whose body has no receipt string is refused as malformed."""
-    hop = seal(b'{"sender":"base"}', kind=HOP_KIND, signer="base", key=PRIVATE["base"])
+    hop = seal(b'{"sender":"base"}', kind=HOP_KIND, signer="base", key=PRIVATE["base"], to="summit")
     with pytest.raises(SignatureError) as info:
-        open_hop(hop, keys=KEYS, relays={"base"}, archive="archive")
+        open_hop(hop, keys=KEYS, relays={"base"}, archive="archive", to="summit")
     assert info.value.reason == "malformed"
 
 
@@ -289,10 +314,10 @@ def test_seal_and_unseal_cost_is_measured() -> None:
     for data in envelopes:
         unseal(data, kind=RECEIPT_KIND, keys=KEYS, allowed_signers=("archive",))
     unseal_us = (time.perf_counter() - start) / n * 1e6
-    hop = seal_hop(envelopes[0], signer="base", key=PRIVATE["base"])
+    hop = seal_hop(envelopes[0], signer="base", key=PRIVATE["base"], to="summit")
     start = time.perf_counter()
     for _ in range(n):
-        open_hop(hop, keys=KEYS, relays=("base",), archive="archive")
+        open_hop(hop, keys=KEYS, relays=("base",), archive="archive", to="summit")
     hop_us = (time.perf_counter() - start) / n * 1e6
     print(f"\nbody {len(body)} B, envelope {len(envelopes[0])} B: seal {seal_us:.0f} µs, unseal {unseal_us:.0f} µs, "
           f"open_hop (two verifies) {hop_us:.0f} µs")  # fmt: skip
