@@ -14,7 +14,14 @@ from typing import BinaryIO
 
 import structlog
 
+from ops.accounts import BrokerAuth
+from protocol.signing import MAX_ENVELOPE_BYTES
+
 log = structlog.get_logger()
+
+
+# The largest signed envelope plus room for the topic and properties.
+MAX_PACKET_BYTES = MAX_ENVELOPE_BYTES + 4096
 
 
 class BrokerError(RuntimeError):
@@ -134,10 +141,19 @@ class Mosquitto(ChildProcess):
         host: str = "127.0.0.1",
         name: str = "broker",
         tls: tuple[Path, Path, Path] | None = None,
+        auth: BrokerAuth | None = None,
+        max_packet_bytes: int = MAX_PACKET_BYTES,
     ):
-        """``tls`` = (CA file, certificate file, key file) makes the listener TLS-only."""
+        """Args:
+        tls: (CA file, certificate file, key file) makes the listener TLS-only.
+        auth: a password file and an ACL file (``ops.accounts.write_broker_auth``): every client must log
+            in and may do only what its ACL says. Without it the broker is anonymous and open (old tests).
+        max_packet_bytes: with ``auth``, larger MQTT packets are refused by the broker itself.
+        """
         self.workdir = workdir
         self.tls = tls
+        self.auth = auth
+        self.max_packet_bytes = max_packet_bytes
         self.host = host
         self.port = port or free_port(host)
         self.name = name
@@ -156,8 +172,8 @@ class Mosquitto(ChildProcess):
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
+            + self._auth_config()
+            + "persistence true\n"
             f"persistence_location {data}/\n"
             "autosave_interval 60\n"
             "log_dest stderr\n"
@@ -170,6 +186,21 @@ class Mosquitto(ChildProcess):
             + (f"cafile {self.tls[0]}\ncertfile {self.tls[1]}\nkeyfile {self.tls[2]}\n" if self.tls else "")
         )
         return conf
+
+    def _auth_config(self) -> str:
+        if self.auth is None:
+            return "allow_anonymous true\n"
+        return (
+            "allow_anonymous false\n"
+            f"password_file {self.auth.password_file}\n"
+            f"acl_file {self.auth.acl_file}\n"
+            f"max_packet_size {self.max_packet_bytes}\n"
+        )
+
+    def reload(self) -> None:
+        """Make the running broker re-read its password and ACL files (SIGHUP), e.g. after a new account."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGHUP)
 
     async def start(self, timeout_s: float = 10.0) -> None:
         """Start mosquitto and wait for its "running" log line."""

@@ -1,5 +1,10 @@
 """Versioned JSON codec shared by every message family.
 
+Every payload is treated as hostile: :func:`load_object` bounds its size and JSON nesting depth
+with a byte-level scan *before* parsing, requires UTF-8, refuses NaN/Infinity, over-long integers
+and duplicate object keys (two parsers could otherwise read two different messages from one signed
+text), and turns every decoding failure into a :class:`ProtocolError`.
+
 Each message is a frozen dataclass deriving from :class:`Message`. Its fields are typed with a
 small vocabulary (str, int, float, bool, optional, tuple of str, dict, Literal) and may carry
 constraints in ``dataclasses.field(metadata=...)``: ``min``/``max`` for numbers, ``max_len`` and
@@ -21,7 +26,9 @@ from typing import Any, ClassVar, Literal, Self, get_args, get_origin
 from protocol.errors import ProtocolError
 
 SCHEMA_VERSION = 1
-MAX_MESSAGE_BYTES = 256 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_DEPTH = 32
+MAX_INT_DIGITS = 64
 DEFAULT_MAX_STR = 4096
 
 _REGISTRY: dict[str, type[Message]] = {}
@@ -105,7 +112,13 @@ class Message:
     @classmethod
     def from_json(cls, payload: bytes | str) -> Self:
         """Decode JSON bytes of this message type."""
-        return cls.from_dict(_load(payload))
+        data = load_object(payload)
+        try:
+            return cls.from_dict(data)
+        except ProtocolError:
+            raise
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ProtocolError(f"cannot decode {cls.TYPE!r}: {exc}") from exc
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
@@ -133,15 +146,20 @@ class Message:
 
 def decode(payload: bytes | str, *expected: type[Message]) -> Message:
     """Decode any registered message, optionally restricted to ``expected`` types."""
-    data = _load(payload)
+    data = load_object(payload)
     tag = data.get("type")
     cls = _REGISTRY.get(tag) if isinstance(tag, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message type {tag!r}", field="type")
+        raise ProtocolError(f"unknown message type {_preview(tag)}", field="type")
     if expected and cls not in expected:
         names = ", ".join(c.TYPE for c in expected)
         raise ProtocolError(f"{tag!r} not accepted here (want {names})", field="type")
-    return cls.from_dict(data)
+    try:
+        return cls.from_dict(data)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"cannot decode {tag!r}: {exc}") from exc
 
 
 def all_schemas() -> dict[str, dict[str, Any]]:
@@ -149,16 +167,116 @@ def all_schemas() -> dict[str, dict[str, Any]]:
     return {tag: cls.json_schema() for tag, cls in sorted(_REGISTRY.items())}
 
 
-def _load(payload: bytes | str) -> dict[str, Any]:
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
+_ESCAPE_RE = re.compile(rb"\\.", re.DOTALL)
+_STRING_RE = re.compile(rb'"[^"]*"')
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_OPENERS = frozenset(b"[{")
+
+
+def json_depth_exceeds(payload: bytes, max_depth: int) -> bool:
+    """Whether ``payload`` nests arrays/objects deeper than ``max_depth``, by a scan that parses nothing.
+
+    Escapes (a backslash and the byte after it) are dropped first, then everything but quotes and
+    brackets, then the (now escape-free) strings; what remains is the bracket structure. Linear time
+    on any input. Brackets after a stray backslash outside a string may be missed, but no JSON parser
+    gets past that backslash, so they are never parsed either.
+    """
+    if payload.count(b"[") + payload.count(b"{") <= max_depth:
+        return False
+    skeleton = _STRING_RE.sub(b"", _ESCAPE_RE.sub(b"", payload).translate(None, _NOT_STRUCTURE))
+    depth = 0
+    for byte in skeleton:
+        if byte in _OPENERS:
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif byte != 0x22:  # a closing bracket; a lone quote opens a string that never ends
+            depth -= 1
+    return False
+
+
+def load_object(
+    payload: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES, max_depth: int = MAX_DEPTH
+) -> dict[str, Any]:
+    """Parse hostile bytes into a JSON object, bounded before parsing.
+
+    Args:
+        payload: UTF-8 JSON text (``str`` is encoded to UTF-8 first).
+        max_bytes: the largest payload accepted, in bytes.
+        max_depth: the deepest nesting of arrays and objects accepted (the top object is depth 1).
+
+    Returns:
+        The decoded object.
+
+    Raises:
+        ProtocolError: too large, too deep, not UTF-8, not JSON, not an object, a NaN or Infinity,
+            an integer longer than ``MAX_INT_DIGITS`` digits, or a key repeated within one object.
+    """
+    if isinstance(payload, str):
+        try:
+            payload = payload.encode()
+        except UnicodeEncodeError as exc:
+            raise ProtocolError(f"not encodable as UTF-8: {exc.reason}") from exc
+    elif not isinstance(payload, bytes | bytearray | memoryview):
+        raise ProtocolError(f"payload must be bytes, not {type(payload).__name__}")
+    else:
+        payload = bytes(payload)
+    if len(payload) > max_bytes:
+        raise ProtocolError(f"message larger than {max_bytes} bytes")
+    if json_depth_exceeds(payload, max_depth):
+        raise ProtocolError(f"nested deeper than {max_depth} levels")
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"not UTF-8: invalid byte at offset {exc.start}") from exc
+    try:
+        data = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_refuse_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+        )
+    except json.JSONDecodeError as exc:
         raise ProtocolError(f"not valid JSON: {exc}") from exc
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError, TypeError) as exc:  # belt and braces: the bounds above prevent these
+        raise ProtocolError(f"not decodable JSON: {type(exc).__name__}") from exc
     if not isinstance(data, dict):
         raise ProtocolError("must be a JSON object")
     return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ProtocolError(f"duplicate key {_preview(dup)} in one object")
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ProtocolError(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise ProtocolError(f"integer longer than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"number {_preview(text)} is out of range")
+    return value
+
+
+def _preview(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _HINTS: dict[type[Message], tuple[tuple[dataclasses.Field[Any], Any], ...]] = {}
