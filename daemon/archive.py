@@ -23,6 +23,7 @@ import blake3
 import structlog
 from astropy.io import fits
 
+from daemon.corrections import correction_for
 from daemon.fsutil import durable_rename, fsync_dir
 from processors.headers import CorrectionFileError, HeaderReport, header_summary, repair_header, verify_header
 from protocol.checksum import format_checksum
@@ -170,7 +171,8 @@ def prepare(
         reason, _, detail = (problem or "not_fits: unreadable").partition(": ")
         return quarantine(reason, detail)
     try:
-        report: HeaderReport = repair_header(header, correction_dirs=correction_dirs, exposure_context=context)
+        correction = correction_for(correction_dirs, header, exposure_context=context)
+        report: HeaderReport = repair_header(header, correction=correction, exposure_context=context)
     except CorrectionFileError as exc:
         return quarantine("bad_correction_file", str(exc), header_summary(header))
     summary = header_summary(report.header)
