@@ -419,8 +419,10 @@ async def run_camera(
         if exposures is not None and written >= exposures:
             break
         delay = max(0.0, started + written * cadence_s - loop.time())
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop a cancellation (see daemon/aio.py).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await stop.wait()
     log.info("camera stopped", exposures=written)
     return written
 

@@ -5,7 +5,8 @@
 - ``subscribe`` connects an MQTT v5 collector to one site's broker; tests wait on it with
   ``await collector.wait_for(...)``, woken by each received message (no polling).
 - ``read_catalog`` / ``query_journal`` read the sites' SQLite journals read-only.
-- ``wait_settled`` is the bounded "everything settled" check over the sites' ``/v1/status``.
+- ``wait_settled`` is the "everything settled" check over the sites' ``/v1/status``, woken by the
+  cluster's MQTT traffic (``cluster_traffic``), with a bounded re-check between messages.
 
 Tests that need brokers are skipped with a clear reason when mosquitto is not installed, except
 under CI (``CI`` set), where a missing mosquitto is an error rather than a silent skip.
@@ -185,6 +186,8 @@ class Received:
 
 
 Until = int | Callable[[list[Received]], bool]
+RECONNECT_FIRST_S = 0.02
+RECONNECT_MAX_S = 0.5
 
 
 class Collector:
@@ -193,21 +196,27 @@ class Collector:
     Tests wait on it with :meth:`wait_for`; each received message wakes the waiters.
     """
 
-    def __init__(self, host: str, port: int, topic_filter: str) -> None:
+    def __init__(self, host: str, port: int, topic_filter: str, *, activity: asyncio.Event | None = None) -> None:
         self.host = host
         self.port = port
         self.topic_filter = topic_filter
         self.messages: list[Received] = []
         self.connected = asyncio.Event()
         self.connections = 0
+        self.activity = activity
+        """Set at every received message (shared by several collectors to wait on any of them)."""
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout_s: float = 10.0) -> None:
         """Connect and subscribe; return once the subscription is acknowledged."""
-        self._task = asyncio.create_task(self._run(), name=f"collector {self.topic_filter}")
+        self.start_soon()
         async with asyncio.timeout(timeout_s):
             await self.connected.wait()
+
+    def start_soon(self) -> None:
+        """Start connecting and return at once (the broker may be down for now)."""
+        self._task = asyncio.create_task(self._run(), name=f"collector {self.topic_filter}")
 
     async def stop(self) -> None:
         """Disconnect."""
@@ -219,6 +228,7 @@ class Collector:
 
     async def _run(self) -> None:
         identifier = f"test-collector-{uuid.uuid4().hex[:12]}"
+        pause_s = RECONNECT_FIRST_S
         while True:
             try:
                 async with aiomqtt.Client(
@@ -227,16 +237,21 @@ class Collector:
                     await client.subscribe(self.topic_filter, qos=1)
                     self.connections += 1
                     self.connected.set()
+                    pause_s = RECONNECT_FIRST_S
                     async for message in client.messages:
                         payload = message.payload if isinstance(message.payload, bytes) else b""
                         self.messages.append(Received(str(message.topic), payload))
+                        if self.activity is not None:
+                            self.activity.set()
                         async with self._changed:
                             self._changed.notify_all()
             except aiomqtt.MqttError:
                 pass
             self.connected.clear()
-            # Pacing of reconnect attempts while the broker is down (not a wait for a condition).
-            await asyncio.sleep(0.02)
+            # No event says a restarted broker (another process) listens again: a bounded retry with
+            # capped exponential backoff, so the subscriber is back within a fraction of a second.
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, RECONNECT_MAX_S)
 
     async def wait_for(self, until: Until, timeout_s: float) -> list[Received]:
         """Wait until ``until`` holds: a message count, or a predicate over all messages so far.
@@ -399,14 +414,42 @@ def _settled(statuses: Mapping[str, Mapping[str, Any]], want: Mapping[str, int])
     return statuses["summit"].get("files") == want and all(s.get("pending") == 0 for s in statuses.values())
 
 
+@contextlib.asynccontextmanager
+async def cluster_traffic(cluster: Cluster) -> AsyncIterator[asyncio.Event]:
+    """An event set by every MQTT message on any of the cluster's brokers (offers, acks, custody, notices).
+
+    Clear it, look at the cluster, then wait on it: whatever happened in between has set it. The
+    subscribers connect in the background, so a broker that is down for now delays nothing.
+    """
+    activity = asyncio.Event()
+    watchers = [
+        Collector("127.0.0.1", broker.port, "skyrelay/v1/#", activity=activity) for broker in cluster.brokers.values()
+    ]
+    for watcher in watchers:
+        watcher.start_soon()
+    try:
+        yield activity
+    finally:
+        for watcher in watchers:
+            await watcher.stop()
+
+
+SETTLE_RECHECK_FIRST_S = 0.05
+SETTLE_RECHECK_MAX_S = 0.8
+
+
 async def wait_settled(
     cluster: Cluster, *, archived: int, timeout_s: float = 60.0, wake: Collector | None = None, replaced: int = 0
 ) -> dict[str, dict[str, Any]]:
     """Wait until custody of ``archived`` files is back at the summit and no site has pending work
     (and, with ``replaced``, that many inbox files were rewritten before they left and are not sent).
 
-    A bounded settle check: it re-reads every site's ``/v1/status`` after each MQTT message that
-    ``wake`` receives, or at most every 0.2 s, for up to ``timeout_s`` seconds. Returns the statuses.
+    Woken by the cluster's own traffic (:func:`cluster_traffic`): each MQTT message on any site's broker
+    makes it re-read every site's ``/v1/status``, for up to ``timeout_s`` seconds. A site updates its
+    status just after the message that changes it and announces nothing of its own, so between messages
+    it also re-checks with a bounded backoff (0.05 s doubling to 0.8 s, back to 0.05 s after each
+    message). ``wake`` (a collector on one of the brokers) adds nothing the traffic watch does not
+    already see; it is accepted for the callers that pass it. Returns the statuses.
 
     Raises:
         AssertionError: not settled in time (shows the last statuses seen).
@@ -415,9 +458,11 @@ async def wait_settled(
     want = {"archived": archived, **({"replaced": replaced} if replaced else {})}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    async with aiohttp.ClientSession() as session:
+    pause_s = SETTLE_RECHECK_FIRST_S
+    async with cluster_traffic(cluster) as traffic, aiohttp.ClientSession() as session:
         while True:
             assert_daemons_alive(cluster)
+            traffic.clear()
             try:
                 statuses = {site: await site_status(session, cluster, site) for site in SITES}
             except (aiohttp.ClientError, TimeoutError):
@@ -433,7 +478,7 @@ async def wait_settled(
                     f"not settled within {timeout_s}s (want summit files {want}, "
                     f"pending 0 everywhere): {json.dumps(brief, indent=1)[:6000]}"
                 )
-            if wake is not None:
-                await wake.next_message(0.2)
-            else:
-                await asyncio.sleep(0.2)  # bounded re-check interval of the settle check (see docstring)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(pause_s, max(0.0, deadline - loop.time()))):
+                    await traffic.wait()
+            pause_s = SETTLE_RECHECK_FIRST_S if traffic.is_set() else min(2 * pause_s, SETTLE_RECHECK_MAX_S)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from ops.bench import measure_verify_us
+
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -48,3 +50,8 @@ async def test_quick_bench_reports_every_workload_beside_rsync_and_dd(tmp_path: 
     assert "rsync    loopback daemon" in table and "x rsync" in table
     leftovers = await asyncio.to_thread(lambda: list(tmp_path.iterdir()))
     assert leftovers == [], "the run directory is removed unless --keep"
+
+
+def test_measure_verify_us_reports_a_time() -> None:
+    """The header micro-benchmark returns a positive number of microseconds per header."""
+    assert measure_verify_us(10) > 0

@@ -42,6 +42,23 @@ def _arrived(notices: Collector) -> set[str]:
     return {n["name"] for n in notices.of_type("arrival")}
 
 
+async def _first_message(collectors: list[Collector], timeout_s: float) -> None:
+    """Wait until any of ``collectors`` has received a message.
+
+    Raises:
+        AssertionError: none did within ``timeout_s`` seconds.
+    """
+    waits = [asyncio.create_task(c.wait_for(1, timeout_s=timeout_s)) for c in collectors]
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    if not any(not task.cancelled() and task.exception() is None for task in done):
+        raise AssertionError(f"no message on {[c.topic_filter for c in collectors]} within {timeout_s}s")
+
+
 async def _write_exposures(cluster: Cluster) -> list[Path]:
     paths: list[Path] = []
     for seqnum in EXPOSURES:
@@ -193,6 +210,9 @@ async def test_a_file_rewritten_before_it_left_is_sent_in_its_latest_version_onl
     cluster = await make_cluster()
     problems = await subscribe(cluster, "summit", "skyrelay/v1/problems/summit")
     notices = await subscribe(cluster, "archive", ARRIVALS)
+    # The summit offers a file to its first hop as soon as it has registered it (hashed, committed to
+    # its journal); the offer lands in the dead hop's mailbox on its live broker.
+    offers = [await subscribe(cluster, site, "skyrelay/v1/site/+/offer") for site in ("base", "archive")]
     for site in ("base", "archive"):  # no first hop can take the file
         await cluster.daemons[site].kill()
     versions = [
@@ -212,13 +232,10 @@ async def test_a_file_rewritten_before_it_left_is_sent_in_its_latest_version_onl
         return [(p["details"]["old_checksum"], p["details"]["new_checksum"]) for p in found]
 
     await asyncio.to_thread(os.replace, first, cluster.inbox / name)
+    await _first_message(offers, timeout_s=10)
     async with aiohttp.ClientSession() as session:
-        for _ in range(100):  # bounded: registration is a hash and a journal commit
-            if (await site_status(session, cluster, "summit"))["files"] == {"held": 1}:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the summit never registered the first version")
+        held = (await site_status(session, cluster, "summit"))["files"]
+    assert held == {"held": 1}, f"the summit never registered the first version: {held}"
     await asyncio.to_thread(os.replace, second, cluster.inbox / name)  # the camera's rewrite: write, rename
     await problems.wait_for(lambda _: replaced() == [(a, b)], timeout_s=30)
     await asyncio.to_thread(drop_into_inbox, cluster, name, saved_a)  # and back to the first content

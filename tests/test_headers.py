@@ -1,4 +1,4 @@
-"""Header verification and fix-up (processors.headers) and detector tables (processors.detectors)."""
+"""Header verification and fix-up (processors.headers), correction files (daemon.corrections), detector tables."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 
+from daemon.corrections import correction_for, load_corrections
 from ops.camera import REMOVE, build_primary_header
 from ops.camera_templates import PRIMARY_TEMPLATES, broken_latiss_header, imsim_header, template_header
 from processors.detectors import (
@@ -17,11 +18,11 @@ from processors.detectors import (
     expected_detectors,
 )
 from processors.headers import (
+    Correction,
     CorrectionFileError,
     Fix,
+    correction_key,
     header_summary,
-    load_corrections,
-    measure_verify_us,
     repair_header,
     verify_header,
 )
@@ -178,7 +179,7 @@ def test_correction_file_overrides_a_value(tmp_path: Path) -> None:
     path.write_text("ROTPA: 46.783893\n")
     header = build_primary_header("LATISS", dayobs="20200217", seqnum=238, detector="R00_S00")
 
-    report = repair_header(header, correction_dirs=[tmp_path])
+    report = repair_header(header, correction=correction_for([tmp_path], header))
 
     assert report.ok
     assert report.header["ROTPA"] == 46.783893
@@ -193,7 +194,7 @@ def test_comcam_correction_file_is_found_under_its_butler_name(tmp_path: Path) -
     (tmp_path / "LSSTComCam-CC_O_20241113_000067.yaml").write_text("GROUPID: 2024-11-14T02:53:00.497#2\n")
     header = build_primary_header("ComCam", dayobs="20241113", seqnum=67, detector="R22_S12")
 
-    report = repair_header(header, correction_dirs=[tmp_path])
+    report = repair_header(header, correction=correction_for([tmp_path], header))
 
     assert report.header["GROUPID"] == "2024-11-14T02:53:00.497#2"
     assert report.ok
@@ -208,8 +209,47 @@ def test_first_correction_directory_wins(tmp_path: Path) -> None:
 
     found = load_corrections([first, second], "LATISS", "AT_O_20200217_000238")
 
-    assert found == ({"ROTPA": 1.0}, first / "LATISS-AT_O_20200217_000238.yaml")
+    assert found == Correction(cards={"ROTPA": 1.0}, path=first / "LATISS-AT_O_20200217_000238.yaml")
     assert load_corrections([first], "LATISS", "AT_O_20200217_000239") is None
+
+
+def test_correction_file_is_found_under_a_derived_obsid(tmp_path: Path) -> None:
+    """A header without OBSID picks up the correction file of the OBSID repair derives from DAYOBS and SEQNUM."""
+    path = tmp_path / "LATISS-AT_O_20200217_000238.yaml"
+    path.write_text("ROTPA: 46.783893\n")
+    header = build_primary_header(
+        "LATISS", dayobs="20200217", seqnum=238, detector="R00_S00", overrides={"OBSID": REMOVE}
+    )
+
+    report = repair_header(header, correction=correction_for([tmp_path], header))
+
+    assert report.ok
+    assert report.correction_file == path
+    assert [(fix.keyword, fix.source) for fix in report.fixes] == [
+        ("OBSID", "rule:obsid.from_dayobs_seqnum"),
+        ("ROTPA", f"file:{path}"),
+    ]
+
+
+def test_correction_key_takes_the_instrument_from_the_obsid_camera_code() -> None:
+    """Without INSTRUME the correction file is named by the instrument of the OBSID's camera code."""
+    header = build_primary_header(
+        "LATISS", dayobs="20200217", seqnum=238, detector="R00_S00", overrides={"INSTRUME": REMOVE}
+    )
+
+    assert correction_key(header) == ("LATISS", "AT_O_20200217_000238")
+    assert correction_key(comcam_header(OBSID=REMOVE, DAYOBS=REMOVE)) is None
+
+
+def test_correction_is_applied_from_memory_without_reading_files() -> None:
+    """repair_header applies a Correction it is given and names its path as the fix source."""
+    header = build_primary_header("LATISS", dayobs="20200217", seqnum=238, detector="R00_S00")
+    correction = Correction(cards={"ROTPA": 12.5}, path=Path("/nowhere/LATISS-AT_O_20200217_000238.yaml"))
+
+    report = repair_header(header, correction=correction)
+
+    assert report.header["ROTPA"] == 12.5
+    assert [fix.source for fix in report.fixes] == ["file:/nowhere/LATISS-AT_O_20200217_000238.yaml"]
 
 
 @pytest.mark.parametrize("text", ["ROTPA: [unclosed\n", "- just\n- a list\n", "ROTPA: {nested: 1}\n"])
@@ -220,7 +260,7 @@ def test_malformed_correction_file_raises_with_its_path(tmp_path: Path, text: st
     header = build_primary_header("LATISS", dayobs="20200217", seqnum=238, detector="R00_S00")
 
     with pytest.raises(CorrectionFileError) as raised:
-        repair_header(header, correction_dirs=[tmp_path])
+        correction_for([tmp_path], header)
 
     assert raised.value.path == path
     assert str(path) in str(raised.value)
@@ -252,7 +292,7 @@ def test_history_cards_fit_in_fits_history_cards(tmp_path: Path) -> None:
         "LATISS", dayobs="20200217", seqnum=238, detector="R00_S00", overrides={"MJD-OBS": 1.5}
     )
 
-    report = repair_header(header, correction_dirs=[deep])
+    report = repair_header(header, correction=correction_for([deep], header))
 
     cards = report.history_cards()
     assert len(cards) > len(report.fixes)
@@ -337,11 +377,6 @@ def test_header_summary_is_small_and_json_able() -> None:
         "curindex": 1,
         "maxindex": 1,
     }
-
-
-def test_measure_verify_us_reports_a_time() -> None:
-    """The micro-benchmark returns a positive number of microseconds per header."""
-    assert measure_verify_us(10) > 0
 
 
 def test_expected_detectors_per_instrument() -> None:

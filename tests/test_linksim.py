@@ -25,10 +25,10 @@ from ops.linksim import (
     LinkParamsError,
     LinkSimulator,
     ProxySpec,
-    _HttpFramer,
     link_name,
     resolve_link_name,
 )
+from ops.linksim.framing import HttpFramer
 
 BLOB = random.Random(20260121).randbytes(4 * 1024 * 1024)
 LINK = "summit-base"
@@ -373,8 +373,8 @@ def test_http_framer_finds_bodies_across_any_chunk_split() -> None:
     )
     for split in range(1, 9):
         methods: deque[str] = deque()
-        _HttpFramer(responses=False, methods=methods).feed(requests)
-        framer = _HttpFramer(responses=True, methods=methods)
+        HttpFramer(responses=False, methods=methods).feed(requests)
+        framer = HttpFramer(responses=True, methods=methods)
         body = bytearray()
         for start in range(0, len(responses), split):
             chunk = responses[start : start + split]

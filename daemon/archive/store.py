@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from astropy.io import fits
 
+from daemon.corrections import correction_for
 from daemon.fsutil import durable_rename_new, fsync_dir, hash_file
 from processors.headers import CorrectionFileError, HeaderReport, header_summary, repair_header
 
@@ -88,7 +89,8 @@ def prepare(
         reason, _, detail = (problem or "not_fits: unreadable").partition(": ")
         return quarantine(reason, detail)
     try:
-        report: HeaderReport = repair_header(header, correction_dirs=correction_dirs, exposure_context=context)
+        correction = correction_for(correction_dirs, header, exposure_context=context)
+        report: HeaderReport = repair_header(header, correction=correction, exposure_context=context)
     except CorrectionFileError as exc:
         return quarantine("bad_correction_file", str(exc), header_summary(header))
     summary = header_summary(report.header)
