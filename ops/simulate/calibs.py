@@ -306,7 +306,8 @@ class FrameTruth:
         date_obs: DATE-OBS (TAI).
         lamp_factor: Lamp level relative to the nominal (flats).
         written: False for the frames cut by an interruption.
-        bias_offset_adu: Frame-to-frame bias offset per amplifier (added to its level).
+        bias_offset_adu: Frame-to-frame bias offset per amplifier (added to its level); the row-to-row
+            jitter has zero mean over the imaging rows, so level + offset is the frame's mean bias.
         cosmic_rays: ``(row, column)`` of every pixel hit, in detector coordinates.
     """
 
@@ -561,6 +562,7 @@ def raw_from_electrons(
         else:
             electrons = local
         row_jitter = rng.normal(0.0, _ROW_JITTER_ADU, raw_rows)
+        row_jitter -= row_jitter[: spec.amp_height_px].mean()  # the frame offset carries the mean
         raw = (
             amp.bias_level_adu
             + offset
