@@ -232,19 +232,19 @@ def overscan_noise(overscan: NDArray[np.floating], levels: NDArray[np.floating])
 class RawExposure:
     """An open raw file: its primary header and amplifier geometry, read strip by strip.
 
-    Uncompressed files are memory-mapped; tile-compressed amplifiers are read through
-    ``CompImageHDU.section`` so only the tiles of the rows asked for are decompressed.
+    Pixels are read through ``section``: only the rows asked for are read from the file (and, for
+    tile-compressed amplifiers, only their tiles decompressed), so memory stays at one strip per file.
     """
 
     def __init__(self, raw: fits.HDUList | Path | str) -> None:
-        """Open ``raw`` (a path is opened read-only and memory-mapped; an HDUList is used as is).
+        """Open ``raw`` (a path is opened read-only, not memory-mapped; an HDUList is used as is).
 
         Raises:
             CalibError: The file cannot be opened or has no amplifier with DATASEC and DETSEC.
         """
         self._owned = not isinstance(raw, fits.HDUList)
         try:
-            self.hdul: fits.HDUList = raw if isinstance(raw, fits.HDUList) else fits.open(raw, memmap=True)
+            self.hdul: fits.HDUList = raw if isinstance(raw, fits.HDUList) else fits.open(raw, memmap=False)
             self.header: fits.Header = self.hdul[0].header
             self.amps: list[AmpGeometry] = []
             self._hdus: list[fits.ImageHDU | fits.CompImageHDU] = []
@@ -285,7 +285,7 @@ class RawExposure:
     def read_rows(self, amp: int, start: int, stop: int) -> NDArray[np.float32]:
         """Rows ``start:stop`` (0-based, extension coordinates) of amplifier ``amp``, full width, float32."""
         hdu = self._hdus[amp]
-        block = hdu.section[start:stop, :] if isinstance(hdu, fits.CompImageHDU) else hdu.data[start:stop, :]
+        block = hdu.data[start:stop, :] if hdu.fileinfo() is None else hdu.section[start:stop, :]
         return np.asarray(block, dtype=np.float32)
 
     def overscan_profile(self, amp: int, params: CalibParams) -> NDArray[np.float32]:
