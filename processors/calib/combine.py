@@ -93,15 +93,21 @@ def meanclip_stack(stack: NDArray[np.float32], *, sigma: float = 3.0, iterations
 
     median = quantile(0.5)
     iqr = quantile(0.75) - quantile(0.25)
+    half = np.float32(sigma * IQR_TO_SIGMA) * iqr
 
-    # Cumulative sums of (value - median), float64, with a leading zero row; missing values add nothing.
-    sums = np.empty((n_frames + 1, n_pixels), dtype=np.float64)
-    squares = np.empty((n_frames + 1, n_pixels), dtype=np.float64)
+    # Every window lies within `reach` of the median (each half-width is at most sigma x the previous
+    # one and each centre moves by at most a half-width), so offsets clamped beyond it are never summed
+    # and the float32 cumulative sums of (value - median) keep their precision despite outliers.
+    reach = half * np.float32(2.0 * sum(max(sigma, 1.0) ** i for i in range(max(iterations, 1))))
+    sums = np.empty((n_frames + 1, n_pixels), dtype=np.float32)
+    squares = np.empty((n_frames + 1, n_pixels), dtype=np.float32)
     sums[0] = 0.0
     squares[0] = 0.0
     offset = np.empty(n_pixels, dtype=np.float32)
+    low_limit = -reach
     for index in range(n_frames):
         np.subtract(values[index], median, out=offset)
+        np.clip(offset, low_limit, reach, out=offset)
         if not complete:
             offset[np.isnan(offset)] = 0.0
         np.add(sums[index], offset, out=sums[index + 1])
@@ -110,9 +116,8 @@ def meanclip_stack(stack: NDArray[np.float32], *, sigma: float = 3.0, iterations
     sums_flat, squares_flat = sums.reshape(-1), squares.reshape(-1)
 
     centre = median
-    half = np.float32(sigma * IQR_TO_SIGMA) * iqr
-    shift = np.zeros(n_pixels, dtype=np.float64)
-    spread = np.zeros(n_pixels, dtype=np.float64)
+    shift = np.zeros(n_pixels, dtype=np.float32)
+    spread = np.zeros(n_pixels, dtype=np.float32)
     kept = n_valid
     for _ in range(max(iterations, 1)):
         start = _count(values, centre - half, inclusive=False)
@@ -122,14 +127,15 @@ def meanclip_stack(stack: NDArray[np.float32], *, sigma: float = 3.0, iterations
         total = sums_flat.take(high) - sums_flat.take(low)
         total_sq = squares_flat.take(high) - squares_flat.take(low)
         # An empty window (possible only when the IQR is zero) keeps the median.
-        shift = total / np.maximum(kept, 1)
-        spread = np.maximum((total_sq - total * shift) / np.maximum(kept - 1, 1), 0.0)
+        count = np.maximum(kept, 1).astype(np.float32)
+        shift = (total / count).astype(np.float32)
+        spread = np.maximum((total_sq - total * shift) / np.maximum(count - 1, 1), 0.0).astype(np.float32)
         spread[kept < 2] = 0.0
-        centre = (median + shift).astype(np.float32)
-        half = (sigma * np.sqrt(spread)).astype(np.float32)
-    result = (median + shift).astype(np.float32)
+        centre = median + shift
+        half = np.float32(sigma) * np.sqrt(spread)
+    result = median + shift
     result[n_valid == 0] = np.nan
-    variance_of_mean = (spread / np.maximum(kept, 1)).astype(np.float32)
+    variance_of_mean: NDArray[np.float32] = (spread / np.maximum(kept, 1)).astype(np.float32)
     return ClipResult(
         mean=result.reshape(shape),
         variance=variance_of_mean.reshape(shape),

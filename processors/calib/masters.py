@@ -39,7 +39,9 @@ from processors.calib.isr import (
     CalibParams,
     MasterFrame,
     RawExposure,
+    overscan_columns,
     overscan_noise,
+    overscan_row_levels,
 )
 from processors.calib.layout import AmpGeometry
 from processors.calib.product import ProvenanceValue, write_master
@@ -286,10 +288,17 @@ def make_master(spec: MasterSpec) -> MasterOutcome:
                 planes: list[NDArray[np.float32]] = []
                 saturated_all: NDArray[np.bool_] | None = None
                 where = (slice(0), slice(0))
-                for slot, index in enumerate(used):
-                    part = exposures[index].amp_rows(
-                        amp, start, stop, params, profile=None if profiles is None else profiles[slot]
+                raws = [exposures[index].datasec_rows(amp, start, stop) for index in used]
+                if profiles is None:
+                    # One MEANCLIP call for the overscan rows of every frame (each row on its own).
+                    columns = overscan_columns(geometry, params)
+                    row_levels = np.split(
+                        overscan_row_levels(np.concatenate([r[:, columns] for r in raws]), params), len(raws)
                     )
+                else:
+                    row_levels = [profile[start:stop] for profile in profiles]
+                for slot, index in enumerate(used):
+                    part = exposures[index].amp_rows(amp, start, stop, params, raw=raws[slot], levels=row_levels[slot])
                     where = (part.det_rows, part.det_columns)
                     plane = corrections.apply(part.image, where, darktimes[index])
                     if scales[index] != 1.0:
