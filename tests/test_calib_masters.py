@@ -180,6 +180,7 @@ def test_a_lamp_drop_leaves_the_dimmed_frames_out(
         inputs = hdul["INPUTS"].data
         assert list(inputs["used"]) == [True] * 5 + [False] * 5
         assert hdul[0].header["GROUPID"] == flat_sequence.groupid
+        assert hdul[0].header["code_version"] == "test" and hdul[0].header["CALIBTYP"] == "FLAT"
 
 
 def test_an_interrupted_sequence_is_built_and_the_shortfall_reported(work: Path) -> None:

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from ops.simulate.calibs import DetectorSpec, calib_frames, plan_calib_sequence, write_calib_sequence
+from ops.simulate.calibs import (
+    DetectorSpec,
+    calib_frames,
+    plan_calib_sequence,
+    write_calib_day,
+    write_calib_sequence,
+)
 from processors.calib import RawExposure
 from processors.headers import verify_header
 
@@ -91,3 +97,26 @@ def test_same_seed_same_pixels_and_compression_is_lossless() -> None:
     for a, b, c in zip(plain[1:], again[1:], packed[1:], strict=True):
         assert isinstance(c, fits.CompImageHDU)
         assert np.array_equal(a.data, b.data) and np.array_equal(a.data, c.data)
+
+
+def test_a_calibration_day_numbers_its_sequences_on(tmp_path: Path) -> None:
+    """Biases, darks then flats follow each other in SEQNUM; the flats get the lamp change and interruption."""
+    truths = write_calib_day(
+        tmp_path,
+        instrument="ComCam",
+        detector="R22_S11",
+        dayobs="20241108",
+        bias=2,
+        dark=2,
+        flat=4,
+        seq_start=10,
+        seed=5,
+        lamp_change_at=3,
+        lamp_factor=0.7,
+        interrupt_at=4,
+        spec=SPEC,
+    )
+    assert [t.kind for t in truths] == ["bias", "dark", "flat"]
+    assert [[f.seqnum for f in t.written_frames] for t in truths] == [[10, 11], [12, 13], [14, 15, 16]]
+    assert truths[2].changed_frames == (3, 4) and truths[2].cut_frames == (4,)
+    assert len({t.groupid for t in truths}) == 3

@@ -13,7 +13,8 @@ current with hot pixels, cosmic rays (darks and flats), and for flats a lamp lev
 its instrument and name (:func:`detector_truth`), so biases, darks and flats of one detector agree;
 the noise of a sequence derives from its seed. A JSON truth file is written beside each sequence.
 
-``skyrelay simulate calibs`` calls :func:`write_calib_sequence`; the sky simulator calls
+``skyrelay simulate calibs`` calls :func:`write_calib_day` (one :func:`write_calib_sequence` per kind);
+the sky simulator calls
 :func:`raw_from_electrons` with its own image in electrons.
 """
 
@@ -49,6 +50,7 @@ __all__ = [
     "plan_calib_sequence",
     "raw_from_electrons",
     "true_flat",
+    "write_calib_day",
     "write_calib_sequence",
 ]
 
@@ -705,3 +707,56 @@ def write_calib_sequence(
     first = plan.frames[0]
     (where / f"{first.obsid}_{detector}.truth.json").write_text(truth.to_json(), encoding="utf-8")
     return truth
+
+
+def write_calib_day(
+    out_dir: Path,
+    *,
+    instrument: str,
+    detector: str,
+    dayobs: str,
+    bias: int = 0,
+    dark: int = 0,
+    flat: int = 0,
+    seq_start: int = 1,
+    seed: int = 0,
+    lamp_change_at: int | None = None,
+    lamp_factor: float = 1.0,
+    interrupt_at: int | None = None,
+    interrupt_kind: CalibKind = "flat",
+    compress: bool = False,
+    spec: DetectorSpec | None = None,
+) -> list[SequenceTruth]:
+    """Write an afternoon's calibrations: ``bias`` biases, then ``dark`` darks, then ``flat`` flats.
+
+    What ``skyrelay simulate calibs --bias N --dark N --flat N --lamp-change-at K --lamp-factor F
+    --interrupt-at K`` does: sequence numbers run on from ``seq_start``; the lamp change applies to the
+    flats and the interruption to the ``interrupt_kind`` sequence. Each sequence's seed is ``seed`` plus
+    its first sequence number.
+
+    Returns:
+        The truth of each sequence written, in order (kinds with 0 frames are skipped).
+    """
+    truths: list[SequenceTruth] = []
+    seqnum = seq_start
+    for kind, count in (("bias", bias), ("dark", dark), ("flat", flat)):
+        if count <= 0:
+            continue
+        truth = write_calib_sequence(
+            out_dir,
+            instrument=instrument,
+            detector=detector,
+            kind=kind,  # type: ignore[arg-type]
+            n=count,
+            dayobs=dayobs,
+            seq_start=seqnum,
+            seed=seed + seqnum,
+            lamp_change_at=lamp_change_at if kind == "flat" else None,
+            lamp_factor=lamp_factor if kind == "flat" else 1.0,
+            interrupt_at=interrupt_at if kind == interrupt_kind else None,
+            compress=compress,
+            spec=spec,
+        )
+        truths.append(truth)
+        seqnum += count
+    return truths

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from processors.calib.combine import clipped_mean_std, meanclip_stack
-from processors.calib.grouping import FlatMeasure, coarse_grid, group_flats
+from processors.calib.grouping import FlatMeasure, group_flats
 from processors.calib.isr import (
     MASK_BAD,
     MASK_HOT,
@@ -202,19 +202,46 @@ def _interruption(exposures: Sequence[RawExposure]) -> str | None:
 
 
 def _measure_flat(exposure: RawExposure, name: str, corrections: _Corrections, params: CalibParams) -> FlatMeasure:
-    shape = exposure.detsize_px
-    frame = np.full(shape, np.nan, dtype=np.float32)
+    """Level and coarse shape of one flat after ISR, from every k-th row (about a million pixels in all)."""
+    rows, columns = exposure.detsize_px
+    step = max(1, math.ceil(rows * columns / _SAMPLE_PIXELS))
     darktime_s = exposure.card("DARKTIME", exposure.card("EXPTIME"))
+    cells = max(1, params.grid_cells)
+    values: list[NDArray[np.float32]] = []
+    cell_index: list[NDArray[np.int64]] = []
     for amp, geometry in enumerate(exposure.amps):
-        part = exposure.amp_rows(amp, 0, geometry.datasec.height_px, params)
-        where = (part.det_rows, part.det_columns)
-        image = corrections.apply(part.image, where, darktime_s)
+        height = geometry.datasec.height_px
+        local = np.arange(0, height, step)
+        raw = exposure.datasec_rows(amp, 0, height)[local]
+        if params.overscan_fit == "poly":
+            levels = exposure.overscan_profile(amp, params)[local]
+        else:
+            levels = overscan_row_levels(raw[:, overscan_columns(geometry, params)], params)
+        part = exposure.amp_rows(amp, 0, local.size, params, raw=raw, levels=levels)
+        detsec = geometry.detsec
+        det_rows = detsec.rows.stop - 1 - local if detsec.flip_y else detsec.rows.start + local
+        if detsec.flip_y:
+            det_rows = det_rows[::-1]  # amp_rows flipped the sampled rows into detector order
+        image = part.image
+        for master, factor in ((corrections.bias, 1.0), (corrections.dark, darktime_s)):
+            if master is not None:
+                image = image - master.image[det_rows, part.det_columns] * np.float32(factor)
         image[part.saturated] = np.nan
-        frame[where] = image
-    level, _ = _clipped(frame, params)
-    if not math.isfinite(level) or level <= 0:
-        raise CalibError(f"flat {name} has no positive level ({level})")
-    return FlatMeasure(name=name, level_adu=level, grid=coarse_grid(frame, params.grid_cells) / level)
+        det_columns = np.arange(part.det_columns.start, part.det_columns.stop)
+        cell = (det_rows * cells // rows)[:, None] * cells + (det_columns * cells // columns)[None, :]
+        values.append(image.ravel())
+        cell_index.append(cell.ravel())
+    flat_values = np.concatenate(values)
+    mean, _, _ = clipped_mean_std(flat_values, sigma=params.sigma, iterations=params.iterations)
+    if not math.isfinite(mean) or mean <= 0:
+        raise CalibError(f"flat {name} has no positive level ({mean})")
+    finite = np.isfinite(flat_values)
+    index = np.concatenate(cell_index)[finite]
+    sums = np.bincount(index, weights=flat_values[finite].astype(np.float64), minlength=cells * cells)
+    counts = np.bincount(index, minlength=cells * cells)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        grid = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).reshape(cells, cells)
+    return FlatMeasure(name=name, level_adu=mean, grid=grid / mean)
 
 
 def make_master(spec: MasterSpec) -> MasterOutcome:
