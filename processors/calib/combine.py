@@ -12,6 +12,7 @@ each iteration costs a few operations per pixel instead of a pass over every fra
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Final
@@ -41,6 +42,46 @@ class ClipResult:
     n_used: NDArray[np.int16]
 
 
+_NETWORK_MAX_FRAMES: Final = 32
+
+
+@functools.lru_cache(maxsize=64)
+def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
+    """Batcher's odd-even merge sorting network for ``n`` inputs (comparators beyond ``n`` pruned)."""
+    pairs: list[tuple[int, int]] = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (p * 2) == (i + j + k) // (p * 2):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return tuple(pairs)
+
+
+def _sorted_frames(values: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Sort (frames, pixels) along the frames, NaN last; a vectorised sorting network for few frames."""
+    n_frames = values.shape[0]
+    if n_frames > _NETWORK_MAX_FRAMES or n_frames < 2:
+        ordered = np.array(values, dtype=np.float32)
+        ordered.sort(axis=0)
+        return ordered
+    missing = np.isnan(values)
+    has_missing = bool(missing.any())
+    rows = [np.where(missing[i], np.float32(np.inf), values[i]) if has_missing else values[i] for i in range(n_frames)]
+    for i, j in _sorting_network(n_frames):
+        low = np.minimum(rows[i], rows[j])
+        rows[j] = np.maximum(rows[i], rows[j])
+        rows[i] = low
+    ordered = np.stack(rows).astype(np.float32, copy=False)
+    if has_missing:
+        ordered[np.isinf(ordered) & (ordered > 0)] = np.nan
+    return ordered
+
+
 def _count(values: NDArray[np.float32], threshold: NDArray[np.float32], *, inclusive: bool) -> NDArray[np.int64]:
     """Per pixel, how many of its values are < threshold (<= when inclusive); NaN counts as above."""
     counter = np.int8 if values.shape[0] < 127 else np.int32
@@ -63,8 +104,7 @@ def meanclip_stack(stack: NDArray[np.float32], *, sigma: float = 3.0, iterations
     n_frames = stack.shape[0]
     shape = stack.shape[1:]
     n_pixels = math.prod(shape)
-    values = np.array(stack, dtype=np.float32).reshape(n_frames, n_pixels)
-    values.sort(axis=0)  # NaN sorts last
+    values = _sorted_frames(np.asarray(stack, dtype=np.float32).reshape(n_frames, n_pixels))  # NaN last
     flat = values.reshape(-1)
     columns = np.arange(n_pixels, dtype=np.int64)
     complete = n_frames > 0 and not bool(np.isnan(values[-1]).any())

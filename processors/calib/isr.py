@@ -89,7 +89,7 @@ class CalibParams:
 
     sigma: float = 3.0
     iterations: int = 3
-    strip_rows: int = 256
+    strip_rows: int = 128
     min_frames: int = 3
     overscan_skip_columns: int = 3
     overscan_fit: Literal["row", "poly"] = "row"
@@ -289,11 +289,11 @@ class RawExposure:
         value = self.header.get(key)
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
 
-    def read_rows(self, amp: int, start: int, stop: int) -> NDArray[np.float32]:
-        """Rows ``start:stop`` (0-based, extension coordinates) of amplifier ``amp``, full width, float32."""
+    def read_rows(self, amp: int, start: int, stop: int, step: int = 1) -> NDArray[np.float32]:
+        """Rows ``start:stop:step`` (0-based, extension coordinates) of amplifier ``amp``, full width, float32."""
         hdu = self._hdus[amp]
         block = hdu.data[start:stop, :] if hdu.fileinfo() is None else hdu.section[start:stop, :]
-        return np.asarray(block, dtype=np.float32)
+        return np.asarray(block[::step] if step > 1 else block, dtype=np.float32)
 
     def overscan_profile(self, amp: int, params: CalibParams) -> NDArray[np.float32]:
         """Overscan level of every DATASEC row of an amplifier, as ``params.overscan_fit`` says."""
@@ -307,10 +307,10 @@ class RawExposure:
             levels = np.polynomial.legendre.legval(x, coefficients).astype(np.float32)
         return levels
 
-    def datasec_rows(self, amp: int, start: int, stop: int) -> NDArray[np.float32]:
-        """Raw rows ``start:stop`` (0-based within DATASEC) of an amplifier, full width, float32."""
+    def datasec_rows(self, amp: int, start: int, stop: int, step: int = 1) -> NDArray[np.float32]:
+        """Raw rows ``start:stop:step`` (0-based within DATASEC) of an amplifier, full width, float32."""
         first = self.amps[amp].datasec.rows.start
-        return self.read_rows(amp, first + start, first + stop)
+        return self.read_rows(amp, first + start, first + stop, step)
 
     def amp_rows(
         self,

@@ -212,7 +212,7 @@ def _measure_flat(exposure: RawExposure, name: str, corrections: _Corrections, p
     for amp, geometry in enumerate(exposure.amps):
         height = geometry.datasec.height_px
         local = np.arange(0, height, step)
-        raw = exposure.datasec_rows(amp, 0, height)[local]
+        raw = exposure.datasec_rows(amp, 0, height, step)
         if params.overscan_fit == "poly":
             levels = exposure.overscan_profile(amp, params)[local]
         else:
