@@ -136,18 +136,22 @@ def meanclip_stack(stack: NDArray[np.float32], *, sigma: float = 3.0, iterations
     half = np.float32(sigma * IQR_TO_SIGMA) * iqr
 
     # Every window lies within `reach` of the median (each half-width is at most sigma x the previous
-    # one and each centre moves by at most a half-width), so offsets clamped beyond it are never summed
-    # and the float32 cumulative sums of (value - median) keep their precision despite outliers.
+    # one and each centre moves by at most a half-width). Values below the window sit in both cumulative
+    # sums that bound it and cancel; clamping them at -reach (where they are never summed) keeps the
+    # float32 sums of (value - median) precise despite low outliers. Values above the window never
+    # enter the sums that bound it, and rows at or above the median have no offset below zero.
     reach = half * np.float32(2.0 * sum(max(sigma, 1.0) ** i for i in range(max(iterations, 1))))
+    low_limit = -reach
+    clamp_rows = math.ceil((n_frames - 1) / 2) if complete else n_frames
     sums = np.empty((n_frames + 1, n_pixels), dtype=np.float32)
     squares = np.empty((n_frames + 1, n_pixels), dtype=np.float32)
     sums[0] = 0.0
     squares[0] = 0.0
     offset = np.empty(n_pixels, dtype=np.float32)
-    low_limit = -reach
     for index in range(n_frames):
         np.subtract(values[index], median, out=offset)
-        np.clip(offset, low_limit, reach, out=offset)
+        if index < clamp_rows:
+            np.maximum(offset, low_limit, out=offset)
         if not complete:
             offset[np.isnan(offset)] = 0.0
         np.add(sums[index], offset, out=sums[index + 1])

@@ -330,18 +330,28 @@ def make_master(spec: MasterSpec) -> MasterOutcome:
                     plane = corrections.apply(part.image, where, darktimes[index])
                     if scales[index] != 1.0:
                         plane = plane * np.float32(scales[index])
-                    plane[part.saturated] = np.nan
+                    saturated = part.saturated if part.saturated.any() else None
+                    if saturated is not None:
+                        plane[saturated] = np.nan
                     planes.append(plane)
-                    saturated_all = part.saturated if saturated_all is None else saturated_all & part.saturated
+                    saturated_all = (
+                        saturated
+                        if slot == 0
+                        else (None if saturated is None or saturated_all is None else saturated_all & saturated)
+                    )
                     overscan_pixels[slot].append(part.overscan_pixels)
                     overscan_levels[slot].append(part.overscan_adu)
                 combined = meanclip_stack(np.stack(planes), sigma=params.sigma, iterations=params.iterations)
                 image[where] = combined.mean
                 variance[where] = combined.variance
-                bits = np.where(np.isnan(combined.mean), MASK_NO_DATA, 0)
-                if saturated_all is not None:
-                    bits |= np.where(saturated_all, MASK_SAT, 0)
-                mask[where] = bits.astype(np.int16)
+                missing = np.isnan(combined.mean)
+                if missing.any() or saturated_all is not None:
+                    bits = np.where(missing, MASK_NO_DATA, 0)
+                    if saturated_all is not None:
+                        bits |= np.where(saturated_all, MASK_SAT, 0)
+                    mask[where] = bits.astype(np.int16)
+                else:
+                    mask[where] = 0
             noises = [
                 overscan_noise(np.concatenate(pixels), np.concatenate(lv))
                 for pixels, lv in zip(overscan_pixels, overscan_levels, strict=True)
