@@ -13,7 +13,9 @@ through fork and exec) are its own:
   is not timed, so ccdproc does less work than ours); flats scaled by their inverse median as
   ccdproc's documentation does.
 
-Targets: ours at least 2x faster than ccdproc, with no more peak memory.
+Targets: ours at least 2x faster than ccdproc (in CPU seconds: both are single-threaded, and on a
+shared machine wall seconds also count other processes' turns; both are reported), with no more peak
+memory.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def _assembled(paths: list[Path], directory: Path) -> list[Path]:
 def _job(job: dict[str, object]) -> dict[str, float]:
     """Run one job in this process and return its seconds and peak RSS."""
     start = time.perf_counter()
+    cpu_start = time.process_time()
     kind = str(job["kind"])
     paths = [str(p) for p in job["inputs"]]  # type: ignore[attr-defined]
     if job["tool"] == "ours":
@@ -113,7 +116,8 @@ def _job(job: dict[str, object]) -> dict[str, float]:
             )
             combined.write(str(job["output"]), overwrite=True)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss_mib": _peak_rss_kib() / 1024.0}
+    cpu_s = time.process_time() - cpu_start
+    return {"seconds": seconds, "cpu_s": cpu_s, "peak_rss_mib": _peak_rss_kib() / 1024.0}
 
 
 def _peak_rss_kib() -> float:
@@ -153,8 +157,8 @@ def run_processing_bench(
         full_size: LSST-sized 4k x 4k detectors; a 256 x 128 test detector otherwise.
 
     Returns:
-        ``{"rows": [...], "pass": bool, "table": str}``: one row per master with seconds and peak
-        RSS MiB for ours and ccdproc, the speed ratio, and PASS/MISS against the targets.
+        ``{"rows": [...], "pass": bool, "table": str}``: one row per master with wall and CPU seconds
+        and peak RSS MiB for ours and ccdproc, the CPU speed ratio, and PASS/MISS against the targets.
     """
     spec = DetectorSpec() if full_size else _SMALL
     workdir.mkdir(parents=True, exist_ok=True)
@@ -174,15 +178,19 @@ def run_processing_bench(
         theirs = _run_child(
             {"tool": "ccdproc", "kind": kind, "inputs": assembled[kind], "output": products / f"ccdproc_{kind}.fits"}
         )
-        ratio = theirs["seconds"] / ours["seconds"] if ours["seconds"] > 0 else float("inf")
+        # CPU seconds decide: both tools are single-threaded, and on a shared machine wall time also
+        # counts the time other people's processes held the cores.
+        ratio = theirs["cpu_s"] / ours["cpu_s"] if ours["cpu_s"] > 0 else float("inf")
         verdict = ratio >= _SPEED_TARGET and ours["peak_rss_mib"] <= theirs["peak_rss_mib"]
         rows.append(
             {
                 "master": kind,
                 "frames": len(raws[kind]),
                 "ours_s": round(ours["seconds"], 2),
+                "ours_cpu_s": round(ours["cpu_s"], 2),
                 "ours_peak_mib": round(ours["peak_rss_mib"], 1),
                 "ccdproc_s": round(theirs["seconds"], 2),
+                "ccdproc_cpu_s": round(theirs["cpu_s"], 2),
                 "ccdproc_peak_mib": round(theirs["peak_rss_mib"], 1),
                 "speed_ratio": round(ratio, 2),
                 "verdict": "PASS" if verdict else "MISS",
@@ -196,14 +204,16 @@ def run_processing_bench(
 def _table(rows: list[dict[str, object]], spec: DetectorSpec) -> str:
     height, width = spec.detector_shape_px
     lines = [
-        f"master building, {width}x{height} detector (target: >= {_SPEED_TARGET:g}x faster, no more memory)",
-        f"{'master':<7}{'frames':>7}{'ours s':>9}{'ours MiB':>10}{'ccdproc s':>11}{'ccdproc MiB':>13}"
+        f"master building, {width}x{height} detector (target: >= {_SPEED_TARGET:g}x less CPU time than"
+        " ccdproc, no more peak RSS; ratio = ccdproc cpu s / ours cpu s)",
+        f"{'master':<7}{'frames':>7}{'ours s':>8}{'cpu s':>7}{'MiB':>7}{'ccdproc s':>11}{'cpu s':>7}{'MiB':>7}"
         f"{'ratio':>7}  verdict",
     ]
     for r in rows:
         lines.append(
-            f"{r['master']!s:<7}{r['frames']!s:>7}{r['ours_s']!s:>9}{r['ours_peak_mib']!s:>10}"
-            f"{r['ccdproc_s']!s:>11}{r['ccdproc_peak_mib']!s:>13}{r['speed_ratio']!s:>7}  {r['verdict']}"
+            f"{r['master']!s:<7}{r['frames']!s:>7}{r['ours_s']!s:>8}{r['ours_cpu_s']!s:>7}{r['ours_peak_mib']!s:>7}"
+            f"{r['ccdproc_s']!s:>11}{r['ccdproc_cpu_s']!s:>7}{r['ccdproc_peak_mib']!s:>7}{r['speed_ratio']!s:>7}"
+            f"  {r['verdict']}"
         )
     return "\n".join(lines)
 

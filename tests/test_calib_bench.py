@@ -15,7 +15,8 @@ def test_small_bench_builds_both_masters_with_both_tools(tmp_path: Path) -> None
     rows = result["rows"]
     assert isinstance(rows, list) and [r["master"] for r in rows] == ["bias", "flat"]
     for row in rows:
-        assert row["ours_s"] > 0 and row["ccdproc_s"] > 0 and row["ours_peak_mib"] > 0
+        assert row["ours_s"] > 0 and row["ccdproc_s"] > 0 and row["ours_cpu_s"] > 0 and row["ccdproc_cpu_s"] > 0
+        assert row["ours_peak_mib"] > 0 and row["ccdproc_peak_mib"] > 0
         assert row["verdict"] in {"PASS", "MISS"}
     for name in ("ours_bias", "ours_flat", "ccdproc_bias", "ccdproc_flat"):
         with fits.open(tmp_path / "products" / f"{name}.fits") as hdul:

@@ -17,6 +17,7 @@ from ops.simulate.calibs import (
     write_calib_sequence,
 )
 from processors.calib import (
+    MASK_HOT,
     MASK_SAT,
     CalibParams,
     LayoutError,
@@ -82,11 +83,12 @@ def test_isr_assembles_amplifiers_in_place_and_in_orientation() -> None:
 
 
 def test_isr_with_masters_flattens_and_propagates_variance_and_saturation(tmp_path: Path) -> None:
-    """With bias and flat masters a uniformly lit exposure comes out flat, its variance right and saturation masked."""
+    """With masters a uniform exposure comes out flat, hot pixels removed, variance right, saturation masked."""
     common = {"instrument": "ComCam", "detector": "R22_S00", "dayobs": "20241108", "spec": SPEC}
     params = CalibParams()
     bias_t = write_calib_sequence(tmp_path / "b", kind="bias", n=8, seq_start=1, seed=1, **common)
     flat_t = write_calib_sequence(tmp_path / "f", kind="flat", n=8, seq_start=20, seed=2, **common)
+    dark_t = write_calib_sequence(tmp_path / "d", kind="dark", n=5, seq_start=40, seed=3, exptime_s=60.0, **common)
 
     def build(kind: str, paths: tuple[str, ...], **extra: str) -> Path:
         out = tmp_path / f"{kind}.fits"
@@ -95,14 +97,21 @@ def test_isr_with_masters_flattens_and_propagates_variance_and_saturation(tmp_pa
         return out
 
     bias = build("bias", bias_t.paths)
-    flat = build("flat", flat_t.paths, bias_path=str(bias))
+    dark = build("dark", dark_t.paths, bias_path=str(bias))
+    flat = build("flat", flat_t.paths, bias_path=str(bias), dark_path=str(dark))
     truth = bias_t.detector
     image_e = 5_000.0 * true_flat(SPEC, truth.flat_seed).astype(np.float64)
     image_e[10, 10] = 1e7  # saturates
-    raw = raw_from_electrons(image_e, SPEC, truth, np.random.default_rng(9), darktime_s=0.0)
+    header = fits.Header({"EXPTIME": 30.0, "DARKTIME": 30.0})
+    raw = raw_from_electrons(image_e, SPEC, truth, np.random.default_rng(9), darktime_s=30.0, primary_header=header)
     gains = tuple((a.name, a.gain_e_per_adu) for a in truth.amps)
-    result = isr_exposure(raw, bias=bias, flat=flat, params=CalibParams(gains_e_per_adu=gains))
+    result = isr_exposure(raw, bias=bias, dark=dark, flat=flat, params=CalibParams(gains_e_per_adu=gains))
     assert result.mask[10, 10] & MASK_SAT
+    # Hot pixels (600-6000 e in 30 s) are flagged and their dark current removed to within the noise.
+    level = float(np.median(result.image[result.mask == 0]))
+    for row, column, _ in truth.hot_pixels:
+        assert result.mask[row, column] & MASK_HOT
+        assert abs(float(result.image[row, column]) - level) < 5 * float(np.sqrt(result.variance[row, column]))
     good = result.mask == 0
     values = result.image[good]
     # Flat within the shot noise (1.4 % at 5000 e) where the raw varied by ~20 % (gains, vignetting).
