@@ -1,9 +1,13 @@
-"""Message dispatch: each message from the site's own mailbox goes to the part that handles its kind.
+"""Message dispatch: each message from the site's own mailbox is verified, then goes to the part for its kind.
 
-A malformed or misaddressed message is rejected with a ``bad_message`` problem; it never ends a task.
+A message must be sealed by a signer allowed to send its kind here and name that signer as its
+sender; an unsigned or wrongly signed one is rejected with a ``bad_signature`` problem, a malformed
+or misaddressed one with ``bad_message``. Nothing it carries changes any state, and no task ends.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import structlog
 
@@ -12,10 +16,12 @@ from daemon.receiving import Receiver
 from daemon.report import Reporter
 from daemon.sending.router import Router
 from daemon.sending.sender import Sender
+from daemon.trust import Trust
 from protocol import topics
 from protocol.control import RouteControl
 from protocol.custody import Custody
 from protocol.errors import ProtocolError
+from protocol.signing import SignatureError
 from protocol.transfer import Ack, Offer
 
 log = structlog.get_logger()
@@ -27,6 +33,7 @@ class Dispatcher:
     def __init__(
         self,
         site: str,
+        trust: Trust,
         reporter: Reporter,
         sender: Sender,
         custody: CustodyRelay,
@@ -34,6 +41,7 @@ class Dispatcher:
         router: Router | None,
     ) -> None:
         self.site = site
+        self.trust = trust
         self.reporter = reporter
         self.sender = sender
         self.custody = custody
@@ -47,24 +55,51 @@ class Dispatcher:
             site, kind = topics.parse_site(topic)
             if site != self.site:
                 raise ProtocolError(f"addressed to {site}, this is {self.site}", field="topic")
+            sealed = self.trust.open(kind, payload)
+            body = sealed.body
             if kind == "offer":
                 if self.receiver is None:
                     raise ProtocolError(f"{self.site} takes no offers", field="topic")
-                await self.receiver.on_offer(Offer.from_json(payload))
+                offer = Offer.from_json(body)
+                _signed_by(offer.sender, sealed.signer)
+                await self.receiver.on_offer(offer)
             elif kind == "ack":
-                await self.sender.on_ack(Ack.from_json(payload))
+                ack = Ack.from_json(body)
+                _signed_by(ack.sender, sealed.signer)
+                await self.sender.on_ack(ack)
             elif kind == "custody":
-                await self.custody.on_custody(Custody.from_json(payload))
+                custody = Custody.from_json(body)
+                _signed_by(custody.sender, sealed.signer)
+                receipt = self.trust.open_receipt(custody.receipt)
+                await self.custody.on_custody(custody, receipt)
             elif kind == "control":
                 if self.router is None:
                     raise ProtocolError(f"route control goes to the summit, not {self.site}", field="command")
-                await self.router.control(RouteControl.from_json(payload))
+                control = RouteControl.from_json(body)
+                _signed_by(control.issued_by, sealed.signer)
+                await self.router.control(control)
+        except SignatureError as exc:
+            await self.rejected(topic, str(exc), payload, kind="bad_signature", signer=exc.signer)
         except ProtocolError as exc:
-            await self.reporter.problem(
-                "bad_message",
-                f"rejected {kind} message: {exc}",
-                topic=topic,
-                field=exc.field,
-                payload_bytes=len(payload),
-                payload_preview=payload[:160].decode("utf-8", "replace"),
-            )
+            await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind="bad_message", field=exc.field)
+
+    async def rejected(
+        self, topic: str, reason: str, payload: bytes, *, kind: str = "bad_signature", **details: Any
+    ) -> None:
+        """Report a refused message (nothing it says was acted on)."""
+        await self.reporter.problem(
+            kind,
+            reason,
+            topic=topic,
+            payload_bytes=len(payload),
+            payload_preview=payload[:160].decode("utf-8", "replace"),
+            **details,
+        )
+
+
+def _signed_by(claimed: str, signer: str) -> None:
+    """The message's own sender field must be its signer."""
+    if claimed != signer:
+        raise SignatureError(
+            "signer_not_allowed", f"signed by {signer!r} but claims to be from {claimed!r}", signer=signer
+        )

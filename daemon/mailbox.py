@@ -5,12 +5,18 @@ addressed site's broker over the link between the sites (DESIGN §2). The state 
 connection is health evidence: a cut link drops the connection at once. Each link also carries
 presence: our ``online`` (retained) with an ``offline`` last will on the peer's broker, and the
 peer's own presence, which we watch.
+
+Everything this site sends into a mailbox, and its presence, is sealed with the site's key
+(:mod:`daemon.trust`); a peer's presence counts only when the peer signed it. The daemon logs in with
+its own account, and its client ids carry a secret derived from that account's password, so no other
+account can take them over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
@@ -22,7 +28,9 @@ from paho.mqtt.properties import Properties
 from daemon.aio import raise_if_cancelling
 from daemon.backoff import backoff_delay
 from daemon.config import Endpoint, Topology
+from daemon.credentials import secret_client_id
 from daemon.errors import PeerUnreachable
+from daemon.trust import Trust
 from protocol import topics
 from protocol.errors import ProtocolError
 from protocol.presence import Presence
@@ -30,21 +38,55 @@ from protocol.presence import Presence
 log = structlog.get_logger()
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
+Rejected = Callable[[str, str, bytes], Awaitable[None]]
+"""Called with (topic, reason, payload) for a message this mailbox refused to act on."""
 PeerListener = Callable[[str, bool], None]
 SESSION_EXPIRY_S = 3600
 RECONNECT_CAP_S = 5.0
 
 
-def _presence(site: str, state: str, unreachable: tuple[str, ...] = ()) -> bytes:
-    return Presence(site=site, state=state, at=time.time(), unreachable=unreachable).to_json()  # type: ignore[arg-type]
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Account:
+    """The broker account a daemon logs in with (the same on its own broker and its peers')."""
+
+    username: str | None
+    password: str | None
+
+    def client_id(self, purpose: str) -> str:
+        """A client id for one connection; secret when the account has a password."""
+        if self.username and self.password:
+            return secret_client_id(self.username, self.password, purpose)
+        return f"skyrelay-{purpose}"
+
+
+def daemon_account(topology: Topology, site: str) -> Account:
+    """The site daemon's own account, or the topology's shared one (a topology from before accounts) (blocking)."""
+    cfg = topology.sites[site]
+    if cfg.mqtt_password_file is not None:
+        return Account(
+            username=cfg.mqtt_username or f"site-{site}", password=cfg.mqtt_password_file.read_text().strip()
+        )
+    return Account(username=topology.mqtt_username, password=topology.mqtt_password)
 
 
 class Mailbox:
     """Own-broker subscriber plus per-peer publishers, each reconnecting with capped jittered backoff."""
 
-    def __init__(self, topology: Topology, site: str, on_message: MessageHandler) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        site: str,
+        on_message: MessageHandler,
+        *,
+        trust: Trust,
+        account: Account,
+        on_rejected: Rejected | None = None,
+    ) -> None:
         self.topology = topology
         self.site = site
+        self.trust = trust
+        self.account = account
+        self._on_rejected = on_rejected
         self.tuning = topology.tuning
         self._on_message = on_message
         self._local: aiomqtt.Client | None = None
@@ -75,17 +117,22 @@ class Mailbox:
         for peer in self._peers:
             tg.create_task(self._peer_loop(peer), name=f"{self.site}.link.{peer}")
 
-    def _client(self, endpoint: Endpoint, identifier: str, will_site: str) -> aiomqtt.Client:
+    def _presence(self, state: str, unreachable: tuple[str, ...] = ()) -> bytes:
+        """This site's signed presence."""
+        body = Presence(site=self.site, state=state, at=time.time(), unreachable=unreachable).to_json()  # type: ignore[arg-type]
+        return self.trust.seal("presence", "", body)
+
+    def _client(self, endpoint: Endpoint, purpose: str) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         return aiomqtt.Client(
             endpoint.host,
             endpoint.port,
-            identifier=identifier,
+            identifier=self.account.client_id(purpose),
             protocol=aiomqtt.ProtocolVersion.V5,
-            username=self.topology.mqtt_username,
-            password=self.topology.mqtt_password,
-            will=aiomqtt.Will(topics.presence(will_site), _presence(will_site, "offline"), qos=1, retain=True),
+            username=self.account.username,
+            password=self.account.password,
+            will=aiomqtt.Will(topics.presence(self.site), self._presence("offline"), qos=1, retain=True),
             keepalive=self.tuning.mqtt_keepalive_s,
             clean_start=False,
             properties=props,
@@ -100,7 +147,7 @@ class Mailbox:
             raise_if_cancelling()
             delay = self.tuning.backoff_initial_s
             try:
-                async with self._client(me.broker, f"skyrelay-{self.site}", self.site) as client:
+                async with self._client(me.broker, "own") as client:
                     await client.subscribe(topics.site_wildcard(self.site), qos=1)
                     # Register the client before announcing: a link that comes up meanwhile announces through
                     # it too, and one connection delivers the announcements in order (the newest wins).
@@ -128,16 +175,16 @@ class Mailbox:
             raise_if_cancelling()
             delay = self.tuning.backoff_initial_s
             try:
-                async with self._client(link.broker, f"skyrelay-{self.site}-to-{peer}", self.site) as client:
+                async with self._client(link.broker, f"to-{peer}") as client:
                     await client.subscribe(topics.presence(peer), qos=1)
-                    await client.publish(topics.presence(self.site), _presence(self.site, "online"), qos=1, retain=True)
+                    await client.publish(topics.presence(self.site), self._presence("online"), qos=1, retain=True)
                     self._peers[peer] = client
                     attempt = 0
                     log.info("link_connected", peer=peer, broker=str(link.broker))
                     self._notify(peer, True)
                     await self._announce()
                     async for message in client.messages:
-                        self._on_presence(peer, message.payload)
+                        await self._on_presence(peer, message.payload)
             except aiomqtt.MqttError as exc:
                 attempt += 1
                 delay = backoff_delay(attempt, initial_s=self.tuning.backoff_initial_s, cap_s=self._reconnect_cap_s)
@@ -157,19 +204,23 @@ class Mailbox:
         return tuple(sorted(p for p, client in self._peers.items() if client is None))
 
     def _own_presence(self) -> bytes:
-        return _presence(self.site, "online", self.unreachable())
+        return self._presence("online", self.unreachable())
 
     async def _announce(self) -> None:
         """Republish our presence on our own broker: peers read which sites we can reach from it."""
         await self.publish_local(topics.presence(self.site), self._own_presence(), retain=True)
 
-    def _on_presence(self, peer: str, payload: object) -> None:
+    async def _on_presence(self, peer: str, payload: object) -> None:
         if not isinstance(payload, bytes):
             return
         try:
-            presence = Presence.from_json(payload)
+            presence = Presence.from_json(self.trust.open_presence(peer, payload).body)
+            if presence.site != peer:
+                raise ProtocolError(f"presence of {presence.site!r} on the topic of {peer!r}", field="site")
         except ProtocolError as exc:
             log.warning("bad_presence", peer=peer, error=str(exc))
+            if self._on_rejected is not None:
+                await self._on_rejected(topics.presence(peer), str(exc), payload)
             return
         online = presence.state == "online"
         unreachable = frozenset(presence.unreachable) if online else frozenset()
@@ -196,8 +247,9 @@ class Mailbox:
         client = self._peers.get(peer)
         if client is None:
             raise PeerUnreachable(f"no connection to {peer}'s mailbox")
+        sealed = self.trust.seal(kind, peer, payload)
         try:
-            await client.publish(topics.site(peer, kind), payload, qos=1, timeout=self.tuning.publish_timeout_s)
+            await client.publish(topics.site(peer, kind), sealed, qos=1, timeout=self.tuning.publish_timeout_s)
         except aiomqtt.MqttError as exc:
             raise PeerUnreachable(f"publish to {peer} failed: {exc}") from exc
 
@@ -223,7 +275,7 @@ class Mailbox:
             if client is not None:
                 with contextlib.suppress(aiomqtt.MqttError):
                     await client.publish(
-                        topics.presence(self.site), _presence(self.site, "offline"), qos=1, retain=True, timeout=1.0
+                        topics.presence(self.site), self._presence("offline"), qos=1, retain=True, timeout=1.0
                     )
 
 

@@ -31,6 +31,7 @@ from daemon.mailbox import Mailbox
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
 from daemon.sending.sender import Outgoing, Sender
+from daemon.trust import PULL_HEADER, Trust
 from protocol.checksum import format_checksum
 from protocol.custody import Custody
 from protocol.errors import ProtocolError
@@ -70,6 +71,7 @@ class Receiver:
         counters: SiteCounters,
         store: Store,
         incoming: Path,
+        trust: Trust,
     ) -> None:
         self.site = site
         self.topology = topology
@@ -82,6 +84,7 @@ class Receiver:
         self.counters = counters
         self.store = store
         self.incoming = incoming
+        self.trust = trust
         self.session: aiohttp.ClientSession | None = None
         self.pulls: asyncio.Queue[Offer] = asyncio.Queue()
         self.pulling: set[str] = set()
@@ -192,7 +195,7 @@ class Receiver:
         log.info("offer_duplicate", transfer_id=offer.transfer_id, file=offer.name, sender=offer.sender)
         await self.send_ack(offer.sender, self._ack(offer, "duplicate", checksum=offer.checksum, size=offer.size))
         if custody is not None and queued:
-            self.sender.add(self.items.custody(custody))
+            self.sender.add(self.items.custody(custody, self.trust.open_receipt(custody.receipt)))
         return True
 
     # ---- pulling ---------------------------------------------------------------------------
@@ -216,7 +219,13 @@ class Receiver:
         tmp = self.incoming / f"{offer.transfer_id}.part"
         try:
             computed = await pull_file(
-                self.session, url, self.topology.token, tmp, size=offer.size, checksum=offer.checksum
+                self.session,
+                url,
+                self.topology.token,
+                tmp,
+                size=offer.size,
+                checksum=offer.checksum,
+                signature=self.trust.pull_header(offer.source_path),
             )
         except ChecksumMismatch as exc:
             self.counters.files["checksum_mismatch"] += 1
@@ -337,11 +346,13 @@ async def pull_file(
     *,
     size: int,
     checksum: str,
+    signature: str = "",
     read_timeout_s: float = 30.0,
 ) -> str:
     """Download ``url`` into ``dest`` (created or truncated), fsynced; return the computed checksum.
 
     The bytes are hashed as they stream, so a mismatch is known the moment the last byte lands.
+    ``signature`` is this site's :meth:`~daemon.trust.Trust.pull_header` for the transfer's path.
     Writes happen in a thread, in batches of at least :data:`WRITE_BATCH_BYTES`.
 
     Raises:
@@ -356,7 +367,8 @@ async def pull_file(
     pending_bytes = 0
     try:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout_s)
-        async with session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout) as resp:
+        headers = {"Authorization": f"Bearer {token}", PULL_HEADER: signature}
+        async with session.get(url, headers=headers, timeout=timeout) as resp:
             if resp.status != 200:
                 body = (await resp.text())[:200]
                 raise PullError(f"HTTP {resp.status} from {url}: {body.strip()}")

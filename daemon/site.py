@@ -9,6 +9,7 @@ Roles (the rooms are listed in :mod:`daemon`):
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -22,8 +23,10 @@ from daemon.archive.ingest import Archivist
 from daemon.archive.quarantine import Quarantine
 from daemon.config import Topology
 from daemon.counters import SiteCounters
-from daemon.custody import CustodyRelay
+from daemon.credentials import Logins, read_password_file
+from daemon.custody import CustodyRelay, upgrade_legacy
 from daemon.dispatch import Dispatcher
+from daemon.http.auth import Access
 from daemon.http.dataserver import build_app, serve
 from daemon.http.metrics import SiteMetrics
 from daemon.http.operator import archive_routes, operator_routes
@@ -31,7 +34,7 @@ from daemon.http.status import SiteView
 from daemon.journal import Journal
 from daemon.journal import notices as journal_notices
 from daemon.journal import reports as journal_reports
-from daemon.mailbox import Mailbox
+from daemon.mailbox import Account, Mailbox, daemon_account
 from daemon.publisher import E, LogPublisher
 from daemon.receiving import Receiver, RelayStore, Store
 from daemon.report import Reporter
@@ -42,6 +45,7 @@ from daemon.sending.routes import RouteTable
 from daemon.sending.sender import Sender
 from daemon.summit.registrar import REGISTRARS, Registrar
 from daemon.summit.watcher import InboxWatcher
+from daemon.trust import Trust
 
 log = structlog.get_logger()
 
@@ -49,7 +53,7 @@ log = structlog.get_logger()
 class Site:
     """The parts of one site, wired together."""
 
-    def __init__(self, topology: Topology, name: str) -> None:
+    def __init__(self, topology: Topology, name: str, trust: Trust, account: Account) -> None:
         self.topology = topology
         self.name = name
         self.cfg = cfg = topology.sites[name]
@@ -59,7 +63,10 @@ class Site:
         self.journal = Journal(cfg.state_dir / "journal.sqlite")
         self.reporter = Reporter(name, self.journal, self.counters)
         self.dispatcher: Dispatcher | None = None
-        self.mailbox = Mailbox(topology, name, self._on_message)
+        self.trust = trust
+        self.mailbox = Mailbox(
+            topology, name, self._on_message, trust=trust, account=account, on_rejected=self._on_rejected
+        )
         self.routes = (
             RouteTable(topology, name, self._peer_usable, self._peer_unreachable) if self.role != "archive" else None
         )
@@ -102,7 +109,15 @@ class Site:
         store: Store | None = None
         if self.role == "archive":
             self.archivist = store = Archivist(
-                name, cfg, self.journal, self.mailbox.peers, self.reporter, self.sender, self.items, self.counters
+                name,
+                cfg,
+                self.journal,
+                self.mailbox.peers,
+                self.reporter,
+                self.sender,
+                self.items,
+                self.counters,
+                trust,
             )
             self.archivist.latency = self.metrics.observe_latency
             self.completeness = Completeness(self.journal, tuning, self.reporter, self.archivist.notices_wake)
@@ -123,6 +138,7 @@ class Site:
                 self.counters,
                 store,
                 incoming,
+                trust,
             )
             if store is not None
             else None
@@ -145,7 +161,7 @@ class Site:
                 self.known_inbox,
                 self._stop_offering,
             )
-        self.dispatcher = Dispatcher(name, self.reporter, self.sender, self.custody, self.receiver, self.router)
+        self.dispatcher = Dispatcher(name, trust, self.reporter, self.sender, self.custody, self.receiver, self.router)
         self.reports = self._publisher("reports", journal_reports.unpublished, self._reports_published)
         self.reporter.publisher = self.reports
         self.notices: LogPublisher[journal_notices.NoticeRow] | None = None
@@ -185,6 +201,10 @@ class Site:
         assert self.dispatcher is not None
         await self.dispatcher.on_message(topic, payload)
 
+    async def _on_rejected(self, topic: str, reason: str, payload: bytes) -> None:
+        assert self.dispatcher is not None
+        await self.dispatcher.rejected(topic, reason, payload)
+
     def _peer_unreachable(self, peer: str) -> frozenset[str]:
         return self.mailbox.peer_unreachable.get(peer, frozenset())
 
@@ -222,8 +242,9 @@ class Site:
             async with aiohttp.ClientSession(connector=connector) as session, asyncio.TaskGroup() as tg:
                 routes = operator_routes(self.view, self.metrics)
                 if self.completeness is not None and self.quarantine is not None:
-                    routes += archive_routes(self.completeness, self.quarantine, self.topology.token)
-                app = build_app(self.journal, self.topology.token, self.view.status, routes)
+                    routes += archive_routes(self.completeness, self.quarantine)
+                access = Access(self.topology, await asyncio.to_thread(_logins, cfg.accounts_file))
+                app = build_app(self.journal, access, self.trust, self.view.status, routes)
                 server = serve(app, cfg.http_listen, http_ready, cfg.http_server_tls_context())
                 tg.create_task(server, name=f"{self.name}.http")
                 tg.create_task(self.reports.run(), name=f"{self.name}.reports")
@@ -259,7 +280,10 @@ class Site:
 
     async def _restore(self) -> None:
         """Re-queue everything the journal says is unfinished (after a crash or restart)."""
-        items = await self.items.restore()
+        sign = self.archivist.custody_for if self.archivist is not None else None
+        items = await self.items.restore(
+            self.trust.open_receipt, functools.partial(upgrade_legacy, journal=self.journal, sign=sign)
+        )
         for item in items:
             self.sender.add(item)
         if self.registrar is not None:
@@ -283,6 +307,14 @@ class Site:
             notify("WATCHDOG=1")
 
 
+def _logins(accounts_file: Path | None) -> Logins | None:
+    """The HTTP logins of operators and subscribers: the site broker's password file (blocking)."""
+    if accounts_file is None:
+        log.warning("no_http_accounts", reason="no accounts_file: operator and subscriber logins are refused")
+        return None
+    return Logins(read_password_file(accounts_file))
+
+
 class _Stop(Exception):
     """Raised inside the task group to end it on a requested stop."""
 
@@ -294,7 +326,9 @@ async def run(topology: Topology, site: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with structlog.contextvars.bound_contextvars(site=site):
-        await Site(topology, site).run(stop)
+        trust = await asyncio.to_thread(Trust.load, topology, site)
+        account = await asyncio.to_thread(daemon_account, topology, site)
+        await Site(topology, site, trust, account).run(stop)
 
 
 __all__ = ["Site", "run"]

@@ -28,11 +28,7 @@ visible in ``ps``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import hashlib
-import hmac
 import os
 import re
 import secrets
@@ -40,6 +36,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from daemon.credentials import hash_password, secret_client_id
+from daemon.credentials import verify_password as verify_password
 from protocol.topics import PREFIX
 
 Role = Literal["summit", "relay", "archive"]
@@ -47,10 +45,6 @@ ROLES: tuple[str, ...] = ("summit", "relay", "archive")
 SITE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 ACCOUNT_NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
 DAEMON_PREFIX = "site-"
-# mosquitto_passwd's own default. Every password here is 256 random bits, so the hash's cost adds
-# nothing against guessing; a higher count would only slow each (re)connect.
-PBKDF2_ITERATIONS = 101
-_SALT_BYTES = 12
 
 
 class AccountsError(ValueError):
@@ -126,15 +120,6 @@ def daemon_username(site: str) -> str:
     return f"{DAEMON_PREFIX}{site}"
 
 
-def secret_client_id(username: str, password: str, purpose: str) -> str:
-    """``<username>-<purpose>-<24 hex digits>``: a client id only the holder of ``password`` can compute.
-
-    The daemon computes the same from its own credentials, so nothing new needs configuring.
-    """
-    mac = hmac.new(password.encode(), b"skyrelay/v1 client-id\x00" + purpose.encode(), hashlib.sha256)
-    return f"{username}-{purpose}-{mac.hexdigest()[:24]}"
-
-
 def plan_accounts(
     sites: Iterable[SiteSpec],
     *,
@@ -205,25 +190,6 @@ def _check_sites(specs: Sequence[SiteSpec], by_name: Mapping[str, SiteSpec]) -> 
         if count != 1:
             problems.append(f"want exactly one {role}, got {count}")
     return problems
-
-
-def hash_password(password: str, *, iterations: int = PBKDF2_ITERATIONS, salt: bytes | None = None) -> str:
-    """mosquitto 2.0's password hash: ``$7$<iterations>$<salt base64>$<PBKDF2-HMAC-SHA512 base64>``."""
-    salt = salt if salt is not None else os.urandom(_SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def verify_password(password: str, hashed: str) -> bool:
-    """Whether ``password`` matches a ``$7$`` hash (ours or ``mosquitto_passwd``'s)."""
-    parts = hashed.split("$")
-    if len(parts) != 5 or parts[1] != "7" or not parts[2].isdigit():
-        return False
-    try:
-        salt, digest = base64.b64decode(parts[3], validate=True), base64.b64decode(parts[4], validate=True)
-    except binascii.Error:
-        return False
-    return hmac.compare_digest(hashlib.pbkdf2_hmac("sha512", password.encode(), salt, int(parts[2])), digest)
 
 
 def password_file_text(accounts: Iterable[Account]) -> str:

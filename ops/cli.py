@@ -47,6 +47,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retention_argument(value: str) -> tuple[str, float]:
+    site, sep, seconds = value.partition("=")
+    try:
+        parsed = float(seconds)
+    except ValueError:
+        parsed = -1.0
+    if not sep or site not in ("summit", "base", "archive") or parsed < 0:
+        raise argparse.ArgumentTypeError(f"want SITE=SECONDS with SITE summit, base or archive, not {value!r}")
+    return site, parsed
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the whole system on this machine until SIGINT/SIGTERM."""
     from ops.cluster import DEFAULT_ROUTES, Cluster
@@ -68,7 +79,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        cluster = Cluster(workdir, routes=routes, drill=args.drill, correction_dirs=corrections, http_tls=http_tls)
+        cluster = Cluster(
+            workdir,
+            routes=routes,
+            drill=args.drill,
+            correction_dirs=corrections,
+            http_tls=http_tls,
+            retention=dict(args.retention),
+        )
         async with cluster:
             print(f"skyrelay up: cluster ready, see {workdir / 'cluster.json'}", flush=True)
             async with asyncio.TaskGroup() as tg:
@@ -169,7 +187,6 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 
 async def _send_route_control(target: Target, command: str, route: str | None) -> None:
-    import getpass
     import time
     import uuid
 
@@ -180,11 +197,12 @@ async def _send_route_control(target: Target, command: str, route: str | None) -
         control_id=f"ctl-{uuid.uuid4().hex}",
         command=command,  # type: ignore[arg-type]
         route=route,
-        issued_by=getpass.getuser(),
+        issued_by=target.operator,
         at=time.time(),
     )
+    sealed = target.sign_control(message.to_json())
     async with target.mqtt_client(target.summit) as client:
-        await client.publish(topics.site(target.summit, "control"), message.to_json(), qos=1)
+        await client.publish(topics.site(target.summit, "control"), sealed, qos=1)
 
 
 def _archive(args: argparse.Namespace) -> tuple[Target, str]:
@@ -235,9 +253,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     if args.id is None:
         print("skyrelay: quarantine release needs an id (see `skyrelay quarantine list`)", file=sys.stderr)
         return 2
-    request = urllib.request.Request(
-        f"{http}/v1/quarantine/{args.id}/release", method="POST", headers={"Authorization": f"Bearer {target.token}"}
-    )
+    request = urllib.request.Request(f"{http}/v1/quarantine/{args.id}/release", method="POST")
     try:
         with target.urlopen(request, timeout_s=120) as resp:
             result = json.loads(resp.read())
@@ -258,7 +274,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> None:
-        async with target.mqtt_client(site) as client:
+        async with target.mqtt_client(site, role="subscriber") as client:
             await client.subscribe(args.topic, qos=1)
             count = 0
             async for message in client.messages:
@@ -295,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drill", action="store_true", help="put every link behind the link simulator")
     p.add_argument("--https", action="store_true", help="data servers speak HTTPS (a throwaway CA in WORKDIR/pki)")
     p.add_argument("--corrections", action="append", default=[], help="header correction directory (repeatable)")
+    p.add_argument(
+        "--retention",
+        action="append",
+        default=[],
+        type=_retention_argument,
+        metavar="SITE=SECONDS",
+        help="keep a site's copies this long after custody, then delete them (repeatable; retention_s)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("schema", help="print the JSON Schemas of the messages")

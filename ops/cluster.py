@@ -7,7 +7,7 @@ kill and restart its daemons and brokers for real.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -22,7 +22,9 @@ from typing import Any
 
 import structlog
 
-from ops.broker import ChildProcess, Mosquitto, free_port
+from ops.accounts import AccountPlan, BrokerAuth, SiteSpec, plan_accounts, write_broker_auth
+from ops.broker import BrokerError, ChildProcess, Mosquitto, free_port
+from protocol.signing import generate_keypair, load_private_key, public_key_to_text, write_private_key
 
 log = structlog.get_logger()
 
@@ -58,8 +60,13 @@ def write_topology(
     links: Mapping[tuple[str, str], tuple[int, int]] | None = None,
     correction_dirs: Sequence[Path] = (),
     http_tls: HttpTls | None = None,
+    security: ClusterSecurity | None = None,
+    retention: Mapping[str, float] | None = None,
 ) -> None:
     """Write a topology file for a one-machine cluster rooted at ``workdir``.
+
+    ``security`` names each site's public key, its daemon account's password file and its broker's
+    password file (HTTP logins), the operator's key and account; ``retention`` sets sites' ``retention_s``.
 
     ``http_tls`` = (CA file, certificate file, key file) makes every data server speak HTTPS with that
     certificate (one for 127.0.0.1 serves all three sites here) and every puller verify it with the CA.
@@ -77,6 +84,14 @@ def write_topology(
         if http_tls:
             lines.append(f"http_cert_file = {_toml_value(http_tls[1])}")
             lines.append(f"http_key_file = {_toml_value(http_tls[2])}")
+        if security is not None:
+            lines.append(f'public_key = "{security.public_keys[name]}"')
+        if security is not None and name in security.plan.daemons:
+            lines.append(f'mqtt_username = "{security.plan.daemons[name].username}"')
+            lines.append(f"mqtt_password_file = {_toml_value(security.password_files[name])}")
+            lines.append(f"accounts_file = {_toml_value(security.auth[name].password_file)}")
+        if retention and name in retention:
+            lines.append(f"retention_s = {_toml_value(float(retention[name]))}")
         if role == "summit":
             lines.append(f"inbox = {_toml_value(workdir / 'summit' / 'inbox')}")
         if role == "archive":
@@ -95,11 +110,106 @@ def write_topology(
     lines += ["", "[security]", f'token = "{token}"']
     if http_tls:
         lines.append(f"http_ca_file = {_toml_value(http_tls[0])}")
+    if security is not None:
+        operator = security.plan.operators[0]
+        lines.append(f'mqtt_username = "{operator.username}"')
+        lines.append(f'mqtt_password = "{operator.password}"')
+        lines.append(f"operator_key_file = {_toml_value(security.operator_key_file)}")
+        lines += ["", "[operators]", f'{OPERATOR} = "{security.operator_public_key}"']
     lines.append("")
     if tuning:
         lines.append("[tuning]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in tuning.items()]
     path.write_text("\n".join(lines) + "\n")
+
+
+OPERATOR = "operator"
+"""The operator signer and account of a one-machine cluster."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSecurity:
+    """Accounts, password and ACL files, and signing keys of a one-machine cluster (kept in the workdir)."""
+
+    plan: AccountPlan
+    auth: Mapping[str, BrokerAuth]
+    password_files: Mapping[str, Path]
+    public_keys: Mapping[str, str]
+    operator_key_file: Path
+    operator_public_key: str
+
+    def credentials(self) -> dict[str, dict[str, str]]:
+        """The ``cluster.json`` credentials contract: the subscriber's and the operator's accounts."""
+        return {
+            "subscriber": {
+                "username": self.plan.subscribers[0].username,
+                "password": self.plan.subscribers[0].password,
+            },
+            "operator": {"username": self.plan.operators[0].username, "password": self.plan.operators[0].password},
+        }
+
+
+def site_specs(routes: Mapping[str, Sequence[str]]) -> list[SiteSpec]:
+    """Each site's role and its neighbours on any route."""
+    peers: dict[str, set[str]] = {name: set() for name, _ in SITES}
+    for sites in routes.values():
+        for a, b in itertools.pairwise(sites):
+            peers[a].add(b)
+            peers[b].add(a)
+    return [
+        SiteSpec(name=name, role=role, peers=tuple(sorted(peers[name])))  # type: ignore[arg-type]
+        for name, role in SITES
+    ]
+
+
+def secure_workdir(workdir: Path, routes: Mapping[str, Sequence[str]]) -> ClusterSecurity:
+    """Create what is missing, keep what exists: accounts (``secrets.json``), broker files, keys (blocking).
+
+    A workdir made by an earlier release has none of these; its journals are kept as they are.
+    """
+    secrets_file = workdir / "secrets.json"
+    kept: dict[str, str] = json.loads(secrets_file.read_text()) if secrets_file.is_file() else {}
+    specs = site_specs(routes)
+    plan = plan_accounts(specs, operators=(OPERATOR,), subscribers=("subscriber",), passwords=kept)
+    _write_secret(secrets_file, json.dumps(plan.passwords(), indent=2) + "\n")
+    auth: dict[str, BrokerAuth] = {}
+    password_files: dict[str, Path] = {}
+    public_keys: dict[str, str] = {}
+    for spec in specs:
+        auth[spec.name] = write_broker_auth(plan, spec.name, workdir / spec.name / "broker" / "auth")
+        state = workdir / spec.name / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        password_files[spec.name] = state / "mqtt.password"
+        _write_secret(password_files[spec.name], plan.daemons[spec.name].password + "\n")
+    for name, _ in SITES:
+        public_keys[name] = _ensure_key(workdir / name / "state" / "signing.key")
+    operator_key = workdir / "operator.key"
+    return ClusterSecurity(
+        plan=plan,
+        auth=auth,
+        password_files=password_files,
+        public_keys=public_keys,
+        operator_key_file=operator_key,
+        operator_public_key=_ensure_key(operator_key),
+    )
+
+
+def _ensure_key(path: Path) -> str:
+    """The public key of the private key at ``path``, made first if missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        private, _ = generate_keypair()
+        write_private_key(path, private)
+    return public_key_to_text(load_private_key(path).public_key())
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 class Daemon(ChildProcess):
@@ -179,8 +289,11 @@ class Cluster:
         drill: bool = False,
         correction_dirs: Sequence[Path] = (),
         http_tls: HttpTls | None = None,
+        retention: Mapping[str, float] | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
+        self.retention = dict(retention or {})
+        self.security: ClusterSecurity | None = None
         self.http_tls = http_tls
         self.routes = dict(routes or DEFAULT_ROUTES)
         self.tuning = dict(tuning or {})
@@ -207,8 +320,11 @@ class Cluster:
         """Start brokers, then daemons; write ``cluster.json`` once every site is ready."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "cluster.json").unlink(missing_ok=True)
+        self.security = security = await asyncio.to_thread(secure_workdir, self.workdir, self.routes)
         for name, _ in SITES:
-            self.brokers[name] = Mosquitto(self.workdir / name / "broker", name=f"{name}.broker")
+            self.brokers[name] = Mosquitto(
+                self.workdir / name / "broker", name=f"{name}.broker", auth=security.auth.get(name)
+            )
             self.http_ports[name] = free_port()
         for broker in self.brokers.values():
             await broker.start()
@@ -226,6 +342,8 @@ class Cluster:
             links=links,
             correction_dirs=self.correction_dirs,
             http_tls=self.http_tls,
+            security=security,
+            retention=self.retention,
         )
         for name, _ in SITES:
             self.daemons[name] = Daemon(name, self.topology_path, self.workdir / "logs")
@@ -294,6 +412,10 @@ class Cluster:
             "token": self.token,
             "started_at": time.time(),
         }
+        if self.security is not None:
+            out["credentials"] = self.security.credentials()
+            out["operator"] = OPERATOR
+            out["operator_key"] = str(self.security.operator_key_file)
         if self.linksim is not None:
             out["drill"] = {"control": self.linksim.control_url}
         return out
@@ -318,22 +440,38 @@ class Cluster:
         self.write_cluster_json()
 
     async def supervise(self, stop: asyncio.Event) -> None:
-        """Like systemd's Restart=always: restart any daemon that dies, until ``stop`` is set."""
+        """Like systemd's Restart=always: restart any daemon or broker that dies, until ``stop`` is set."""
         while not stop.is_set():
-            waits = {asyncio.ensure_future(d.proc.wait()): name for name, d in self.daemons.items() if d.proc}
-            stopper = asyncio.ensure_future(stop.wait())
-            done, pending = await asyncio.wait({*waits, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waits: dict[asyncio.Future[int], tuple[str, str]] = {
+                asyncio.ensure_future(d.proc.wait()): ("daemon", name) for name, d in self.daemons.items() if d.proc
+            }
+            waits.update(
+                {
+                    asyncio.ensure_future(b.proc.wait()): ("broker", name)
+                    for name, b in self.brokers.items()
+                    if b.proc is not None
+                }
+            )
+            stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+            watched: set[asyncio.Future[Any]] = {*waits, stopper}
+            done, pending = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
             if stop.is_set():
                 return
             for task in done:
-                if task in waits:
-                    site = waits[task]
-                    log.warning("daemon_died", site=site, returncode=task.result())
-                    await asyncio.sleep(1.0)
-                    with contextlib.suppress(ClusterError):
+                if task not in waits:
+                    continue
+                what, site = waits[task]
+                log.warning(f"{what}_died", site=site, returncode=task.result())
+                await asyncio.sleep(1.0)  # as systemd's RestartSec: do not spin on a process that cannot start
+                try:
+                    if what == "daemon":
                         await self.restart_daemon(site)
+                    else:
+                        await self.restart_broker(site)
+                except (ClusterError, BrokerError, OSError) as exc:
+                    log.error(f"{what}_restart_failed", site=site, error=str(exc))
 
     async def stop(self) -> None:
         """Stop daemons, then brokers and links."""

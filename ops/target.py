@@ -1,24 +1,41 @@
 """Which running system an operator command talks to: a ``skyrelay up`` workdir or a topology file.
 
-``--workdir DIR`` reads ``DIR/cluster.json`` (a one-machine cluster); ``--topology FILE`` reads the
-same topology the systemd services run with, including broker credentials and TLS.
+``--workdir DIR`` reads ``DIR/cluster.json`` (a one-machine cluster: its ``credentials`` and the
+operator's key); ``--topology FILE`` reads the same topology the systemd services run with, including
+the operator's broker account (``[security] mqtt_username``/``mqtt_password``), signing key
+(``operator_key_file``) and TLS. Operator commands log in as the operator (MQTT and HTTP Basic) and
+sign control messages with the operator's key; ``subscribe`` logs in as the subscriber.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import json
 import ssl
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiomqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.config import Topology, load_topology
 from daemon.errors import TopologyError
+from protocol.errors import ProtocolError
+from protocol.signing import load_private_key, seal
+
+Role = Literal["operator", "subscriber"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Login:
+    """A broker/HTTP account."""
+
+    username: str
+    password: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,14 +48,33 @@ class Target:
     summit: str
     archive: str
     topology: Topology | None = None
+    logins: dict[str, Login] = dataclasses.field(default_factory=dict)
+    operator: str = "operator"
+    operator_key_file: Path | None = None
 
-    def urlopen(self, request: str | urllib.request.Request, *, timeout_s: float) -> Any:
-        """Open an HTTP(S) request to a site's data server, verifying HTTPS with the topology's CA."""
+    def urlopen(self, request: str | urllib.request.Request, *, timeout_s: float, role: Role = "operator") -> Any:
+        """Open an HTTP(S) request to a site, logged in as ``role``, verifying HTTPS with the topology's CA."""
+        if isinstance(request, str):
+            request = urllib.request.Request(request)
+        login = self.logins.get(role)
+        if login is not None and not request.has_header("Authorization"):
+            basic = base64.b64encode(f"{login.username}:{login.password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {basic}")
         context = self.topology.http_tls_context() if self.topology is not None else None
         return urllib.request.urlopen(request, timeout=timeout_s, context=context)
 
-    def mqtt_client(self, site: str) -> aiomqtt.Client:
-        """An MQTT v5 client for ``site``'s broker, with the topology's credentials and TLS."""
+    def sign_control(self, body: bytes) -> bytes:
+        """A control message sealed with the operator's key, for the summit's mailbox."""
+        if self.operator_key_file is None:
+            raise SystemExit("skyrelay: no operator signing key (operator_key_file in the topology's [security])")
+        try:
+            key: Ed25519PrivateKey = load_private_key(self.operator_key_file)
+        except (OSError, ProtocolError) as exc:
+            raise SystemExit(f"skyrelay: cannot load the operator key {self.operator_key_file}: {exc}") from None
+        return seal(body, kind="control", signer=self.operator, key=key, to=self.summit)
+
+    def mqtt_client(self, site: str, role: Role = "operator") -> aiomqtt.Client:
+        """An MQTT v5 client for ``site``'s broker, logged in as ``role``, with the topology's TLS."""
         url = urlsplit(self.brokers[site])
         topo = self.topology
         tls: ssl.SSLContext | None = None
@@ -48,8 +84,8 @@ class Target:
             url.hostname or "127.0.0.1",
             url.port or 1883,
             protocol=aiomqtt.ProtocolVersion.V5,
-            username=topo.mqtt_username if topo else None,
-            password=topo.mqtt_password if topo else None,
+            username=login.username if (login := self.logins.get(role)) else None,
+            password=login.password if login else None,
             tls_context=tls,
         )
 
@@ -78,6 +114,9 @@ def resolve(args: argparse.Namespace) -> Target:
             summit=topology.summit.name,
             archive=topology.archive.name,
             topology=topology,
+            logins=_topology_logins(topology),
+            operator=next(iter(topology.operators), "operator"),
+            operator_key_file=topology.operator_key_file,
         )
     path = Path(args.workdir) / "cluster.json"
     try:
@@ -102,4 +141,18 @@ def resolve(args: argparse.Namespace) -> Target:
         summit="summit",
         archive="archive",
         topology=generated_topology,
+        logins={
+            role: Login(username=c["username"], password=c["password"])
+            for role, c in info.get("credentials", {}).items()
+        },
+        operator=info.get("operator", "operator"),
+        operator_key_file=Path(info["operator_key"]) if info.get("operator_key") else None,
     )
+
+
+def _topology_logins(topology: Topology) -> dict[str, Login]:
+    """A deployed system: the operator's account from ``[security]`` serves both roles."""
+    if topology.mqtt_username is None or topology.mqtt_password is None:
+        return {}
+    login = Login(username=topology.mqtt_username, password=topology.mqtt_password)
+    return {"operator": login, "subscriber": login}

@@ -1,4 +1,4 @@
-"""The skyrelay wire contract: message types, topics, checksums and their JSON codec.
+"""The skyrelay wire contract: message types, topics, checksums, signed envelopes and their JSON codec.
 
 Pure: this package performs no I/O and imports nothing else of skyrelay.
 """
@@ -7,7 +7,7 @@ from protocol.arrival import ArrivalNotice, ExposureNotice
 from protocol.checksum import format_checksum, parse_checksum
 from protocol.codec import SCHEMA_VERSION, Message, all_schemas, decode
 from protocol.control import RouteControl
-from protocol.custody import Custody
+from protocol.custody import Custody, Receipt
 from protocol.errors import ProtocolError
 from protocol.events import Event, Problem
 from protocol.names import validate_name
@@ -28,6 +28,7 @@ __all__ = [
     "Presence",
     "Problem",
     "ProtocolError",
+    "Receipt",
     "RouteControl",
     "all_schemas",
     "decode",

@@ -15,6 +15,7 @@ under CI (``CI`` set), where a missing mosquitto is an error rather than a silen
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -196,9 +197,18 @@ class Collector:
     Tests wait on it with :meth:`wait_for`; each received message wakes the waiters.
     """
 
-    def __init__(self, host: str, port: int, topic_filter: str, *, activity: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic_filter: str,
+        *,
+        activity: asyncio.Event | None = None,
+        login: tuple[str, str] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
+        self.login = login
         self.topic_filter = topic_filter
         self.messages: list[Received] = []
         self.connected = asyncio.Event()
@@ -232,7 +242,13 @@ class Collector:
         while True:
             try:
                 async with aiomqtt.Client(
-                    self.host, self.port, identifier=identifier, protocol=aiomqtt.ProtocolVersion.V5, keepalive=5
+                    self.host,
+                    self.port,
+                    identifier=identifier,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    keepalive=5,
+                    username=self.login[0] if self.login else None,
+                    password=self.login[1] if self.login else None,
                 ) as client:
                     await client.subscribe(self.topic_filter, qos=1)
                     self.connections += 1
@@ -296,13 +312,21 @@ class Collector:
 Subscribe = Callable[[Cluster, str, str], Awaitable[Collector]]
 
 
+def login(cluster: Cluster, account: str = "operator") -> tuple[str, str]:
+    """(username, password) of one of the cluster's broker accounts: ``operator``, ``subscriber`` or ``site-X``."""
+    assert cluster.security is not None
+    passwords = cluster.security.plan.passwords()
+    return account, passwords[account]
+
+
 @pytest.fixture
 async def subscribe() -> AsyncIterator[Subscribe]:
-    """``await subscribe(cluster, site, topic_filter)``: a started :class:`Collector` on that site's broker."""
+    """``await subscribe(cluster, site, topic_filter)``: a started :class:`Collector` on that site's broker,
+    logged in as the operator (who may read everything under ``skyrelay/v1/``)."""
     collectors: list[Collector] = []
 
     async def factory(cluster: Cluster, site: str, topic_filter: str) -> Collector:
-        collector = Collector("127.0.0.1", cluster.brokers[site].port, topic_filter)
+        collector = Collector("127.0.0.1", cluster.brokers[site].port, topic_filter, login=login(cluster))
         collectors.append(collector)
         await collector.start()
         return collector
@@ -312,13 +336,24 @@ async def subscribe() -> AsyncIterator[Subscribe]:
         await collector.stop()
 
 
-async def publish(cluster: Cluster, site: str, topic: str, payload: bytes) -> None:
-    """Publish one QoS 1 message on a site's broker, as an outsider would."""
+def mailbox_writer(site: str, topic: str) -> str:
+    """An account the broker lets write ``topic`` on ``site``'s broker: a peer's daemon for its mailbox."""
+    if topic.endswith("/control"):
+        return "operator"
+    return "site-base" if site != "base" else "site-summit"
+
+
+async def publish(cluster: Cluster, site: str, topic: str, payload: bytes, *, account: str | None = None) -> None:
+    """Publish one QoS 1 message on a site's broker as someone holding a stolen broker account would
+    (by default a peer daemon's account, which the broker lets write into the mailbox)."""
+    username, password = login(cluster, account or mailbox_writer(site, topic))
     async with aiomqtt.Client(
         "127.0.0.1",
         cluster.brokers[site].port,
         identifier=f"test-publisher-{uuid.uuid4().hex[:12]}",
         protocol=aiomqtt.ProtocolVersion.V5,
+        username=username,
+        password=password,
     ) as client:
         await client.publish(topic, payload, qos=1)
 
@@ -392,10 +427,17 @@ def http_ssl(cluster: Cluster) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=str(cluster.http_tls[0])) if cluster.http_tls else True
 
 
+def operator_headers(cluster: Cluster) -> dict[str, str]:
+    """HTTP headers that log in as the cluster's operator (HTTP Basic)."""
+    username, password = login(cluster)
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
 async def site_status(session: aiohttp.ClientSession, cluster: Cluster, site: str) -> dict[str, Any]:
     """A site's ``GET /v1/status`` (over HTTPS when the cluster's data servers speak it)."""
     url = f"{cluster.http_url(site)}/v1/status"
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5), ssl=http_ssl(cluster)) as resp:
+    headers = operator_headers(cluster)
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5), ssl=http_ssl(cluster), headers=headers) as resp:
         resp.raise_for_status()
         data: dict[str, Any] = await resp.json()
         return data
@@ -423,7 +465,8 @@ async def cluster_traffic(cluster: Cluster) -> AsyncIterator[asyncio.Event]:
     """
     activity = asyncio.Event()
     watchers = [
-        Collector("127.0.0.1", broker.port, "skyrelay/v1/#", activity=activity) for broker in cluster.brokers.values()
+        Collector("127.0.0.1", broker.port, "skyrelay/v1/#", activity=activity, login=login(cluster))
+        for broker in cluster.brokers.values()
     ]
     for watcher in watchers:
         watcher.start_soon()

@@ -30,10 +30,11 @@ from daemon.journal import outbox as journal_outbox
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
 from daemon.sending.sender import Outgoing, Sender
+from daemon.trust import Trust
 from processors.headers import verify_header
 from protocol import topics
 from protocol.arrival import ArrivalNotice
-from protocol.custody import Custody
+from protocol.custody import Custody, Receipt
 from protocol.transfer import FileIdentity, Offer
 
 log = structlog.get_logger()
@@ -55,6 +56,7 @@ class Archivist:
         sender: Sender,
         items: ItemFactory,
         counters: SiteCounters,
+        trust: Trust,
     ) -> None:
         assert cfg.archive_root is not None
         self.site = site
@@ -66,6 +68,7 @@ class Archivist:
         self.sender = sender
         self.items = items
         self.counters = counters
+        self.trust = trust
         self.incoming = self.root / ".incoming"
         self.notices_wake = asyncio.Event()
         self.committed: list[Callable[[], None]] = []
@@ -79,10 +82,9 @@ class Archivist:
         row = await self.journal.read(journal_catalog.by_key, offer.identity.key)
         if row is None:
             return False, None
-        return True, Custody(
-            custody_id=new_id("c"),
-            sender=self.site,
-            receiver=offer.sender,
+        receipt = Receipt(
+            receipt_id=new_id("r"),
+            archive=self.site,
             name=offer.name,
             size=offer.size,
             checksum=offer.checksum,
@@ -90,6 +92,13 @@ class Archivist:
             archive_path=row["archive_path"],
             archived_at=row["arrived_at"],
             route=offer.route,
+        )
+        return True, self.custody_for(offer.sender, receipt)
+
+    def custody_for(self, receiver: str, receipt: Receipt) -> Custody:
+        """The first hop of custody: the archive's signed receipt, addressed to ``receiver``."""
+        return Custody(
+            custody_id=new_id("c"), sender=self.site, receiver=receiver, receipt=self.trust.sign_receipt(receipt)
         )
 
     async def store(self, offer: Offer, tmp: Path, computed: str) -> list[Outgoing]:
@@ -167,10 +176,9 @@ class Archivist:
         arrived_at = time.time()
         key = identity.key
         summary = prepared.summary
-        custody = Custody(
-            custody_id=new_id("c"),
-            sender=self.site,
-            receiver=sender,
+        receipt = Receipt(
+            receipt_id=new_id("r"),
+            archive=self.site,
             name=identity.name,
             size=identity.size,
             checksum=identity.checksum,
@@ -179,6 +187,7 @@ class Archivist:
             archived_at=arrived_at,
             route=route,
         )
+        custody = self.custody_for(sender, receipt)
         send_custody = sender in self.peers and release_of is None
 
         def record(db: sqlite3.Connection) -> ArrivalNotice | None:
@@ -244,7 +253,7 @@ class Archivist:
         for listener in self.committed:
             listener()
         if send_custody:
-            self.sender.add(self.items.custody(custody))
+            self.sender.add(self.items.custody(custody, receipt))
         return notice
 
     def _arrival(

@@ -18,10 +18,12 @@ from urllib.parse import urlsplit
 
 from daemon.config.model import ROLES, Endpoint, LinkConfig, Route, SiteConfig, Topology, Tuning
 from daemon.errors import TopologyError
+from protocol.errors import ProtocolError
+from protocol.signing import public_key_from_text
 
 __all__ = ["load_topology"]
 
-_SECTIONS: Final = frozenset({"sites", "links", "routes", "tuning", "security"})
+_SECTIONS: Final = frozenset({"sites", "links", "routes", "tuning", "security", "operators"})
 _SITE_SETTINGS: Final = frozenset(
     {
         "role",
@@ -34,10 +36,28 @@ _SITE_SETTINGS: Final = frozenset(
         "retention_s",
         "http_cert_file",
         "http_key_file",
+        "public_key",
+        "signing_key_file",
+        "mqtt_username",
+        "mqtt_password_file",
+        "accounts_file",
     }
 )
 _TLS_FILES: Final = ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "http_ca_file")
-_SECURITY_SETTINGS: Final = frozenset({"token", "token_file", "mqtt_username", "mqtt_password", *_TLS_FILES})
+_SECURITY_SETTINGS: Final = frozenset(
+    {
+        "token",
+        "token_file",
+        "mqtt_username",
+        "mqtt_password",
+        "operator_accounts",
+        "subscriber_accounts",
+        "operator_key_file",
+        "metrics_token",
+        "metrics_open",
+        *_TLS_FILES,
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +80,11 @@ class _Security:
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     tls_files: Mapping[str, Path | None] = dataclasses.field(default_factory=dict)
+    operator_accounts: tuple[str, ...] = ("operator",)
+    subscriber_accounts: tuple[str, ...] = ("subscriber",)
+    operator_key_file: Path | None = None
+    metrics_token: str | None = None
+    metrics_open: bool = False
 
 
 def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
@@ -91,6 +116,7 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
     routes = _read_routes(raw.get("routes"), raw_sites, sites, reading)
     tuning = _read_tuning(raw.get("tuning", {}), reading)
     security = _read_security(raw.get("security", {}), reading)
+    operators = _read_operators(raw.get("operators"), reading)
     token = _check_token(security.token, reading)
     if check_dirs:
         _check_site_directories(sites, reading)
@@ -111,6 +137,12 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
         mqtt_cert_file=security.tls_files.get("mqtt_cert_file"),
         mqtt_key_file=security.tls_files.get("mqtt_key_file"),
         http_ca_file=security.tls_files.get("http_ca_file"),
+        operators=operators,
+        operator_accounts=security.operator_accounts,
+        subscriber_accounts=security.subscriber_accounts,
+        operator_key_file=security.operator_key_file,
+        metrics_token=security.metrics_token,
+        metrics_open=security.metrics_open,
     )
 
 
@@ -166,6 +198,15 @@ def _read_site(name: str, spec: Any, reading: _Reading) -> SiteConfig | None:
     )
     cert, key_file = _read_site_certificate(spec, where, reading)
     retention = _read_retention(spec.get("retention_s", 0.0 if role == "relay" else None), where, reading)
+    public_key = _public_key(spec.get("public_key"), f"{where}.public_key", reading)
+    site_files = {
+        key: _path(spec[key], f"{where}.{key}", reading) if key in spec else None
+        for key in ("signing_key_file", "mqtt_password_file", "accounts_file")
+    }
+    username = spec.get("mqtt_username")
+    if username is not None and not isinstance(username, str):
+        reading.problem(f"{where}.mqtt_username: must be a string")
+        username = None
     for key in sorted(set(spec) - _SITE_SETTINGS):
         reading.problem(f"{where}.{key}: unknown setting")
     if broker is None or http is None or state_dir is None:
@@ -182,7 +223,43 @@ def _read_site(name: str, spec: Any, reading: _Reading) -> SiteConfig | None:
         retention_s=retention,
         http_cert_file=cert,
         http_key_file=key_file,
+        public_key=public_key or "",
+        signing_key_file=site_files["signing_key_file"],
+        mqtt_username=username,
+        mqtt_password_file=site_files["mqtt_password_file"],
+        accounts_file=site_files["accounts_file"],
     )
+
+
+def _public_key(value: Any, where: str, reading: _Reading) -> str | None:
+    """An Ed25519 public key in the topology's text form."""
+    if value is None:
+        reading.problem(
+            f"{where}: missing; every site and operator signs its messages "
+            "(`skyrelay secure --topology T` creates the keys and accounts)"
+        )
+        return None
+    try:
+        public_key_from_text(str(value))
+    except ProtocolError as exc:
+        reading.problem(f"{where}: {exc.reason}")
+        return None
+    return str(value)
+
+
+def _read_operators(raw: Any, reading: _Reading) -> dict[str, str]:
+    """``[operators]``: operator name → public key; the only signers of control messages."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        reading.problem("[operators]: must be a table of name = 'ed25519:...'")
+        return {}
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        text = _public_key(value, f"operators.{name}", reading)
+        if text is not None:
+            out[str(name)] = text
+    return out
 
 
 def _read_site_certificate(spec: Mapping[str, Any], where: str, reading: _Reading) -> tuple[Path | None, Path | None]:
@@ -331,11 +408,36 @@ def _read_security(raw_security: Any, reading: _Reading) -> _Security:
                 reading.problem(f"security.token_file: cannot read {token_path}: {exc.strerror}")
     for key in sorted(set(raw_security) - _SECURITY_SETTINGS):
         reading.problem(f"security.{key}: unknown setting")
+    accounts: dict[str, tuple[str, ...]] = {}
+    for key, default in (("operator_accounts", ("operator",)), ("subscriber_accounts", ("subscriber",))):
+        value = raw_security.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            reading.problem(f"security.{key}: must be a list of account names")
+            value = list(default)
+        accounts[key] = tuple(value)
+    metrics_token = raw_security.get("metrics_token")
+    if metrics_token is not None and (not isinstance(metrics_token, str) or len(metrics_token) < 16):
+        reading.problem("security.metrics_token: must be a string of at least 16 characters")
+        metrics_token = None
+    metrics_open = raw_security.get("metrics_open", False)
+    if not isinstance(metrics_open, bool):
+        reading.problem("security.metrics_open: must be true or false")
+        metrics_open = False
+    operator_key = (
+        _path(raw_security["operator_key_file"], "security.operator_key_file", reading)
+        if "operator_key_file" in raw_security
+        else None
+    )
     return _Security(
         token=token,
         mqtt_username=raw_security.get("mqtt_username"),
         mqtt_password=raw_security.get("mqtt_password"),
         tls_files=_read_security_tls_files(raw_security, reading),
+        operator_accounts=accounts["operator_accounts"],
+        subscriber_accounts=accounts["subscriber_accounts"],
+        operator_key_file=operator_key,
+        metrics_token=metrics_token,
+        metrics_open=metrics_open,
     )
 
 

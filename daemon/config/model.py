@@ -44,6 +44,21 @@ class SiteConfig:
     retention_s: float | None = None
     http_cert_file: Path | None = None
     http_key_file: Path | None = None
+    public_key: str = ""
+    """The site's Ed25519 public key (``ed25519:<base64>``): every message it sends is signed with it."""
+    signing_key_file: Path | None = None
+    """The site's private key (PEM, mode 0600); ``<state_dir>/signing.key`` when not set."""
+    mqtt_username: str | None = None
+    """The site daemon's own broker account (``site-<name>``); the [security] account when not set."""
+    mqtt_password_file: Path | None = None
+    """File holding that account's password (read by the site's own daemon only)."""
+    accounts_file: Path | None = None
+    """The site broker's password file (mosquitto ``$7$`` hashes): HTTP logins of operators and subscribers."""
+
+    @property
+    def key_file(self) -> Path:
+        """Where this site's private signing key is."""
+        return self.signing_key_file or self.state_dir / "signing.key"
 
     @property
     def http_tls(self) -> bool:
@@ -120,6 +135,18 @@ class Topology:
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
     http_ca_file: Path | None = None
+    operators: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Operator signers: name → Ed25519 public key text. Only they may send control."""
+    operator_accounts: tuple[str, ...] = ("operator",)
+    """Broker/HTTP accounts with the operator role (status, queue, release, control)."""
+    subscriber_accounts: tuple[str, ...] = ("subscriber",)
+    """Broker/HTTP accounts with the subscriber role (read notices)."""
+    operator_key_file: Path | None = None
+    """The operator's private signing key, for operator commands run with ``--topology``."""
+    metrics_token: str | None = None
+    """A bearer token that Prometheus may present for ``/metrics``."""
+    metrics_open: bool = False
+    """Serve ``/metrics`` without any credential (a deliberate choice on a closed network)."""
 
     @property
     def summit(self) -> SiteConfig:

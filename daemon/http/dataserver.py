@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
 import ssl
 from collections.abc import Awaitable, Callable
@@ -14,8 +13,10 @@ import structlog
 from aiohttp import web
 
 from daemon.config import Endpoint
+from daemon.http.auth import Access
 from daemon.journal import Journal
 from daemon.journal import files as journal_files
+from daemon.trust import PULL_HEADER, Trust
 
 log = structlog.get_logger()
 
@@ -23,27 +24,28 @@ StatusFn = Callable[[], Awaitable[dict[str, Any]]]
 STREAM_CHUNK_BYTES = 1 << 20
 
 
-def bearer_ok(request: web.Request, token: str) -> bool:
-    """Constant-time check of ``Authorization: Bearer <token>``."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
-
-
 def build_app(
-    journal: Journal, token: str, status: StatusFn, extra_routes: list[web.RouteDef] | None = None
+    journal: Journal,
+    access: Access,
+    trust: Trust,
+    status: StatusFn,
+    extra_routes: list[web.RouteDef] | None = None,
 ) -> web.Application:
-    """The data server: ``GET /v1/transfers/{id}`` streams that transfer's file (token required)."""
-    app = web.Application()
+    """The data server: ``GET /v1/transfers/{id}`` streams that transfer's file, only while the transfer is
+    pending and only to the site its offer named (which signs the request); every other route needs the
+    credential :class:`~daemon.http.auth.Access` asks for."""
+    app = web.Application(middlewares=[access.middleware])
 
     async def transfer(request: web.Request) -> web.StreamResponse:
-        if not bearer_ok(request, token):
-            log.warning("pull_unauthorised", peer=request.remote, path=request.path)
-            raise web.HTTPUnauthorized(text="missing or wrong bearer token")
         transfer_id = request.match_info["transfer_id"]
-        row = await journal.read(journal_files.transfer_source, transfer_id)
-        if row is None:
+        found = await journal.read(journal_files.transfer_with_source, transfer_id)
+        signer = trust.pull_signer(request.headers.get(PULL_HEADER, ""), request.path)
+        if found is None:
             raise web.HTTPNotFound(text=f"no transfer {transfer_id}")
+        transfer_row, row = found
+        if signer != transfer_row.receiver:
+            log.warning("pull_refused", peer=request.remote, path=request.path, signer=signer)
+            raise web.HTTPForbidden(text=f"transfer {transfer_id} is for {transfer_row.receiver}, not {signer}")
         if row.state == "replaced":
             raise web.HTTPGone(text=f"{row.name} was rewritten at the source; this version no longer exists")
         path = Path(row.local_path)
@@ -51,6 +53,8 @@ def build_app(
             size = await asyncio.to_thread(lambda: os.stat(path).st_size)
         except FileNotFoundError as exc:
             raise web.HTTPGone(text=f"{row.name} is no longer held here") from exc
+        if transfer_row.state != "pending":
+            raise web.HTTPGone(text=f"transfer {transfer_id} is {transfer_row.state}, no longer served")
         if size != row.size:
             raise web.HTTPConflict(text=f"{row.name} changed on disk: {size} bytes, journal says {row.size}")
         headers = {"X-Skyrelay-Checksum": row.checksum}

@@ -155,6 +155,15 @@ def transfer_source(db: sqlite3.Connection, transfer_id: str) -> FileRow | None:
     return _file_row(row) if row else None
 
 
+def transfer_with_source(db: sqlite3.Connection, transfer_id: str) -> tuple[TransferRow, FileRow] | None:
+    """An outgoing transfer and the file it serves."""
+    row = db.execute("SELECT * FROM transfers WHERE transfer_id = ?", (transfer_id,)).fetchone()
+    if row is None:
+        return None
+    source = file(db, row["file_key"])
+    return (_transfer_row(row), source) if source is not None else None
+
+
 def inbound(db: sqlite3.Connection, transfer_id: str) -> Inbound | None:
     """How this site answered an earlier offer with this transfer id."""
     row = db.execute("SELECT * FROM inbound WHERE transfer_id = ?", (transfer_id,)).fetchone()

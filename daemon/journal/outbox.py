@@ -56,3 +56,13 @@ def queue_custody(db: sqlite3.Connection, custody: Custody, file_key: str) -> bo
         file_key=file_key,
         payload=custody.to_json().decode(),
     )
+
+
+def retire(db: sqlite3.Connection, msg_id: str) -> None:
+    """Stop re-sending a message that cannot be sent under the current rules (kept for the record)."""
+    db.execute("UPDATE outbox SET state = 'retired' WHERE msg_id = ? AND state = 'pending'", (msg_id,))
+
+
+def replace_payload(db: sqlite3.Connection, msg_id: str, payload: str) -> None:
+    """Rewrite a pending message in the current format (an upgrade)."""
+    db.execute("UPDATE outbox SET payload = ? WHERE msg_id = ? AND state = 'pending'", (payload, msg_id))

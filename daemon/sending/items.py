@@ -7,7 +7,7 @@ accepted; the sender only times and retries them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -15,11 +15,14 @@ from daemon.journal import FileRow, Journal, TransferRow
 from daemon.journal import files as journal_files
 from daemon.journal import outbox as journal_outbox
 from daemon.sending.sender import Outgoing
-from protocol.custody import Custody
-from protocol.transfer import Ack, FileIdentity, Offer
+from protocol.custody import Custody, Receipt
+from protocol.errors import ProtocolError
+from protocol.transfer import Ack, Offer
 
 log = structlog.get_logger()
 
+LegacyCustody = Callable[[journal_outbox.OutboxRow], Awaitable[Custody | None]]
+"""Turns a 0.1.0 custody row into a signed one, or retires it (returns None)."""
 FirstHopAcked = Callable[[str, str], None]
 """Called with (file_key, route) when the first hop of a summit file acknowledged it."""
 
@@ -78,8 +81,8 @@ class ItemFactory:
             route=transfer.route,
         )
 
-    def custody(self, custody: Custody) -> Outgoing:
-        """A journaled custody receipt; its ack marks the outbox row acked."""
+    def custody(self, custody: Custody, receipt: Receipt) -> Outgoing:
+        """A journaled custody hop carrying the archive's ``receipt``; its ack marks the outbox row acked."""
         encoded = custody.to_json()
 
         async def accepted(ack: Ack) -> None:
@@ -89,17 +92,29 @@ class ItemFactory:
             msg_id=custody.custody_id,
             kind="custody",
             peer=custody.receiver,
-            file_key=FileIdentity(name=custody.name, size=custody.size, checksum=custody.checksum).key,
-            name=custody.name,
-            checksum=custody.checksum,
+            file_key=receipt.file_key,
+            name=receipt.name,
+            checksum=receipt.checksum,
             size=0,
             payload=lambda attempt: encoded,
             on_accepted=accepted,
         )
 
-    async def restore(self) -> list[Outgoing]:
-        """Every item the journal says is unfinished (after a crash or restart)."""
+    async def restore(self, open_receipt: Callable[[str], Receipt], legacy: LegacyCustody) -> list[Outgoing]:
+        """Every item the journal says is unfinished (after a crash or restart).
+
+        A custody message journaled by a release before signed receipts (0.1.0) is handed to ``legacy``,
+        which re-signs it (at the archive) or retires it (elsewhere: the summit's custody deadline gets a
+        fresh, signed receipt from the archive).
+        """
         items = [self.offer(t, f) for t, f in await self.journal.read(journal_files.pending_transfers)]
         for row in await self.journal.read(journal_outbox.pending):
-            items.append(self.custody(Custody.from_json(row.payload)))
+            try:
+                custody = Custody.from_json(row.payload)
+            except ProtocolError:
+                replacement = await legacy(row)
+                if replacement is None:
+                    continue
+                custody = replacement
+            items.append(self.custody(custody, open_receipt(custody.receipt)))
         return items

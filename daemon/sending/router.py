@@ -32,7 +32,7 @@ from daemon.config import Route, Topology
 from daemon.journal import FileRow, Journal, TransferRow, new_id
 from daemon.journal import files as journal_files
 from daemon.report import Reporter
-from daemon.sending.routes import RouteTable
+from daemon.sending.routes import RouteTable, StaleControl
 from daemon.sending.sender import Outgoing, Sender
 from protocol.control import RouteControl
 
@@ -285,10 +285,15 @@ class Router:
     async def control(self, command: RouteControl) -> None:
         """Apply an operator's route command, persist it, and report it as an event."""
         try:
-            policy = await self.routes.policy.apply(self.journal, command.command, command.route)
+            policy = await self.routes.policy.apply(self.journal, command.command, command.route, issued_at=command.at)
         except KeyError:
             names = ", ".join(r.name for r in self.routes.routes)
             await self.reporter.problem("bad_control", f"unknown route {command.route!r}; routes: {names}")
+            return
+        except StaleControl as exc:
+            await self.reporter.problem(
+                "stale_control", f"operator command refused: {exc}", control_id=command.control_id
+            )
             return
         await self.reporter.event(
             "route_policy",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -73,6 +74,13 @@ class Breaker:
 
 
 ROUTE_POLICY_KEY = "route_policy"
+CONTROL_AT_KEY = "control_last_at"
+CONTROL_MAX_AGE_S = 300.0
+"""An operator command older (or further in the future) than this is refused as stale."""
+
+
+class StaleControl(ValueError):
+    """An operator command that is too old, from the future, or not newer than the last one applied (a replay)."""
 
 
 class RoutePolicy:
@@ -103,14 +111,27 @@ class RoutePolicy:
                 if name in self._policy and value in ("auto", "force", "disable"):
                     self._policy[name] = value
 
-    async def apply(self, journal: Journal, command: str, route: str | None) -> dict[str, Policy]:
+    async def apply(
+        self, journal: Journal, command: str, route: str | None, *, issued_at: float | None = None
+    ) -> dict[str, Policy]:
         """Apply an operator command (``auto``, ``force R``, ``disable R``, ``enable R``), journal it, return it.
+
+        ``issued_at`` (the signed command's time) must be recent and newer than the last command applied:
+        a replayed command changes nothing.
 
         Raises:
             KeyError: ``route`` is not one of this site's routes.
+            StaleControl: the command is stale or a replay.
         """
         if command != "auto" and route not in self._policy:
             raise KeyError(route)
+        if issued_at is not None:
+            now = time.time()
+            if abs(now - issued_at) > CONTROL_MAX_AGE_S:
+                raise StaleControl(f"issued {now - issued_at:.0f}s ago (accepted within {CONTROL_MAX_AGE_S:.0f}s)")
+            last = await journal.read(journal_settings.get, CONTROL_AT_KEY)
+            if last is not None and issued_at <= float(last):
+                raise StaleControl("not newer than the last command applied (a replay)")
         updated = dict(self._policy)
         if command == "auto":
             updated = dict.fromkeys(updated, "auto")
@@ -121,7 +142,13 @@ class RoutePolicy:
             updated[route or ""] = "disable"
         elif command == "enable":
             updated[route or ""] = "auto"
-        await journal.write(journal_settings.put, ROUTE_POLICY_KEY, json.dumps(updated))
+
+        def record(db: sqlite3.Connection) -> None:
+            journal_settings.put(db, ROUTE_POLICY_KEY, json.dumps(updated))
+            if issued_at is not None:
+                journal_settings.put(db, CONTROL_AT_KEY, repr(issued_at))
+
+        await journal.transaction(record)
         self._policy = updated
         return dict(updated)
 

@@ -228,6 +228,9 @@ class Sender:
                 )
             await item.on_accepted(ack)
             return
+        if ack.attempt is not None and ack.attempt < item.attempt and ack.status not in ACCEPTED_STATUSES:
+            log.debug("ack_ignored", transfer_id=ack.transfer_id, status=ack.status, reason="an earlier attempt's")
+            return
         if ack.status in ACCEPTED_STATUSES:
             reason = f"{ack.status} with checksum {ack.checksum}, expected {item.checksum}"
         else:
