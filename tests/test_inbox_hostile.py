@@ -27,8 +27,8 @@ from conftest import (
     write_files,
 )
 
-from daemon.summit.intake import NotRegularFile, hash_descriptor, open_regular
-from daemon.summit.watcher import scan, signature
+from daemon.summit.intake import NotRegularFile, hash_descriptor, open_regular, signature
+from daemon.summit.watcher import scan
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -136,7 +136,9 @@ def _refused(problems: list[dict[str, object]]) -> dict[str, int]:
     return counts
 
 
-async def test_fifos_in_the_inbox_are_reported_and_block_nothing(make_cluster: MakeCluster, subscribe: Subscribe) -> None:
+async def test_fifos_in_the_inbox_are_reported_and_block_nothing(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
     """Two FIFOs (as many as registrars) are each reported once; a file dropped afterwards is archived, and
     the summit still stops cleanly on SIGTERM. Before: both registrar threads blocked opening the FIFOs,
     nothing moved, and SIGTERM left the daemon waiting on them."""
@@ -156,7 +158,8 @@ async def test_fifos_in_the_inbox_are_reported_and_block_nothing(make_cluster: M
         "CC_O_20250601_000001_R22_S00.fits": 1,
         "CC_O_20250601_000001_R22_S01.fits": 1,
     }
-    assert all(os.path.exists(cluster.inbox / n) for n in _refused(problems.of_type("problem"))), "left in place"
+    names = list(_refused(problems.of_type("problem")))
+    assert all(await asyncio.to_thread(lambda: [(cluster.inbox / n).is_fifo() for n in names])), "left in place"
 
     summit = cluster.daemons["summit"]
     assert summit.proc is not None
