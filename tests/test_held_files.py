@@ -11,6 +11,7 @@ then makes a route usable another way and checks that the file is archived once.
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from conftest import (
     cli_ok,
     query_journal,
     read_catalog,
+    run_cli,
     site_status,
     wait_settled,
     write_files,
@@ -207,3 +209,39 @@ async def test_a_file_held_while_the_route_is_degraded_goes_when_the_hold_down_e
     await wait_settled(cluster, archived=2, wake=arrivals, timeout_s=60)
     assert_archived_once(cluster, sources)
     assert held_offered(events), "no held_offered event"
+
+
+async def test_verify_reports_files_in_flight_and_exits_3_once_one_is_overdue(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
+    """`skyrelay verify` lists a file the summit registered but the archive lacks as in flight without failing,
+    exits 3 once it has been on its way longer than end_to_end_timeout_s, and 0 once it is archived."""
+    e2e_s = 3.0
+    cluster = await make_cluster(routes=PRIMARY_ONLY, tuning={"end_to_end_timeout_s": e2e_s})
+    problems = await subscribe(cluster, "base", "skyrelay/v1/problems/base")
+    arrivals = await subscribe(cluster, "archive", ARRIVALS)
+    relay = cluster.workdir / "base" / "state" / "relay"
+    await asyncio.to_thread(relay.write_text, "a file where the relay directory should be\n")
+    verify = ("verify", "--dayobs", "20250601", "--workdir", str(cluster.workdir))
+    sources = await checksums(await write_files(cluster, seqnum=1, detectors=["R22_S11"]))
+    await problems.wait_for(lambda _: any(p["kind"] == "storage_error" for p in problems.of_type("problem")), 20)
+
+    fresh = await run_cli(*verify, "--json")
+    report = json.loads(fresh.out)
+    assert report["in_flight"]["files"] == 1, report["in_flight"]
+    if report["in_flight"]["overdue"] == 0:  # unless this machine took longer than e2e_s to get here
+        assert fresh.code == (0 if report["ok"] else 1), fresh
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while (late := await run_cli(*verify)).code != 3:
+        assert loop.time() < deadline, f"verify never said overdue: {late}"
+        await problems.next_message(1.0)  # the base's retries report; at most a second between looks
+    assert "OVERDUE: 1 file(s)" in late.out and "in flight: 1 file(s)" in late.out, late.out
+
+    await asyncio.to_thread(relay.unlink)
+    await wait_settled(cluster, archived=1, wake=arrivals, timeout_s=45)
+    assert_archived_once(cluster, sources)
+    done = await run_cli(*verify, "--json")
+    assert done.code == 0, done
+    assert json.loads(done.out)["in_flight"]["files"] == 0

@@ -185,6 +185,22 @@ class Router:
             for h in self.held.values()
         ]
 
+    async def in_flight(self) -> dict[str, object]:
+        """Inbox files registered and not yet in custody (held, queued, or awaiting custody), and those
+        registered more than ``end_to_end_timeout_s`` ago (``overdue``), for ``skyrelay verify``."""
+        timeout = self.topology.tuning.end_to_end_timeout_s
+        now = time.time()
+        found = await self.journal.read(journal_files.in_flight, overdue_before=now - timeout)
+        oldest = found.oldest_registered_at
+        return {
+            "files": found.files,
+            "held": len(self.held),
+            "oldest_age_s": round(now - oldest, 1) if oldest is not None else None,
+            "overdue_after_s": timeout,
+            "overdue": found.overdue,
+            "overdue_examples": list(found.overdue_examples),
+        }
+
     def _forbidden(self, route: Route) -> bool:
         """Whether the operator's policy forbids ``route`` (disabled, or another route is forced)."""
         policy = self.routes.policy[route.name]
