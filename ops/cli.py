@@ -211,12 +211,47 @@ def _archive(args: argparse.Namespace) -> tuple[Target, str]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Completeness of one observing day; exit 1 when anything is missing."""
+    """Completeness of one observing day, and what the summit still has in flight.
+
+    Exit 0 when nothing is missing, 1 when the archive misses something, 3 when any file registered at
+    the summit has been on its way longer than the topology's ``end_to_end_timeout_s`` (3 wins over 1).
+    """
+    from daemon.config import Tuning
+
+    exit_missing, exit_overdue = 1, 3
     target, http = _archive(args)
     report = _http_get(target, f"{http}/v1/verify?dayobs={args.dayobs}")
+    timeout_s = (target.topology.tuning if target.topology is not None else Tuning()).end_to_end_timeout_s
+    summit = target.http[target.summit]
+    in_flight: dict[str, Any] | None
+    try:
+        status = _http_get(target, summit + "/v1/status")
+        in_flight = status.get("in_flight")
+        if not isinstance(in_flight, dict):
+            # A summit without the in_flight block: held files from its counts, overdue ones from the
+            # ages in its queue (since queued, which a restart resets) and custody stuck beyond the held.
+            queue = _http_get(target, summit + "/v1/queue")
+            offers = [i for i in queue if i.get("kind") == "offer"]
+            late = sorted(str(i["file"]) for i in offers if float(i["age_s"]) > timeout_s)
+            custody = status.get("custody") or {}
+            late_custody = max(0, int(custody.get("stuck", 0)) - int(custody.get("held", 0)))
+            in_flight = {
+                "files": int((status.get("files") or {}).get("held", 0)),
+                "held": int(custody.get("held", 0)),
+                "oldest_age_s": max((float(i["age_s"]) for i in offers), default=None),
+                "overdue_after_s": timeout_s,
+                "overdue": len(late) + late_custody,
+                "overdue_examples": late[:10],
+            }
+    except SystemExit as exc:  # the summit is unreachable: say so, and judge the archive alone
+        print(f"skyrelay verify: in-flight files unknown: {exc}", file=sys.stderr)
+        in_flight = None
+    report["in_flight"] = in_flight
+    overdue = bool(in_flight and in_flight.get("overdue"))
+    code = exit_overdue if overdue else 0 if report["ok"] else exit_missing
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0 if report["ok"] else 1
+        return code
     print(
         f"dayobs {report['dayobs']}: {report['complete']} complete, {report['incomplete']} incomplete exposures"
         + (f", {report['arriving']} still arriving" if report.get("arriving") else "")
@@ -234,8 +269,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"sequence gap {instrument}: missing SEQNUM {', '.join(map(str, gap))}")
     for q in report["quarantined"]:
         print(f"quarantined #{q['id']}: {q['name']} -> {q['archive_path']} ({q['reason']})")
-    print("OK: nothing missing" if report["ok"] else "MISSING: see above")
-    return 0 if report["ok"] else 1
+    if in_flight is not None and in_flight.get("files"):
+        oldest = in_flight.get("oldest_age_s")
+        print(
+            f"in flight: {in_flight['files']} file(s) registered at the summit, not yet archived"
+            + (f" ({in_flight['held']} held for want of a usable route)" if in_flight.get("held") else "")
+            + (f", the oldest {oldest:.0f}s ago" if oldest is not None else "")
+        )
+    if overdue:
+        assert in_flight is not None
+        examples = ", ".join(in_flight.get("overdue_examples") or [])
+        print(
+            f"OVERDUE: {in_flight['overdue']} file(s) on their way longer than {timeout_s:.0f}s"
+            + (f": {examples}" if examples else "")
+        )
+    elif report["ok"]:
+        print("OK: nothing missing")
+    if not report["ok"]:
+        print("MISSING: see above")
+    return code
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
@@ -342,7 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_routes)
 
-    p = sub.add_parser("verify", help="completeness of an observing day (exit 1 when anything is missing)")
+    p = sub.add_parser(
+        "verify",
+        help="completeness of an observing day, and files still in flight from the summit "
+        "(exit 1 when anything is missing, 3 when a file is overdue: on its way longer than end_to_end_timeout_s)",
+        description="Completeness of an observing day at the archive, and the files registered at the summit that "
+        "are not yet archived (in flight). Exit status: 0 nothing missing; 1 the archive misses files; 3 a file "
+        "has been on its way longer than the topology's end_to_end_timeout_s (overdue; takes precedence over 1). "
+        "In-flight files that are not overdue do not fail verify.",
+    )
     p.add_argument("--dayobs", required=True)
     add_target_arguments(p)
     p.add_argument("--json", action="store_true")

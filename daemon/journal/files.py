@@ -352,3 +352,34 @@ def revive_replaced(db: sqlite3.Connection, file_key: str, *, mtime_ns: int) -> 
         "UPDATE files SET state = 'held', mtime_ns = ? WHERE file_key = ? AND state = 'replaced'", (mtime_ns, file_key)
     )
     return cur.rowcount > 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InFlight:
+    """Summit files registered and not yet in custody: how many, since when, and which are overdue."""
+
+    files: int
+    oldest_registered_at: float | None
+    overdue: int
+    overdue_examples: tuple[str, ...]
+
+
+def in_flight(db: sqlite3.Connection, *, overdue_before: float, examples: int = 10) -> InFlight:
+    """Inbox files still held (no custody); overdue are those registered before ``overdue_before`` (wall time)."""
+    row = db.execute(
+        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest,"
+        " SUM(CASE WHEN created_at < ? THEN 1 ELSE 0 END) AS late"
+        " FROM files WHERE state = 'held' AND source = 'inbox'",
+        (overdue_before,),
+    ).fetchone()
+    names = db.execute(
+        "SELECT name FROM files WHERE state = 'held' AND source = 'inbox' AND created_at < ?"
+        " ORDER BY created_at LIMIT ?",
+        (overdue_before, examples),
+    ).fetchall()
+    return InFlight(
+        files=int(row["n"]),
+        oldest_registered_at=float(row["oldest"]) if row["oldest"] is not None else None,
+        overdue=int(row["late"] or 0),
+        overdue_examples=tuple(str(r["name"]) for r in names),
+    )

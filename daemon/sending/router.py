@@ -12,6 +12,12 @@ never polls.
   see, such as base → archive.
 - New files take ``RouteTable.choose()``: the preferred route again once it has been healthy
   for the hold-down period.
+- A file that no route can take (every route disabled, or none healthy) is *held* here, not handed
+  to the sender: counted in pending, queue, custody ``stuck`` and metrics, reported once per spell,
+  and offered the moment a route is usable again, whatever made it usable (an operator command, a
+  breaker closing or half-opening, a peer's presence returning, a degraded period ending). An offer
+  already queued on a route the operator's policy now forbids, with no other usable route, is
+  taken back from the sender and held too.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import dataclasses
 import functools
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -55,6 +61,18 @@ class Awaiting:
     stuck: bool = False  # overdue with no other usable route: reported, still retried
 
 
+@dataclasses.dataclass(slots=True)
+class Held:
+    """A summit file that no route could take: its journaled (pending) transfer, not in the sender."""
+
+    transfer: TransferRow
+    file: FileRow
+    since: float  # monotonic time it was held
+
+
+HELD_ERROR = "no usable route"
+
+
 class Router:
     """Chooses and changes routes for the summit's files."""
 
@@ -74,6 +92,8 @@ class Router:
         self.reporter = reporter
         self.make_item = make_item
         self.awaiting: dict[str, Awaiting] = {}
+        self.held: dict[str, Held] = {}
+        self._held_reported = False
         self._stuck_reported_at: float | None = None
         self.wake = asyncio.Event()
         self._pending_events: list[tuple[str, str, dict[str, Any]]] = []
@@ -87,6 +107,7 @@ class Router:
             started = None if row.acked_at is None else now - max(0.0, now_wall - row.acked_at)
             self.awaiting[row.file.file_key] = Awaiting(file=row.file, route=row.route, started=started)
         await self.routes.policy.load(self.journal)
+        await self._hold_forbidden(now)
 
     def track(self, file_row: FileRow, route: str) -> None:
         """A new file was offered along ``route``."""
@@ -102,6 +123,155 @@ class Router:
     def forget(self, file_key: str) -> None:
         """Stop tracking a file: the archive holds it, or the camera replaced it before it left."""
         self.awaiting.pop(file_key, None)
+        self.held.pop(file_key, None)
+
+    # ---- files held for want of a usable route ---------------------------------------------------
+
+    def usable_route(self, now: float | None = None) -> Route | None:
+        """The route a new file may be offered on now: the choice of :meth:`choose` when it is usable,
+        else the first usable route; None when no route is usable."""
+        now = time.monotonic() if now is None else now
+        route = self.choose()
+        if route is not None and self.routes.usable(route, now):
+            return route
+        return next((r for r in self.routes.routes if self.routes.usable(r, now)), None)
+
+    def route_for_new(self) -> Route:
+        """The route a new file's transfer is journaled on: a usable one, else the one it would take
+        (the preferred allowed route, or the first route when every route is disabled)."""
+        return self.usable_route() or self.choose() or self.routes.routes[0]
+
+    def admit(self, transfer: TransferRow, file_row: FileRow) -> bool:
+        """A newly journaled file: hand it to the sender when its route is usable now (True), else hold it."""
+        route = self.topology.route(transfer.route)
+        self.track(file_row, transfer.route)
+        if route is not None and self.routes.usable(route, time.monotonic()):
+            self.sender.add(self.make_item(transfer, file_row))
+            return True
+        self._hold(transfer, file_row)
+        return False
+
+    def _hold(self, transfer: TransferRow, file_row: FileRow) -> None:
+        self.held[file_row.file_key] = Held(transfer=transfer, file=file_row, since=time.monotonic())
+        self.wake.set()  # report it, and offer it at once if a route became usable meanwhile
+
+    def held_count(self) -> int:
+        """Files held for want of a usable route (they count as pending)."""
+        return len(self.held)
+
+    def held_pending(self) -> Iterator[tuple[str, str, float]]:
+        """(peer, kind, age in seconds) of every held file, like the sender's pending items: the peer is
+        the next hop of the route it is journaled on, the kind ``offer``."""
+        now = time.monotonic()
+        for held in self.held.values():
+            yield held.transfer.receiver, "offer", now - held.since
+
+    def held_snapshot(self) -> list[dict[str, object]]:
+        """Every held file, in the shape of :meth:`Sender.snapshot` rows (for ``skyrelay queue``)."""
+        now = time.monotonic()
+        return [
+            {
+                "id": h.transfer.transfer_id,
+                "kind": "offer",
+                "peer": h.transfer.receiver,
+                "file": h.file.name,
+                "route": h.transfer.route,
+                "attempt": 0,
+                "failures": 0,
+                "inflight": False,
+                "age_s": round(now - h.since, 1),
+                "last_error": HELD_ERROR,
+            }
+            for h in self.held.values()
+        ]
+
+    async def in_flight(self) -> dict[str, object]:
+        """Inbox files registered and not yet in custody (held, queued, or awaiting custody), and those
+        registered more than ``end_to_end_timeout_s`` ago (``overdue``), for ``skyrelay verify``."""
+        timeout = self.topology.tuning.end_to_end_timeout_s
+        now = time.time()
+        found = await self.journal.read(journal_files.in_flight, overdue_before=now - timeout)
+        oldest = found.oldest_registered_at
+        return {
+            "files": found.files,
+            "held": len(self.held),
+            "oldest_age_s": round(now - oldest, 1) if oldest is not None else None,
+            "overdue_after_s": timeout,
+            "overdue": found.overdue,
+            "overdue_examples": list(found.overdue_examples),
+        }
+
+    def _forbidden(self, route: Route) -> bool:
+        """Whether the operator's policy forbids ``route`` (disabled, or another route is forced)."""
+        policy = self.routes.policy[route.name]
+        forced = self.routes.policy.forced()
+        return policy == "disable" or (forced is not None and policy != "force")
+
+    async def _hold_forbidden(self, now: float) -> None:
+        """Take back from the sender the offers (not in flight) queued on a route the policy forbids when
+        no usable route can take them: the sender would otherwise send them there anyway."""
+        for item in [i for i in self.sender.items.values() if i.kind == "offer" and i.route is not None]:
+            route = self.topology.route(item.route or "")
+            if route is None or route.sites[0] != self.sender.site or not self._forbidden(route):
+                continue
+            if self.sender.inflight(item) or self.routes.alternative(route.name, now) is not None:
+                continue
+            found = await self.journal.read(_transfer_and_file, item.msg_id, item.file_key)
+            self.sender.remove(item.msg_id)
+            if found is None:
+                continue
+            transfer, file_row = found
+            self.track(file_row, transfer.route)
+            self._hold(transfer, file_row)
+
+    async def _release_held(self, now: float) -> None:
+        """Offer every held file on the usable route, if there is one now; report a new spell of holding."""
+        if not self.held:
+            self._held_reported = False
+            return
+        route = self.usable_route(now)
+        if route is None:
+            if not self._held_reported:
+                self._held_reported = True
+                why = {r.name: self._why(r, now) for r in self.routes.routes}
+                await self.reporter.problem(
+                    "no_route",
+                    f"{len(self.held)} file(s) held at the summit: no usable route "
+                    f"({'; '.join(f'{k}: {v}' for k, v in why.items())}); each is offered as soon as one is usable",
+                    files=len(self.held),
+                    routes=why,
+                    examples=sorted(h.file.name for h in self.held.values())[:10],
+                )
+            return
+        released = 0
+        for key, held in list(self.held.items()):
+            if self.held.get(key) is not held:
+                continue  # forgotten (custody, replaced) or re-held while we awaited the journal
+            transfer = held.transfer
+            if transfer.route != route.name:
+                transfer = await self.journal.transaction(
+                    functools.partial(
+                        _supersede_and_insert,
+                        old=[transfer.transfer_id],
+                        file_key=key,
+                        route=route,
+                        reason=f"held for want of a usable route; {route.name} is usable",
+                    )
+                )
+                if self.held.get(key) is not held:
+                    continue
+            del self.held[key]
+            self.sender.add(self.make_item(transfer, held.file))
+            self.track(held.file, route.name)
+            released += 1
+        self._held_reported = bool(self.held)
+        if released:
+            await self.reporter.event(
+                "held_offered",
+                f"{released} held file(s) offered on {route.name}, now usable",
+                route=route.name,
+                files=released,
+            )
 
     def choose(self) -> Route | None:
         """The route for a new file (and an event when the choice changes)."""
@@ -133,6 +303,7 @@ class Router:
             self._pending_events.clear()
             self.choose()
             await self._failover()
+            await self._release_held(time.monotonic())
             await self._rescue_stranded(time.monotonic())
             next_deadline = await self._overdue()
             now = time.monotonic()
@@ -153,6 +324,7 @@ class Router:
             if alternative is None:
                 continue
             await self._reroute(item, alternative, reason=f"{route.name} unusable: {self._why(route, now)}")
+        await self._hold_forbidden(now)
 
     def _why(self, route: Route, now: float) -> str:
         peer = self.routes.next_hop(route)
@@ -221,10 +393,13 @@ class Router:
         return next_deadline
 
     def custody_summary(self) -> dict[str, int]:
-        """Files awaiting custody, and those overdue with no other usable route (``stuck``)."""
+        """Files awaiting custody; those ``stuck`` (overdue with no other usable route, or held for want
+        of any usable route); and of those the ``held`` ones."""
+        held = set(self.held)
         return {
-            "awaiting": len(self.awaiting),
-            "stuck": sum(1 for w in self.awaiting.values() if w.stuck),
+            "awaiting": len(set(self.awaiting) | held),
+            "stuck": sum(1 for k, w in self.awaiting.items() if w.stuck and k not in held) + len(held),
+            "held": len(held),
         }
 
     async def _report_stuck(self, now: float, period: float) -> None:
@@ -313,3 +488,13 @@ def _supersede_and_insert(
     return journal_files.insert_transfer(
         db, transfer_id=new_id("t"), file_key=file_key, route=route.name, route_sites=route.sites, hop=0
     )
+
+
+def _transfer_and_file(db: sqlite3.Connection, transfer_id: str, file_key: str) -> tuple[TransferRow, FileRow] | None:
+    """A pending transfer and its file, if both are still journaled as such."""
+    transfer = next(
+        (t for t in journal_files.transfers_of(db, file_key) if t.transfer_id == transfer_id and t.state == "pending"),
+        None,
+    )
+    file_row = journal_files.file(db, file_key)
+    return (transfer, file_row) if transfer is not None and file_row is not None else None

@@ -1,10 +1,17 @@
-"""The summit's registrar: journal each finished inbox file (hash, early header warning, route) and offer it."""
+"""The summit's registrar: journal each finished inbox file (hash, early header warning, route) and offer it.
+
+Only regular files are taken, each read through one descriptor opened without following links
+(:mod:`daemon.summit.intake`); anything else in the inbox is reported once as ``not_a_regular_file``
+and left where it is. A file that no route can take now is handed to the router, which holds it
+(counted, visible) and offers it the moment a route is usable.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,13 +22,21 @@ from daemon.aio import raise_if_cancelling
 from daemon.config import Topology
 from daemon.counters import SiteCounters
 from daemon.fitsfile import read_primary_header
-from daemon.fsutil import hash_file
 from daemon.journal import FileRow, Journal, TransferRow, new_id
 from daemon.journal import files as journal_files
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
 from daemon.sending.router import Router
 from daemon.sending.sender import Sender
+from daemon.summit.intake import (
+    NotRegularFile,
+    Taken,
+    describe,
+    descriptor_path,
+    hash_descriptor,
+    open_regular,
+    signature,
+)
 from daemon.summit.watcher import InboxWatcher, is_candidate
 from processors.headers import verify_header
 from protocol.errors import ProtocolError
@@ -79,8 +94,13 @@ class Registrar:
             if not is_candidate(relative):
                 continue
             try:
-                st = await asyncio.to_thread(os.stat, path)
-            except FileNotFoundError:
+                st = await asyncio.to_thread(os.lstat, path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                continue  # a real directory: its files come one by one
+            if not stat.S_ISREG(st.st_mode):
+                await self._refuse(relative, st, describe(st, path))
                 continue
             if self.known.get(relative) == (st.st_size, st.st_mtime_ns):
                 continue
@@ -93,15 +113,31 @@ class Registrar:
                 )
                 continue
             with structlog.contextvars.bound_contextvars(file=relative):
-                await self._register(path, relative, st.st_mtime_ns)
+                await self._register(path, relative, st)
 
-    async def _register(self, path: Path, relative: str, mtime_ns: int) -> None:
+    async def _refuse(self, relative: str, st: os.stat_result, what: str) -> None:
+        """Report an inbox entry that is not a regular file, once while it stays the same entry; leave it."""
+        if self.watcher.refused.get(relative) == signature(st):
+            return
+        self.watcher.refused[relative] = signature(st)
+        await self.reporter.problem(
+            "not_a_regular_file",
+            f"{relative} is a {what}: the inbox takes regular files only; left in place and not sent",
+            name=relative,
+            what=what,
+        )
+
+    async def _register(self, path: Path, relative: str, st: os.stat_result) -> None:
         try:
-            checksum, size = await asyncio.to_thread(hash_file, path)
+            taken, findings = await asyncio.to_thread(take, self.inbox, relative)
         except FileNotFoundError:
             return
+        except NotRegularFile as exc:
+            await self._refuse(relative, st, exc.what)
+            return
+        checksum, size, mtime_ns = taken.checksum, taken.size, taken.mtime_ns
+        self.known[relative] = (size, mtime_ns)
         identity = FileIdentity(name=relative, size=size, checksum=checksum)
-        findings = await asyncio.to_thread(early_findings, path)
         if findings:
             await self.reporter.problem(
                 "header_warning",
@@ -110,12 +146,7 @@ class Registrar:
                 name=relative,
                 findings=findings,
             )
-        route = self.router.choose()
-        if route is None:
-            await self.reporter.problem(
-                "no_route", "every route is disabled; the file waits in the journal", name=relative
-            )
-        chosen = route or self.topology.routes[0]
+        chosen = self.router.route_for_new()
 
         def record(db: sqlite3.Connection) -> tuple[TransferRow | None, list[sqlite3.Row], FileRow | None]:
             inserted = journal_files.insert_file(
@@ -154,10 +185,20 @@ class Registrar:
         if transfer is None or file_row is None:
             return
         self.counters.files["registered"] += 1
-        log.info("file_registered", size=size, checksum=checksum, route=chosen.name)
-        if route is not None:
-            self.sender.add(self.items.offer(transfer, file_row))
-        self.router.track(file_row, chosen.name)
+        offered = self.router.admit(transfer, file_row)
+        log.info("file_registered", size=size, checksum=checksum, route=chosen.name, held=not offered)
+
+
+def take(inbox: Path, relative: str) -> tuple[Taken, list[dict[str, Any]]]:
+    """Hash an inbox file and check its header, both through one descriptor opened without following
+    links (blocking).
+
+    Raises:
+        NotRegularFile: it is (or, on the way, passes through) a symlink, FIFO, socket or device.
+        FileNotFoundError: it went away.
+    """
+    with open_regular(inbox, relative) as fd:
+        return hash_descriptor(fd), early_findings(descriptor_path(fd))
 
 
 def early_findings(path: Path) -> list[dict[str, Any]]:
