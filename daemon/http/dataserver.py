@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,9 +51,13 @@ def build_app(
             raise web.HTTPGone(text=f"{row.name} was rewritten at the source; this version no longer exists")
         path = Path(row.local_path)
         try:
-            size = await asyncio.to_thread(lambda: os.stat(path).st_size)
+            st = await asyncio.to_thread(os.lstat, path)
         except FileNotFoundError as exc:
             raise web.HTTPGone(text=f"{row.name} is no longer held here") from exc
+        if not stat.S_ISREG(st.st_mode):
+            # The inbox entry was swapped for a link or a special file after it was registered.
+            raise web.HTTPConflict(text=f"{row.name} is no longer a regular file here; not served")
+        size = st.st_size
         if transfer_row.state != "pending":
             raise web.HTTPGone(text=f"transfer {transfer_id} is {transfer_row.state}, no longer served")
         if size != row.size:

@@ -59,6 +59,8 @@ class SiteView:
         now = time.monotonic()
         for item in self.sender.items.values():
             yield item.peer, item.kind, now - item.created
+        if self.router is not None:
+            yield from self.router.held_pending()
 
     def links(self) -> Iterator[tuple[str, bool, bool]]:
         """(peer, mailbox connected, presence online) for each link."""
@@ -79,7 +81,7 @@ class SiteView:
 
     def queue(self) -> list[dict[str, object]]:
         """Every pending item, for ``skyrelay queue``."""
-        return self.sender.snapshot()
+        return self.sender.snapshot() + (self.router.held_snapshot() if self.router is not None else [])
 
     async def status(self) -> dict[str, Any]:
         """What ``skyrelay status`` shows for this site."""
@@ -94,7 +96,7 @@ class SiteView:
                 for p in self.mailbox.peers
             },
             "files": await self.journal.read(journal_files.state_counts),
-            "pending": len(self.sender.items),
+            "pending": len(self.sender.items) + (self.router.held_count() if self.router is not None else 0),
             "counters": self.file_outcomes(),
             "problems": dict(self.counters.problems),
             "recent_problems": await self.reporter.recent("problem"),
@@ -104,6 +106,7 @@ class SiteView:
             out["routes"] = [dataclasses.asdict(v) for v in self.routes.view(self.sender.queue_by_route())]
         if self.router is not None:
             out["custody"] = self.router.custody_summary()
+            out["in_flight"] = await self.router.in_flight()
         if self.role == "archive":
             out["catalog"] = await self.journal.read(journal_catalog.status_counts)
         return out
