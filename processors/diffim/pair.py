@@ -10,7 +10,7 @@ import numpy as np
 
 from processors.diffim.background import estimate_background
 from processors.diffim.calexp import MASK_EDGE, CalibratedImage, FloatImage, MaskImage
-from processors.diffim.cutouts import cutout_fits
+from processors.diffim.cutouts import CutoutWriter
 from processors.diffim.detection import DetectionParams, Detections, detect_sources
 from processors.diffim.matching import (
     AlardLuptonParams,
@@ -207,11 +207,12 @@ def difference_pair(science: CalibratedImage, reference: CalibratedImage, params
         params=params.detection,
     )
     clock.lap("detect")
+    writer = CutoutWriter(science.wcs_header, params.cutout_px)
     cutouts = tuple(
         SourceCutouts(
-            science=cutout_fits(sci, s.x_px, s.y_px, science.wcs_header, params.cutout_px),
-            template=cutout_fits(reg.image_e, s.x_px, s.y_px, science.wcs_header, params.cutout_px),
-            difference=cutout_fits(diff, s.x_px, s.y_px, science.wcs_header, params.cutout_px),
+            science=writer.write(sci, s.x_px, s.y_px),
+            template=writer.write(reg.image_e, s.x_px, s.y_px),
+            difference=writer.write(diff, s.x_px, s.y_px),
         )
         for s in detections.sources
     )
