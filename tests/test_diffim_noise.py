@@ -15,7 +15,7 @@ SHAPE = (1024, 1024)
 def expected_peaks(nu: float, area_px: int, sigma_px: float) -> float:
     """Peaks of either sign above nu in a PSF-filtered Gaussian noise image (both signs counted)."""
     per_sigma2 = nu * math.exp(-(nu**2) / 2) / (2**2.5 * math.pi**1.5)
-    return 2 * per_sigma2 * area_px / sigma_px**2
+    return float(2 * per_sigma2 * area_px / sigma_px**2)
 
 
 @pytest.fixture(scope="module", params=[(1.2, 0.8), (0.8, 1.2)], ids=["convolve-reference", "convolve-science"])

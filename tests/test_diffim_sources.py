@@ -36,15 +36,28 @@ SHAPE = (640, 640)
 FIELD = FieldSpec(name="quad", ra_deg=210.0, dec_deg=-5.0)
 MJD0 = 61054.1
 VISITS = [
-    VisitSpec(index=i, seeing_fwhm_arcsec=s, dither_arcsec=d, mjd_tai=MJD0 + (i - 1) * 15 / 1440, obsid=f"MC_O_20260114_{i:06d}")
+    VisitSpec(
+        index=i,
+        seeing_fwhm_arcsec=s,
+        dither_arcsec=d,
+        mjd_tai=MJD0 + (i - 1) * 15 / 1440,
+        obsid=f"MC_O_20260114_{i:06d}",
+    )
     for i, s, d in ((1, 0.8, (0.0, 0.0)), (2, 1.0, (3.0, -2.0)), (3, 0.9, (-4.0, 1.5)), (4, 0.85, (2.5, 3.5)))
 ]
 MOVER = MovingObject(
-    id="mover", ra_deg=210.0 - 20 / 3600, dec_deg=-5.0 - 20 / 3600, mjd_ref_tai=MJD0,
-    rate_arcsec_per_h=(24.0, 12.0), flux_e=flux_for_difference_snr(25.0, VISITS[1], VISITS[0]),
+    id="mover",
+    ra_deg=210.0 - 20 / 3600,
+    dec_deg=-5.0 - 20 / 3600,
+    mjd_ref_tai=MJD0,
+    rate_arcsec_per_h=(24.0, 12.0),
+    flux_e=flux_for_difference_snr(25.0, VISITS[1], VISITS[0]),
 )
 FADED = Injection(
-    id="faded", ra_deg=210.0 + 25 / 3600, dec_deg=-5.0 + 18 / 3600, kind="faded",
+    id="faded",
+    ra_deg=210.0 + 25 / 3600,
+    dec_deg=-5.0 + 18 / 3600,
+    kind="faded",
     flux_e_by_visit={1: 5000.0 + flux_for_difference_snr(15.0, VISITS[1], VISITS[0]), 2: 5000.0, 3: 5000.0, 4: 5000.0},
 )
 
@@ -159,11 +172,21 @@ def test_result_and_function_pickle(diffs: dict[tuple[int, int], DiffResult]) ->
     assert pickle.loads(pickle.dumps(difference_pair)) is difference_pair
     result = pickle.loads(pickle.dumps(diffs[(2, 1)]))
     assert result.detections == diffs[(2, 1)].detections
-    assert set(result.stage_times_s) >= {"background", "psf", "register", "match_fit", "match_apply", "detect",
-                                         "cutouts", "total"}
+    assert set(result.stage_times_s) >= {
+        "background",
+        "psf",
+        "register",
+        "match_fit",
+        "match_apply",
+        "detect",
+        "cutouts",
+        "total",
+    }
 
 
-def test_from_calexp_files(quad: dict[int, VisitImage], diffs: dict[tuple[int, int], DiffResult], tmp_path: Path) -> None:
+def test_from_calexp_files(
+    quad: dict[int, VisitImage], diffs: dict[tuple[int, int], DiffResult], tmp_path: Path
+) -> None:
     """Calexps written to FITS and read back give the same detections as the in-memory images."""
     paths = []
     for index in (2, 1):

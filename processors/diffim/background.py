@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from scipy.interpolate import RectBivariateSpline
 
 from processors.diffim.calexp import FloatImage, MaskImage
@@ -35,7 +36,8 @@ def estimate_background(
 
     Each ``mesh_px`` box gives a median clipped at ``clip_sigma`` (MAD-based, ``iterations`` rounds) of
     every ``stride``-th pixel in each direction; masked pixels are ignored. Boxes with no good pixel take
-    the median of the others. The mesh is interpolated by a bicubic spline through the box centres.
+    the median of the others. The mesh is smoothed by a 3x3 median, then interpolated by a bicubic spline
+    through the box centres and held constant beyond the outer centres.
 
     Args:
         image_e: the image in electrons.
@@ -81,5 +83,12 @@ def estimate_background(
             return np.broadcast_to(values[None, :], (ny, nx)).astype(np.float32)
         values = np.interp(np.arange(ny), cy, line)
         return np.broadcast_to(values[:, None], (ny, nx)).astype(np.float32)
-    spline = RectBivariateSpline(cy, cx, levels, bbox=[0, ny - 1, 0, nx - 1], kx=kx, ky=ky, s=0)
-    return np.asarray(spline(np.arange(ny), np.arange(nx)), dtype=np.float32)
+    if my >= 3 and mx >= 3:
+        # A box on a bright star or a galaxy reads high: a 3x3 median of the mesh, as SExtractor does.
+        levels = ndimage.median_filter(levels, size=3, mode="nearest")
+    spline = RectBivariateSpline(cy, cx, levels, kx=kx, ky=ky, s=0)
+    # Beyond the outer box centres the level is held constant (a cubic would overshoot there).
+    yu, iy = np.unique(np.clip(np.arange(ny), cy[0], cy[-1]), return_inverse=True)
+    xu, ix = np.unique(np.clip(np.arange(nx), cx[0], cx[-1]), return_inverse=True)
+    grid = np.asarray(spline(yu, xu), dtype=np.float32)
+    return np.asarray(grid[iy][:, ix], dtype=np.float32)

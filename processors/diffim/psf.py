@@ -229,25 +229,30 @@ def measure_psf(
     """
     if peaks is None:
         peaks = find_peaks(image_bs, variance_e2, mask)
-    fit_half = 7
-    stars = _select_psf_stars(
-        peaks,
-        image_bs,
-        mask,
-        half_px=fit_half + 8,
-        isolation_px=20.0,
-        min_snr=min_star_snr,
-        max_stars=max_stars,
-        saturation_e=saturation_e,
-    )
-    if not stars:
-        raise ValueError("no bright isolated unsaturated star to model the PSF")
     fits_: list[tuple[int, int, float, float, float, float]] = []
-    for x, y in stars:
-        stamp = image_bs[y - fit_half : y + fit_half + 1, x - fit_half : x + fit_half + 1].astype(np.float64)
-        var = variance_e2[y - fit_half : y + fit_half + 1, x - fit_half : x + fit_half + 1].astype(np.float64)
-        flux, dx, dy, sigma = _fit_gaussian(stamp, 1.0 / np.sqrt(np.maximum(var, 1e-6)), 2.0)
-        fits_.append((x, y, flux, dx, dy, sigma))
+    fit_half, sigma_guess = 7, 2.0
+    # Two passes: a first guess from the brightest stars on small stamps, then stamps sized to the PSF.
+    for n_fit in (10, max_stars):
+        stars = _select_psf_stars(
+            peaks,
+            image_bs,
+            mask,
+            half_px=fit_half + 8,
+            isolation_px=max(20.0, 3.0 * fit_half),
+            min_snr=min_star_snr,
+            max_stars=n_fit,
+            saturation_e=saturation_e,
+        )
+        if not stars:
+            raise ValueError("no bright isolated unsaturated star to model the PSF")
+        fits_ = []
+        for x, y in stars:
+            stamp = image_bs[y - fit_half : y + fit_half + 1, x - fit_half : x + fit_half + 1].astype(np.float64)
+            var = variance_e2[y - fit_half : y + fit_half + 1, x - fit_half : x + fit_half + 1].astype(np.float64)
+            flux, dx, dy, sigma = _fit_gaussian(stamp, 1.0 / np.sqrt(np.maximum(var, 1e-6)), sigma_guess)
+            fits_.append((x, y, flux, dx, dy, sigma))
+        sigma_guess = float(np.median([f[5] for f in fits_]))
+        fit_half = min(max(7, math.ceil(3.0 * sigma_guess)), 20)
     sigmas = np.array([f[5] for f in fits_])
     sigma_px = float(np.median(sigmas))
     # Drop stars whose width is far from the median (a galaxy, a blend, a cosmic ray), then re-take it.
