@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 from astropy.io import fits
 from astropy.wcs import WCS
-from scipy import ndimage
+from scipy import fft, ndimage
 
-from processors.diffim.psf import FWHM_PER_SIGMA, gaussian_psf_stamp
+from processors.diffim.psf import FWHM_PER_SIGMA, gaussian_psf_stamp, local_maxima
 
 __all__ = ["DetectionParams", "Detections", "DiaSource", "detect_sources"]
 
@@ -79,6 +79,16 @@ class Detections:
     noise_rescale: float
     n_good_px: int
     too_many: bool
+
+
+def _gaussian_fft(image: npt.NDArray[np.float32], sigma_px: float) -> npt.NDArray[np.float32]:
+    """A unit-sum Gaussian filter by FFT (circular: the edge band it wraps is excluded from the search)."""
+    ny, nx = image.shape
+    fy = fft.fftfreq(ny).astype(np.float32)[:, None]
+    fx = fft.rfftfreq(nx).astype(np.float32)[None, :]
+    c = np.float32(-2.0 * math.pi**2 * sigma_px**2)
+    transfer = np.exp(c * fy**2) * np.exp(c * fx**2)
+    return np.asarray(fft.irfft2(fft.rfft2(image, workers=1) * transfer, s=image.shape, workers=1), dtype=np.float32)
 
 
 def _merge(x: np.ndarray, y: np.ndarray, strength: np.ndarray, radius: float) -> np.ndarray:
@@ -142,10 +152,8 @@ def detect_sources(
     typical_var = float(np.median(variance_e2[good])) if good.any() else 1.0
     d0 = np.where(good, diff_e, 0.0).astype(np.float32)
     v0 = np.where(good, variance_e2, typical_var).astype(np.float32)
-    filtered = ndimage.gaussian_filter(d0, sigma, truncate=4.0)
-    noise = np.sqrt(
-        np.maximum(ndimage.gaussian_filter(v0, sigma / math.sqrt(2.0), truncate=4.0), 1e-12) / (4 * math.pi * sigma**2)
-    )
+    filtered = _gaussian_fft(d0, sigma)
+    noise = np.sqrt(np.maximum(_gaussian_fft(v0, sigma / math.sqrt(2.0)), 1e-12) / np.float32(4 * math.pi * sigma**2))
     significance = filtered / noise
     rescale = 1.0
     if params.rescale_noise and search.any():
@@ -162,8 +170,7 @@ def detect_sources(
     fwhm = sigma * FWHM_PER_SIGMA
     for sign in (1.0, -1.0):
         s = sign * significance
-        peaks = (s >= params.threshold_sigma) & (s == ndimage.maximum_filter(s, size=3)) & search
-        py, px = np.nonzero(peaks)
+        py, px = local_maxima(s, (s >= params.threshold_sigma) & search)
         keep = _merge(px.astype(float), py.astype(float), s[py, px], params.merge_fwhm * fwhm)
         xs_all.append(px[keep])
         ys_all.append(py[keep])

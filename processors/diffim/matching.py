@@ -288,16 +288,22 @@ def fit_kernel(
     design = np.stack([c.reshape(len(stamps), -1) for c in columns], axis=-1)  # (n_stamp, n_px, n_col)
     rhs = tgt.reshape(len(stamps), -1).astype(np.float64)
     weight = 1.0 / np.sqrt(np.maximum(var.reshape(len(stamps), -1), 1e-6))
+    # Normal equations per stamp, so that rejecting a stamp is a subtraction, not a new fit.
+    n_col = design.shape[-1]
+    wd = design * weight[..., None]
+    wr = rhs * weight
+    normal = np.matmul(wd.transpose(0, 2, 1), wd)  # (n_stamp, n_col, n_col)
+    projected = np.einsum("spc,sp->sc", wd, wr)
     keep = np.ones(len(stamps), dtype=bool)
-    coef = np.zeros(design.shape[-1])
+    coef = np.zeros(n_col)
     chi2 = np.zeros(len(stamps))
     for _ in range(3):
-        a = (design[keep] * weight[keep][..., None]).reshape(-1, design.shape[-1])
-        b = (rhs[keep] * weight[keep]).ravel()
-        norms = np.sqrt((a**2).sum(axis=0))
-        norms[norms == 0] = 1.0
-        coef = np.linalg.lstsq(a / norms, b, rcond=None)[0] / norms
-        resid = (rhs - design @ coef) * weight
+        a = normal[keep].sum(axis=0)
+        b = projected[keep].sum(axis=0)
+        norms = np.sqrt(np.maximum(np.diag(a), 1e-300))
+        scaled = a / np.outer(norms, norms)
+        coef = np.linalg.lstsq(scaled, b / norms, rcond=1e-12)[0] / norms
+        resid = wr - wd @ coef
         chi2 = (resid**2).mean(axis=1)
         med = float(np.median(chi2[keep]))
         spread = 1.4826 * float(np.median(np.abs(chi2[keep] - med)))

@@ -194,7 +194,7 @@ def difference_pair(science: CalibratedImage, reference: CalibratedImage, params
         variance = target_var + matched_var
     # The kernel's background term is fitted on the stamps only; the differential background over the
     # whole detector is measured on the difference itself (clipped mesh medians ignore the sources).
-    diff = diff - estimate_background(diff, bad.astype(np.uint16), mesh_px=params.background_mesh_px)
+    diff = diff - estimate_background(diff, bad.astype(np.uint16), mesh_px=params.background_mesh_px, stride=3)
     clock.lap("match_apply")
     detections = detect_sources(
         diff,

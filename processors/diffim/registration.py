@@ -56,15 +56,13 @@ def _lanczos3(frac: float) -> np.ndarray:
     return np.asarray(taps / taps.sum())
 
 
-def _shift_lanczos(plane: np.ndarray, dx: float, dy: float, *, squared: bool) -> np.ndarray:
-    """Sample ``plane`` at (x + dx, y + dy) for every pixel, separable Lanczos-3 (squared taps for variance)."""
+def _shift_lanczos(plane: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Sample ``plane`` at (x + dx, y + dy) for every pixel, separable Lanczos-3."""
     out = plane.astype(np.float32)
     for axis, d in ((1, dx), (0, dy)):
         integer = math.floor(d)
         frac = d - integer
         taps = _lanczos3(frac)
-        if squared:
-            taps = taps**2
         # correlate1d centres a 6-tap kernel between taps 2 and 3 (origin -1 puts the centre on tap 2).
         out = ndimage.correlate1d(out, taps.astype(np.float32), axis=axis, mode="constant", cval=0.0, origin=-1)
         if integer:
@@ -91,10 +89,11 @@ def register_to(
     """Resample the reference onto the science grid.
 
     When the WCS map is a translation to 0.01 px over the frame (small dithers, same scale and rotation),
-    the resampling is a separable Lanczos-3 shift; otherwise a cubic spline through the affine map. The
-    variance is interpolated, not propagated with squared weights: interpolation lowers the per-pixel
-    noise but not the noise on PSF scales (the pixels become correlated), and it is the noise on PSF
-    scales that detection needs. The mask is nearest-pixel, grown by 2 px, with ``MASK_NO_DATA``
+    the image is resampled by a separable Lanczos-3 shift and the variance shifted to the nearest pixel;
+    otherwise by a cubic spline through the affine map (variance: linear interpolation). The variance is
+    not propagated with squared weights on purpose: interpolation lowers the per-pixel noise but not the
+    noise on PSF scales (the pixels become correlated), and it is the noise on PSF scales that detection
+    needs. The mask is nearest-pixel, grown by 2 px, with ``MASK_NO_DATA``
     where the reference does not reach.
 
     Args:
@@ -116,8 +115,9 @@ def register_to(
         cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
         sx = float(amap[0] @ [cx, cy, 1.0]) - cx
         sy = float(amap[1] @ [cx, cy, 1.0]) - cy
-        image = _shift_lanczos(reference_image, sx, sy, squared=False)
-        variance = _shift_lanczos(reference_variance, sx, sy, squared=False)
+        image = _shift_lanczos(reference_image, sx, sy)
+        # The variance is smooth on the pixel scale: the nearest-pixel shift is enough, and cheaper.
+        variance = np.roll(np.roll(reference_variance, -round(sy), axis=0), -round(sx), axis=1).astype(np.float32)
         ix, iy = round(sx), round(sy)
         mask = np.roll(np.roll(reference_mask, -iy, axis=0), -ix, axis=1)
         covered = np.zeros(shape, dtype=bool)
