@@ -277,34 +277,47 @@ def fit_kernel(
             for x, y in stamps
         ]
     ).astype(np.float64)
-    off = np.arange(-half_stamp, half_stamp + 1)
-    px = np.stack([np.broadcast_to(x + off[None, :], tgt.shape[1:]) for x, _ in stamps]).astype(np.float64)
-    py = np.stack([np.broadcast_to(y + off[:, None], tgt.shape[1:]) for _, y in stamps]).astype(np.float64)
-    spatial = _spatial_terms(px, py, shape, order)  # (n_s, n_stamp, H, W)
-    bg_terms = _spatial_terms(px, py, shape, params.background_order)
-    n_s, n_b = spatial.shape[0], len(terms)
-    columns = [conv[0]] + [conv[k] * spatial[s] for k in range(1, n_b) for s in range(n_s)]
-    columns += list(bg_terms)
-    design = np.stack([c.reshape(len(stamps), -1) for c in columns], axis=-1)  # (n_stamp, n_px, n_col)
-    rhs = tgt.reshape(len(stamps), -1).astype(np.float64)
-    weight = 1.0 / np.sqrt(np.maximum(var.reshape(len(stamps), -1), 1e-6))
-    # Normal equations per stamp, so that rejecting a stamp is a subtraction, not a new fit.
-    n_col = design.shape[-1]
-    wd = design * weight[..., None]
-    wr = rhs * weight
-    normal = np.matmul(wd.transpose(0, 2, 1), wd)  # (n_stamp, n_col, n_col)
+    # The spatial polynomials hardly change across a stamp: they are taken at its centre (as Rubin does),
+    # so each stamp is a small fit of the kernel coefficients (and a background level) and the spatial
+    # model maps the global coefficients onto each stamp's. Normal equations are kept per stamp, so that
+    # rejecting a stamp is a subtraction, not a new fit.
+    n_stamp = len(stamps)
+    cx = np.array([x for x, _ in stamps], dtype=np.float64)
+    cy = np.array([y for _, y in stamps], dtype=np.float64)
+    spatial = _spatial_terms(cx, cy, shape, order)  # (n_s, n_stamp)
+    bg_terms = _spatial_terms(cx, cy, shape, params.background_order)  # (n_bg, n_stamp)
+    n_s, n_b, n_bg = spatial.shape[0], len(terms), bg_terms.shape[0]
+    n_col = 1 + (n_b - 1) * n_s + n_bg
+    weight = 1.0 / np.sqrt(np.maximum(var.reshape(n_stamp, -1), 1e-6))
+    local = np.concatenate([conv.reshape(n_b, n_stamp, -1), np.ones((1, n_stamp, weight.shape[1]))])
+    wd = local.transpose(1, 2, 0) * weight[..., None]  # (n_stamp, n_px, n_b + 1)
+    wr = tgt.reshape(n_stamp, -1).astype(np.float64) * weight
+    normal = np.matmul(wd.transpose(0, 2, 1), wd)  # (n_stamp, n_b + 1, n_b + 1)
     projected = np.einsum("spc,sp->sc", wd, wr)
-    keep = np.ones(len(stamps), dtype=bool)
+    target_sq = (wr**2).sum(axis=1)
+    # mapping[i] turns the global coefficients into stamp i's local ones.
+    mapping = np.zeros((n_stamp, n_b + 1, n_col))
+    mapping[:, 0, 0] = 1.0
+    for k in range(1, n_b):
+        mapping[:, k, 1 + (k - 1) * n_s : 1 + k * n_s] = spatial.T
+    mapping[:, n_b, n_col - n_bg :] = bg_terms.T
+    stamp_normal = np.matmul(mapping.transpose(0, 2, 1), np.matmul(normal, mapping))
+    stamp_rhs = np.matmul(mapping.transpose(0, 2, 1), projected[..., None])[..., 0]
+    keep = np.ones(n_stamp, dtype=bool)
     coef = np.zeros(n_col)
-    chi2 = np.zeros(len(stamps))
+    chi2 = np.zeros(n_stamp)
+    n_px = weight.shape[1]
     for _ in range(3):
-        a = normal[keep].sum(axis=0)
-        b = projected[keep].sum(axis=0)
+        a = stamp_normal[keep].sum(axis=0)
+        b = stamp_rhs[keep].sum(axis=0)
         norms = np.sqrt(np.maximum(np.diag(a), 1e-300))
-        scaled = a / np.outer(norms, norms)
-        coef = np.linalg.lstsq(scaled, b / norms, rcond=1e-12)[0] / norms
-        resid = wr - wd @ coef
-        chi2 = (resid**2).mean(axis=1)
+        coef = np.linalg.lstsq(a / np.outer(norms, norms), b / norms, rcond=1e-12)[0] / norms
+        local_coef = mapping @ coef  # (n_stamp, n_b + 1)
+        chi2 = (
+            target_sq
+            - 2 * np.einsum("sa,sa->s", local_coef, projected)
+            + np.einsum("sa,sab,sb->s", local_coef, normal, local_coef, optimize=True)
+        ) / n_px
         med = float(np.median(chi2[keep]))
         spread = 1.4826 * float(np.median(np.abs(chi2[keep] - med)))
         limit = med + params.clip_sigma * max(spread, 0.05 * med)
