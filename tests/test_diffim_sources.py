@@ -25,6 +25,7 @@ from processors.diffim import (
     CalibratedImage,
     DetectionParams,
     DiaSource,
+    DiffimError,
     DiffParams,
     DiffResult,
     difference_pair,
@@ -53,6 +54,14 @@ MOVER = MovingObject(
     rate_arcsec_per_h=(24.0, 12.0),
     flux_e=flux_for_difference_snr(25.0, VISITS[1], VISITS[0]),
 )
+SLOW = MovingObject(
+    id="slow",
+    ra_deg=210.0 + 30 / 3600,
+    dec_deg=-5.0 - 25 / 3600,
+    mjd_ref_tai=MJD0,
+    rate_arcsec_per_h=(0.0, 5.0),
+    flux_e=flux_for_difference_snr(40.0, VISITS[1], VISITS[0]),
+)
 FADED = Injection(
     id="faded",
     ra_deg=210.0 + 25 / 3600,
@@ -65,7 +74,7 @@ FADED = Injection(
 @pytest.fixture(scope="module")
 def quad() -> dict[int, VisitImage]:
     """Four visits of a field with a moving object and a variable that fades after visit 1."""
-    return {v.index: simulate_visit(FIELD, v, shape=SHAPE, injections=[MOVER, FADED]) for v in VISITS}
+    return {v.index: simulate_visit(FIELD, v, shape=SHAPE, injections=[MOVER, SLOW, FADED]) for v in VISITS}
 
 
 def _calexp(quad: dict[int, VisitImage], index: int) -> CalibratedImage:
@@ -126,9 +135,23 @@ def result_science_wcs(quad: dict[int, VisitImage], index: int) -> fits.Header:
 
 
 def test_no_spurious_sources_in_the_quad(diffs: dict[tuple[int, int], DiffResult]) -> None:
-    """Besides the mover's two lobes and the variable, 2-1 and 4-3 have at most one detection each."""
-    assert len(diffs[(2, 1)].detections.sources) <= 3 + 1
-    assert len(diffs[(4, 3)].detections.sources) <= 2 + 1
+    """Besides the movers' lobes and the variable, 2-1 and 4-3 have at most one detection each."""
+    assert len(diffs[(2, 1)].detections.sources) <= 5 + 1
+    assert len(diffs[(4, 3)].detections.sources) <= 4 + 1
+
+
+def test_slow_mover_is_a_dipole(quad: dict[int, VisitImage], diffs: dict[tuple[int, int], DiffResult]) -> None:
+    """An object moving 1.25" (about 1.2 FWHM) between visits gives adjacent positive and negative lobes,
+    both flagged isDipole; the fast mover's lobes, 30 px apart, are not."""
+    result = diffs[(2, 1)]
+    sx, sy = _truth(quad, 2, "slow")
+    positive, d = _nearest(result.detections.sources, sx, sy)
+    assert d < 1.0 and not positive.is_negative and positive.is_dipole
+    negative = [s for s in result.detections.sources if s.is_negative and np.hypot(s.x_px - sx, s.y_px - sy) < 10]
+    assert len(negative) == 1 and negative[0].is_dipole
+    fx, fy = _truth(quad, 2, "mover")
+    fast, _ = _nearest(result.detections.sources, fx, fy)
+    assert not fast.is_dipole
 
 
 def test_cutouts_are_31px_fits_centred_on_the_source(diffs: dict[tuple[int, int], DiffResult]) -> None:
@@ -160,11 +183,28 @@ def test_cutout_is_zero_padded_at_the_edge() -> None:
 
 
 def test_too_many_detections_flags_the_detector(quad: dict[int, VisitImage]) -> None:
-    """More detections than max_sources sets the flag (here: a limit of 1 against the quad's 3 sources)."""
+    """More detections than max_sources sets the flag (here: a limit of 1 against the quad's 5 sources)."""
     params = DiffParams(detection=DetectionParams(max_sources=1), keep_images=False)
     result = difference_pair(_calexp(quad, 2), _calexp(quad, 1), params)
     assert result.detections.too_many
     assert result.diff_e is None
+
+
+def test_too_few_stars_is_a_diffim_error(quad: dict[int, VisitImage]) -> None:
+    """A pair whose stars are all masked cannot be matched: DiffimError names the pair, nothing is guessed."""
+    science = _calexp(quad, 2)
+    blind = CalibratedImage(
+        image_e=science.image_e,
+        variance_e2=science.variance_e2,
+        mask=np.ones_like(science.mask),
+        wcs_header=science.wcs_header,
+        obsid=science.obsid,
+        detector=science.detector,
+        band=science.band,
+        midpoint_mjd_tai=science.midpoint_mjd_tai,
+    )
+    with pytest.raises(DiffimError, match=science.obsid):
+        difference_pair(blind, _calexp(quad, 1), DiffParams())
 
 
 def test_result_and_function_pickle(diffs: dict[tuple[int, int], DiffResult]) -> None:

@@ -16,7 +16,14 @@ from processors.diffim.calexp import (
 )
 from processors.diffim.detection import DetectionParams, Detections, DiaSource
 from processors.diffim.matching import AlardLuptonParams, KernelSolution
-from processors.diffim.pair import DiffParams, DiffResult, SourceCutouts, difference_pair, difference_pair_from_files
+from processors.diffim.pair import (
+    DiffimError,
+    DiffParams,
+    DiffResult,
+    SourceCutouts,
+    difference_pair,
+    difference_pair_from_files,
+)
 from processors.diffim.psf import PsfModel, QualityParams, VisitQuality, assess_quality, measure_psf
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "DiaSource",
     "DiffParams",
     "DiffResult",
+    "DiffimError",
     "KernelSolution",
     "PsfModel",
     "QualityParams",

@@ -22,7 +22,18 @@ from processors.diffim.matching import (
 from processors.diffim.psf import PsfModel, QualityParams, VisitQuality, assess_quality, find_peaks, measure_psf
 from processors.diffim.registration import register_to
 
-__all__ = ["DiffParams", "DiffResult", "SourceCutouts", "difference_pair", "difference_pair_from_files"]
+__all__ = [
+    "DiffParams",
+    "DiffResult",
+    "DiffimError",
+    "SourceCutouts",
+    "difference_pair",
+    "difference_pair_from_files",
+]
+
+
+class DiffimError(ValueError):
+    """A pair cannot be differenced: no star to model a PSF, too few stars to fit the kernel."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,7 +137,7 @@ def difference_pair(science: CalibratedImage, reference: CalibratedImage, params
         The result, with stage times.
 
     Raises:
-        ValueError: a PSF or the kernel could not be fitted (too few stars).
+        DiffimError: a PSF or the kernel could not be fitted (too few stars).
     """
     clock = _Clock()
     sci_bg = estimate_background(science.image_e, science.mask, mesh_px=params.background_mesh_px)
@@ -136,22 +147,25 @@ def difference_pair(science: CalibratedImage, reference: CalibratedImage, params
     clock.lap("background")
     sci_peaks = find_peaks(sci, science.variance_e2, science.mask)
     ref_peaks = find_peaks(ref, reference.variance_e2, reference.mask)
-    sci_psf = science.psf or measure_psf(
-        sci,
-        science.variance_e2,
-        science.mask,
-        pixel_scale_arcsec=science.pixel_scale_arcsec,
-        saturation_e=params.saturation_e,
-        peaks=sci_peaks,
-    )
-    ref_psf = reference.psf or measure_psf(
-        ref,
-        reference.variance_e2,
-        reference.mask,
-        pixel_scale_arcsec=reference.pixel_scale_arcsec,
-        saturation_e=params.saturation_e,
-        peaks=ref_peaks,
-    )
+    try:
+        sci_psf = science.psf or measure_psf(
+            sci,
+            science.variance_e2,
+            science.mask,
+            pixel_scale_arcsec=science.pixel_scale_arcsec,
+            saturation_e=params.saturation_e,
+            peaks=sci_peaks,
+        )
+        ref_psf = reference.psf or measure_psf(
+            ref,
+            reference.variance_e2,
+            reference.mask,
+            pixel_scale_arcsec=reference.pixel_scale_arcsec,
+            saturation_e=params.saturation_e,
+            peaks=ref_peaks,
+        )
+    except ValueError as exc:
+        raise DiffimError(f"{science.obsid} - {reference.obsid} {science.detector}: PSF: {exc}") from exc
     sci_quality = assess_quality(sci_psf, len(sci_peaks), params.quality)
     ref_quality = assess_quality(ref_psf, len(ref_peaks), params.quality)
     clock.lap("psf")
@@ -167,21 +181,24 @@ def difference_pair(science: CalibratedImage, reference: CalibratedImage, params
     else:
         source, source_var, target, target_var = reg.image_e, reg.variance_e2, sci, science.variance_e2
         sharp, broad = ref_psf, sci_psf
-    kernel = fit_kernel(
-        source,
-        source_var,
-        target,
-        target_var,
-        bad.astype(np.uint16),
-        stars_x_px=sci_peaks.x_px,
-        stars_y_px=sci_peaks.y_px,
-        stars_snr=sci_peaks.snr,
-        stars_peak_e=np.maximum(sci_peaks.peak_e, ref[sci_peaks.y_px, sci_peaks.x_px]),
-        sharp_sigma_px=sharp.sigma_px,
-        broad_sigma_px=broad.sigma_px,
-        params=params.matching,
-        saturation_e=params.saturation_e,
-    )
+    try:
+        kernel = fit_kernel(
+            source,
+            source_var,
+            target,
+            target_var,
+            bad.astype(np.uint16),
+            stars_x_px=sci_peaks.x_px,
+            stars_y_px=sci_peaks.y_px,
+            stars_snr=sci_peaks.snr,
+            stars_peak_e=np.maximum(sci_peaks.peak_e, ref[sci_peaks.y_px, sci_peaks.x_px]),
+            sharp_sigma_px=sharp.sigma_px,
+            broad_sigma_px=broad.sigma_px,
+            params=params.matching,
+            saturation_e=params.saturation_e,
+        )
+    except ValueError as exc:
+        raise DiffimError(f"{science.obsid} - {reference.obsid} {science.detector}: kernel: {exc}") from exc
     clock.lap("match_fit")
     matched = apply_kernel(source, kernel, with_background=False)
     matched_var = convolve_variance(source_var, kernel)
