@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 from astropy.io import fits
 from astropy.wcs import WCS
-from scipy import fft, ndimage
+from scipy import ndimage
 
-from processors.diffim.psf import FWHM_PER_SIGMA, gaussian_psf_stamp, local_maxima
+from processors.diffim.psf import FWHM_PER_SIGMA, gaussian_filter_fft, gaussian_psf_stamp, local_maxima
 
 __all__ = ["DetectionParams", "Detections", "DiaSource", "detect_sources"]
 
@@ -79,16 +79,6 @@ class Detections:
     noise_rescale: float
     n_good_px: int
     too_many: bool
-
-
-def _gaussian_fft(image: npt.NDArray[np.float32], sigma_px: float) -> npt.NDArray[np.float32]:
-    """A unit-sum Gaussian filter by FFT (circular: the edge band it wraps is excluded from the search)."""
-    ny, nx = image.shape
-    fy = fft.fftfreq(ny).astype(np.float32)[:, None]
-    fx = fft.rfftfreq(nx).astype(np.float32)[None, :]
-    c = np.float32(-2.0 * math.pi**2 * sigma_px**2)
-    transfer = np.exp(c * fy**2) * np.exp(c * fx**2)
-    return np.asarray(fft.irfft2(fft.rfft2(image, workers=1) * transfer, s=image.shape, workers=1), dtype=np.float32)
 
 
 def _merge(x: np.ndarray, y: np.ndarray, strength: np.ndarray, radius: float) -> np.ndarray:
@@ -152,8 +142,10 @@ def detect_sources(
     typical_var = float(np.median(variance_e2[good])) if good.any() else 1.0
     d0 = np.where(good, diff_e, 0.0).astype(np.float32)
     v0 = np.where(good, variance_e2, typical_var).astype(np.float32)
-    filtered = _gaussian_fft(d0, sigma)
-    noise = np.sqrt(np.maximum(_gaussian_fft(v0, sigma / math.sqrt(2.0)), 1e-12) / np.float32(4 * math.pi * sigma**2))
+    filtered = gaussian_filter_fft(d0, sigma)
+    noise = np.sqrt(
+        np.maximum(gaussian_filter_fft(v0, sigma / math.sqrt(2.0)), 1e-12) / np.float32(4 * math.pi * sigma**2)
+    )
     significance = filtered / noise
     rescale = 1.0
     if params.rescale_noise and search.any():
