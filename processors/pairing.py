@@ -40,8 +40,10 @@ __all__ = [
     "TEMPLATE",
     "Pair",
     "PairingError",
+    "QuadPosition",
     "VisitState",
     "pairs_to_make",
+    "quad_position",
 ]
 
 MAX_INDEX: Final = 4
@@ -85,6 +87,29 @@ class Pair:
     def key(self) -> tuple[int, int]:
         """(science, reference): a pair's identity, whatever the reason it was made for."""
         return (self.science, self.reference)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuadPosition:
+    """Where an exposure sits in its field's quad: GROUPID, CURINDEX and MAXINDEX from its header."""
+
+    group_id: str
+    index: int
+    max_index: int
+
+
+def quad_position(header: Mapping[str, object]) -> QuadPosition:
+    """Read GROUPID, CURINDEX and MAXINDEX from a primary header (any mapping of keywords).
+
+    Raises:
+        PairingError: a keyword is missing or not of the right type.
+    """
+    group_id, index, max_index = header.get("GROUPID"), header.get("CURINDEX"), header.get("MAXINDEX")
+    if not isinstance(group_id, str) or not group_id:
+        raise PairingError(f"GROUPID must be a non-empty string, not {group_id!r}")
+    if not isinstance(index, int) or isinstance(index, bool) or not isinstance(max_index, int):
+        raise PairingError(f"CURINDEX/MAXINDEX must be integers, not {index!r}/{max_index!r}")
+    return QuadPosition(group_id=group_id, index=index, max_index=max_index)
 
 
 def _check(visits: Mapping[int, VisitState], max_index: int) -> None:

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from processors.pairing import TEMPLATE, Pair, PairingError, VisitState, pairs_to_make
+from processors.pairing import TEMPLATE, Pair, PairingError, QuadPosition, VisitState, pairs_to_make, quad_position
 
 OK, BAD, LOST = VisitState.OK, VisitState.BAD, VisitState.LOST
 
@@ -135,3 +135,13 @@ def test_not_a_quad() -> None:
         pairs_to_make({1: OK}, chunk_ended=False, max_index=2)
     with pytest.raises(PairingError):
         pairs_to_make({5: OK}, chunk_ended=False)
+
+
+def test_quad_position_from_header() -> None:
+    """GROUPID, CURINDEX and MAXINDEX are read from a header; a missing GROUPID is refused."""
+    header = {"GROUPID": "20260114_field7", "CURINDEX": 3, "MAXINDEX": 4, "OBSID": "MC_O_20260114_000012"}
+    assert quad_position(header) == QuadPosition(group_id="20260114_field7", index=3, max_index=4)
+    with pytest.raises(PairingError):
+        quad_position({"CURINDEX": 3, "MAXINDEX": 4})
+    with pytest.raises(PairingError):
+        quad_position({"GROUPID": "g", "CURINDEX": "3", "MAXINDEX": 4})
