@@ -11,7 +11,7 @@ from processors.diffim.calexp import FloatImage, MaskImage
 __all__ = ["estimate_background"]
 
 
-def _mesh_levels(values: np.ndarray, iterations: int, clip_sigma: float) -> np.ndarray:
+def _mesh_levels(values: np.ndarray, iterations: int, clip_sigma: float, statistic: str = "median") -> np.ndarray:
     """Clipped median of each row of ``values`` (NaN for excluded pixels).
 
     Each row is sorted once; a clip keeps a contiguous run of the sorted row, so every later median is
@@ -44,7 +44,8 @@ def _mesh_levels(values: np.ndarray, iterations: int, clip_sigma: float) -> np.n
             lo = (srt < (level - clip_sigma * sd)[:, None]).sum(axis=1)
             hi = (srt <= (level + clip_sigma * sd)[:, None]).sum(axis=1)
         hi = np.maximum(hi, lo + 1)
-    return np.where(n_valid > 0, median(lo, hi), np.nan)
+    level = (c1[rows, hi] - c1[rows, lo]) / np.maximum(hi - lo, 1) if statistic == "mean" else median(lo, hi)
+    return np.where(n_valid > 0, level, np.nan)
 
 
 def estimate_background(
@@ -55,6 +56,7 @@ def estimate_background(
     stride: int = 2,
     clip_sigma: float = 3.0,
     iterations: int = 4,
+    statistic: str = "median",
 ) -> FloatImage:
     """Estimate the smooth sky under the image.
 
@@ -71,6 +73,8 @@ def estimate_background(
         stride: subsampling of pixels inside a box (speed; 2 keeps a quarter of them).
         clip_sigma: clipping half-width in standard deviations.
         iterations: clipping rounds.
+        statistic: ``median`` of the clipped values (robust to the light of faint sources: a sky), or
+            ``mean`` (25 % less noisy, for a difference image whose noise is symmetric).
 
     Returns:
         The background in electrons, same shape as the image.
@@ -86,7 +90,7 @@ def estimate_background(
     block = np.full((len(boxes), width), np.nan, dtype=np.float32)
     for k, b in enumerate(boxes):
         block[k, : b.size] = b
-    levels = _mesh_levels(block, iterations, clip_sigma).reshape(my, mx)
+    levels = _mesh_levels(block, iterations, clip_sigma, statistic).reshape(my, mx)
     if not np.isfinite(levels).any():
         return np.zeros_like(image_e, dtype=np.float32)
     levels = np.where(np.isfinite(levels), levels, np.nanmedian(levels))
