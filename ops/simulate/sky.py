@@ -104,6 +104,12 @@ class VisitSpec:
     saturation_e: float = 150_000.0
     obsid: str = ""
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= 4:
+            raise ValueError(f"visit index (CURINDEX) must be 1..4, not {self.index}")
+        if self.seeing_fwhm_arcsec <= 0:
+            raise ValueError(f"seeing must be positive, not {self.seeing_fwhm_arcsec}")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Injection:
@@ -386,7 +392,8 @@ def to_calibrated(
         use_data_variance: variance from the pixels (max(image, 0) + read noise²) rather than the model.
     """
     visit = image.truth["visit"]
-    assert isinstance(visit, dict)
+    if not isinstance(visit, dict):
+        raise TypeError("the image's truth has no visit record: not made by simulate_visit")
     if use_data_variance:
         variance = (np.maximum(image.image_e, 0) + float(visit["read_noise_e"]) ** 2).astype(np.float32)
     else:
