@@ -91,6 +91,8 @@ class VisitSpec:
         read_noise_e: Gaussian read noise added here; 0 leaves it to the raw writer.
         saturation_e: full well; pixels above it are clipped and masked.
         obsid: OBSID of the exposure.
+        psf_gradient: the FWHM varies across the detector as (1 + psf_gradient * u), u from -1 at the
+            left edge to +1 at the right (a PSF that changes over the field, for the spatial kernel).
     """
 
     index: int
@@ -103,6 +105,7 @@ class VisitSpec:
     read_noise_e: float = 0.0
     saturation_e: float = 150_000.0
     obsid: str = ""
+    psf_gradient: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.index <= 4:
@@ -225,8 +228,8 @@ def _moffat_stamp(fwhm_px: float, half: int, dx: float, dy: float, oversample: i
     return np.asarray(stamp / stamp.sum())
 
 
-def _psf_stamp(visit: VisitSpec, half: int, dx: float, dy: float) -> npt.NDArray[np.float64]:
-    fwhm_px = visit.seeing_fwhm_arcsec / PIXEL_SCALE_ARCSEC
+def _psf_stamp(visit: VisitSpec, half: int, dx: float, dy: float, fwhm_scale: float = 1.0) -> npt.NDArray[np.float64]:
+    fwhm_px = visit.seeing_fwhm_arcsec / PIXEL_SCALE_ARCSEC * fwhm_scale
     if visit.psf_kind == "gaussian":
         c = np.arange(-half, half + 1, dtype=np.float64)
         sigma = fwhm_px / 2.354820045
@@ -236,13 +239,14 @@ def _psf_stamp(visit: VisitSpec, half: int, dx: float, dy: float) -> npt.NDArray
 
 
 def _add_source(model: npt.NDArray[np.float64], visit: VisitSpec, x: float, y: float, flux: float) -> None:
-    fwhm_px = visit.seeing_fwhm_arcsec / PIXEL_SCALE_ARCSEC
+    fwhm_px = visit.seeing_fwhm_arcsec / PIXEL_SCALE_ARCSEC * (1.0 + abs(visit.psf_gradient))
     half = math.ceil(fwhm_px * (4.0 if flux < 1e5 else 10.0))
     ix, iy = round(x), round(y)
     ny, nx = model.shape
     if ix + half < 0 or iy + half < 0 or ix - half >= nx or iy - half >= ny:
         return
-    stamp = flux * _psf_stamp(visit, half, x - ix, y - iy)
+    scale = 1.0 + visit.psf_gradient * (x - (nx - 1) / 2.0) / (nx / 2.0)
+    stamp = flux * _psf_stamp(visit, half, x - ix, y - iy, scale)
     y0, x0 = iy - half, ix - half
     sy0, sx0 = max(0, -y0), max(0, -x0)
     sy1 = stamp.shape[0] - max(0, y0 + stamp.shape[0] - ny)

@@ -46,7 +46,7 @@ class AlardLuptonParams:
         degrees: polynomial degree of each Gaussian.
         kernel_size_fwhm: kernel size in units of the broader FWHM, clipped to [min, max] px, odd.
         min_kernel_px, max_kernel_px: the clip.
-        spatial_order: order of the kernel's spatial variation (lowered when stamps are few).
+        spatial_order: order of the kernel's spatial variation (1 with fewer than 15 stamps, 0 with fewer than 6).
         background_order: order of the differential background.
         max_stamps: at most this many stars.
         min_stamp_snr: faintest star used (filtered significance in the science image). Fainter
