@@ -8,6 +8,8 @@ Field names follow Rubin's alert packet (facts taken from its published schema, 
 ``psfFlux`` is in electrons of the science exposure (there is no photometric calibration here) and
 ``x``, ``y`` are 0-based pixels of the science detector.
 
+``diaSourceId`` is also at the top level, as in Rubin's schema 11 (equal to ``alertId``).
+
 Ids are stable: ``alertId`` (= ``diaSourceId``) is a 63-bit hash of the science OBSID, the reference
 id, the detector, the source's sign and its position rounded to 0.01 px, so reprocessing the same
 inputs after a crash gives the same ids; ``timeProcessedMjdTai`` is the only field that changes.
@@ -88,6 +90,7 @@ ALERT_JSON_SCHEMA: Final[dict[str, Any]] = {
     "properties": {
         "schemaVersion": {"const": ALERT_SCHEMA_VERSION},
         "alertId": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+        "diaSourceId": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
         "scienceObsid": {"type": "string", "minLength": 1},
         "referenceObsid": {"type": "string", "minLength": 1},
         "diaSource": {
@@ -111,6 +114,7 @@ ALERT_AVRO_SCHEMA: Final[dict[str, Any]] = {
     "fields": [
         {"name": "schemaVersion", "type": "string"},
         {"name": "alertId", "type": "long"},
+        {"name": "diaSourceId", "type": "long"},
         {
             "name": "diaSource",
             "type": {
@@ -148,6 +152,7 @@ class Alert:
         return {
             "schemaVersion": ALERT_SCHEMA_VERSION,
             "alertId": self.alert_id,
+            "diaSourceId": self.alert_id,
             "diaSource": dict(self.dia_source),
             "scienceObsid": self.science_obsid,
             "referenceObsid": self.reference_obsid,

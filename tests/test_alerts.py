@@ -54,7 +54,7 @@ def test_one_alert_per_source(alerts: list[Alert]) -> None:
     """The three injected transients give three alerts with distinct ids (alertId = diaSourceId)."""
     assert len(alerts) == 3
     assert len({a.alert_id for a in alerts}) == 3
-    assert all(a.alert_id == a.dia_source["diaSourceId"] for a in alerts)
+    assert all(a.alert_id == a.dia_source["diaSourceId"] == a.to_json()["diaSourceId"] for a in alerts)
 
 
 def test_alert_fields(alerts: list[Alert]) -> None:
