@@ -79,6 +79,7 @@ ALERT_JSON_SCHEMA: Final[dict[str, Any]] = {
     "required": [
         "schemaVersion",
         "alertId",
+        "diaSourceId",
         "diaSource",
         "scienceObsid",
         "referenceObsid",
