@@ -97,3 +97,18 @@ def test_registration_through_a_rotation() -> None:
     # Without registration the stars would leave residuals far above the noise.
     raw = (a.image_e - b.image_e)[inner] / np.sqrt(a.variance_e + b.variance_e)[inner]
     assert float(np.std(raw)) > 1.5 * float(np.std(resid))
+
+
+def test_visit_quality_on_arrival() -> None:
+    """visit_quality gives the PSF and verdict of a single visit; a blank frame has no PSF and fails."""
+    from ops.simulate.sky import to_calibrated
+    from processors.diffim import DiffParams, visit_quality
+
+    image = to_calibrated(simulate_visit(FIELD, VisitSpec(index=1, seeing_fwhm_arcsec=0.9), shape=SHAPE), obsid="x")
+    psf, verdict = visit_quality(image, DiffParams())
+    assert psf is not None and verdict.ok and psf.fwhm_arcsec == pytest.approx(0.9, rel=0.12)  # Moffat reads broad
+    blank = FieldSpec(name="blank", ra_deg=0.0, dec_deg=0.0, stars_per_arcmin2=0.0)
+    none, bad = visit_quality(
+        to_calibrated(simulate_visit(blank, VisitSpec(index=1), shape=SHAPE), obsid="y"), DiffParams()
+    )
+    assert none is None and not bad.ok and "psf_stars" in bad.reasons

@@ -23,6 +23,7 @@ from processors.diffim.pair import (
     SourceCutouts,
     difference_pair,
     difference_pair_from_files,
+    visit_quality,
 )
 from processors.diffim.psf import PsfModel, QualityParams, VisitQuality, assess_quality, measure_psf
 
@@ -49,4 +50,5 @@ __all__ = [
     "difference_pair",
     "difference_pair_from_files",
     "measure_psf",
+    "visit_quality",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "SourceCutouts",
     "difference_pair",
     "difference_pair_from_files",
+    "visit_quality",
 ]
 
 
@@ -267,6 +268,33 @@ def difference_pair(science: CalibratedImage, reference: CalibratedImage, params
         cutouts=cutouts,
         stage_times_s=clock.total(),
     )
+
+
+def visit_quality(image: CalibratedImage, params: DiffParams) -> tuple[PsfModel | None, VisitQuality]:
+    """PSF and quality verdict of one visit on arrival, before any pairing (pure, picklable).
+
+    Pass the PSF on with ``dataclasses.replace(image, psf=psf)`` so that :func:`difference_pair` does not
+    measure it again.
+
+    Returns:
+        The PSF (None when no star could model it) and the quality figures with the verdict.
+    """
+    bs = (image.image_e - estimate_background(image.image_e, image.mask, mesh_px=params.background_mesh_px)).astype(
+        np.float32
+    )
+    peaks = find_peaks(bs, image.variance_e2, image.mask)
+    try:
+        psf: PsfModel | None = measure_psf(
+            bs,
+            image.variance_e2,
+            image.mask,
+            pixel_scale_arcsec=image.pixel_scale_arcsec,
+            saturation_e=params.saturation_e,
+            peaks=peaks,
+        )
+    except ValueError:
+        psf = None  # no star: the verdict says so (reason "fwhm" and "psf_stars")
+    return psf, assess_quality(psf, len(peaks), params.quality)
 
 
 def difference_pair_from_files(science_path: str, reference_path: str, params: DiffParams) -> DiffResult:
