@@ -46,7 +46,7 @@ class Trust:
 
     def __init__(self, topology: Topology, site: str, key: Ed25519PrivateKey) -> None:
         self.site = site
-        self.archive = topology.archive.name
+        self.archive = next((s.name for s in topology.sites.values() if s.role == "archive"), "")
         self.peers = frozenset(topology.peers(site))
         self.operators = frozenset(topology.operators)
         self.keys: dict[str, Ed25519PublicKey] = {

@@ -179,11 +179,23 @@ class Received:
 
     @property
     def data(self) -> Any:
-        """The payload as JSON, or None when it is not JSON."""
+        """The payload as JSON (a signed envelope's body: what it says), or None when it is not JSON."""
         try:
-            return json.loads(self.payload)
+            data = json.loads(self.payload)
+            if isinstance(data, dict) and {"signer", "body", "sig"} <= set(data):
+                return json.loads(data["body"])
+            return data
         except ValueError:
             return None
+
+    @property
+    def signer(self) -> str | None:
+        """Who sealed the message, when it is a signed envelope."""
+        try:
+            data = json.loads(self.payload)
+        except ValueError:
+            return None
+        return data.get("signer") if isinstance(data, dict) else None
 
 
 Until = int | Callable[[list[Received]], bool]

@@ -16,6 +16,7 @@ role = "summit"
 broker = "mqtt://127.0.0.1:1884"
 http_listen = "127.0.0.1:8081"
 state_dir = "summit/state"
+public_key = "ed25519:BxfL3InAnOtHVRDx7YjgvrypcJ4m9iRedG2v/ZfHss4="
 inbox = "summit/inbox"
 
 [sites.base]
@@ -23,12 +24,14 @@ role = "relay"
 broker = "mqtt://127.0.0.1:1885"
 http_listen = "127.0.0.1:8082"
 state_dir = "base/state"
+public_key = "ed25519:bZ1qeJRWEYL30F5GymviRP4XyU6Ho5fOIB6OWAidQSo="
 
 [sites.archive]
 role = "archive"
 broker = "mqtt://127.0.0.1:1886"
 http_listen = "127.0.0.1:8083"
 state_dir = "archive/state"
+public_key = "ed25519:fDHsZoSilrHTyq8tgMsIuQoLXkySZRI8FpXJ2ewRjdA="
 archive_root = "archive/root"
 
 [links.summit.archive]

@@ -24,6 +24,7 @@ from conftest import (
     Subscribe,
     checksums,
     cli_ok,
+    operator_headers,
     query_journal,
     read_catalog,
     run_cli,
@@ -66,7 +67,10 @@ def held(count: int) -> Callable[[dict[str, Any]], bool]:
 
 
 def _metrics(cluster: Cluster) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.http_ports['summit']}/metrics", timeout=10) as resp:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{cluster.http_ports['summit']}/metrics", headers=operator_headers(cluster)
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return str(resp.read().decode())
 
 

@@ -7,15 +7,15 @@ import json
 import urllib.request
 
 import pytest
-from conftest import MakeCluster, Subscribe, cli_ok, wait_settled
+from conftest import MakeCluster, Subscribe, cli_ok, operator_headers, wait_settled
 
 from ops.camera import write_exposure
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+def _get(url: str, headers: dict[str, str]) -> str:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
         return str(resp.read().decode())
 
 
@@ -28,16 +28,20 @@ async def test_metrics_count_the_exposure_and_the_base_expires_its_copies(
     await asyncio.to_thread(write_exposure, cluster.inbox, "ComCam", dayobs="20261120", seqnum=1, size_bytes=200_000)
     await wait_settled(cluster, archived=9, wake=arrivals)
 
-    archive = await asyncio.to_thread(_get, f"http://127.0.0.1:{cluster.http_ports['archive']}/metrics")
+    archive = await asyncio.to_thread(
+        _get, f"http://127.0.0.1:{cluster.http_ports['archive']}/metrics", operator_headers(cluster)
+    )
     assert 'skyrelay_files_total{outcome="stored",site="archive"} 9.0' in archive
     assert 'skyrelay_arrival_latency_seconds_count{route="primary",site="archive"} 9.0' in archive
-    summit = await asyncio.to_thread(_get, f"http://127.0.0.1:{cluster.http_ports['summit']}/metrics")
+    summit = await asyncio.to_thread(
+        _get, f"http://127.0.0.1:{cluster.http_ports['summit']}/metrics", operator_headers(cluster)
+    )
     assert 'skyrelay_route_healthy{route="primary",site="summit"} 1.0' in summit
     assert 'skyrelay_awaiting_custody{site="summit"} 0.0' in summit
     assert 'skyrelay_custody_stuck{site="summit"} 0.0' in summit
     assert 'skyrelay_link_up{peer="base",site="summit"} 1.0' in summit
 
-    page = await asyncio.to_thread(_get, f"http://127.0.0.1:{cluster.http_ports['base']}/")
+    page = await asyncio.to_thread(_get, f"http://127.0.0.1:{cluster.http_ports['base']}/", operator_headers(cluster))
     assert "<title>skyrelay status</title>" in page and 'fetch("v1/status")' in page
 
     relay = cluster.workdir / "base" / "state" / "relay"

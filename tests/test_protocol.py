@@ -21,6 +21,7 @@ from protocol import (
     Presence,
     Problem,
     ProtocolError,
+    Receipt,
     RouteControl,
     all_schemas,
     decode,
@@ -58,10 +59,9 @@ def _samples() -> list[Message]:
             at=1_750_000_002.0,
         ),
         Ack(kind="offer", transfer_id="t-2", sender="archive", status="rejected", reason="no such route"),
-        Custody(
-            custody_id="c-1",
-            sender="base",
-            receiver="summit",
+        Receipt(
+            receipt_id="r-1",
+            archive="archive",
             name=NAME,
             size=4_000_000,
             checksum=CHECKSUM,
@@ -113,6 +113,7 @@ def _samples() -> list[Message]:
         ),
         Event(site="summit", kind="breaker_open", message="hop summit->base failing", details={"peer": "base"}),
         RouteControl(control_id="ctl-1", command="force", route="direct", issued_by="night-ops", at=1.0),
+        Custody(custody_id="c-1", sender="base", receiver="summit", receipt='{"v":1,"kind":"custody_receipt"}'),
     ]
 
 
@@ -266,7 +267,7 @@ def test_decode_rejects_an_offer_whose_route_does_not_match_its_sites() -> None:
     ],
 )
 def test_decode_rejects_a_bad_custody_naming_the_field(field: str, value: object) -> None:
-    """Custody messages carry names too, and are held to the same rules."""
+    """Custody receipts carry names too, and are held to the same rules."""
     data = SAMPLES[3].to_dict()
     data[field] = value
     with pytest.raises(ProtocolError) as info:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from protocol import Ack, Custody, ProtocolError, decode
+from protocol import Ack, ProtocolError, Receipt, decode
 from protocol.signing import (
     HOP_KIND,
     RECEIPT_KIND,
@@ -42,10 +42,9 @@ def _ack() -> bytes:
 
 
 def _receipt() -> bytes:
-    return Custody(
-        custody_id="custody-CC_O_20250601_000001_R22_S11-000042",
-        sender="archive",
-        receiver="base",
+    return Receipt(
+        receipt_id="receipt-CC_O_20250601_000001_R22_S11-000042",
+        archive="archive",
         name="CC_O_20250601_000001_R22_S11.fits",
         size=4_000_000,
         checksum=CHECKSUM,

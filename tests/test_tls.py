@@ -19,11 +19,13 @@ from conftest import MakeCluster, Subscribe, checksums, cli_ok, read_catalog, wa
 
 from daemon.config import Endpoint, SiteConfig, Topology, Tuning
 from daemon.errors import PullError
-from daemon.mailbox import Mailbox
+from daemon.mailbox import Account, Mailbox, MessageHandler
 from daemon.receiving import pull_file
+from daemon.trust import Trust
 from ops.broker import Mosquitto, mosquitto_binary
 from ops.pki import make_pki
 from protocol import topics
+from protocol.signing import generate_keypair, public_key_to_text
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -31,8 +33,12 @@ pytestmark = [
 ]
 
 
+KEY, _ = generate_keypair()
+
+
 def topology(broker: Mosquitto, ca: Path, state: Path) -> Topology:
     site = SiteConfig(
+        public_key=public_key_to_text(KEY.public_key()),
         name="summit",
         role="summit",
         broker=Endpoint(host="127.0.0.1", port=broker.port, tls=True),
@@ -47,6 +53,12 @@ def topology(broker: Mosquitto, ca: Path, state: Path) -> Topology:
         tuning=Tuning(),
         token="x" * 32,
         mqtt_ca_file=ca,
+    )
+
+
+def _mailbox(topo: Topology, on_message: MessageHandler) -> Mailbox:
+    return Mailbox(
+        topo, "summit", on_message, trust=Trust(topo, "summit", KEY), account=Account(username=None, password=None)
     )
 
 
@@ -72,7 +84,7 @@ async def test_mailbox_connects_over_tls_and_refuses_an_unverifiable_broker(tmp_
             received.append((topic, payload))
             arrived.set()
 
-        trusted = Mailbox(topology(broker, ca, tmp_path), "summit", on_message)
+        trusted = _mailbox(topology(broker, ca, tmp_path), on_message)
         try:
             async with asyncio.TaskGroup() as tg:
                 await trusted.run(tg)
@@ -86,7 +98,7 @@ async def test_mailbox_connects_over_tls_and_refuses_an_unverifiable_broker(tmp_
             pass
         assert received == [("skyrelay/v1/site/summit/control", b"hello over tls")]
 
-        untrusted = Mailbox(topology(broker, other_ca, tmp_path), "summit", on_message)
+        untrusted = _mailbox(topology(broker, other_ca, tmp_path), on_message)
         try:
             async with asyncio.TaskGroup() as tg:
                 await untrusted.run(tg)
