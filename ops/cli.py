@@ -309,6 +309,8 @@ class _NoticeFollower:
         self.count = count
         self.page_size = page_size
         self.printed = 0
+        self.repeats = 0
+        """Notices received again (from the log and the broker both, or re-published) and not printed."""
         self._recent: dict[str, None] = {}
         self._reached_log = False
 
@@ -334,6 +336,7 @@ class _NoticeFollower:
                     delay = backoff_delay(failures, initial_s=0.2, cap_s=10.0)
                     log.warning("broker_lost", error=str(exc), resume_after=self.last, retry_in_s=round(delay, 2))
                     await asyncio.sleep(delay)  # another process's broker: nothing to wait on but time
+        log.info("subscribe_finished", printed=self.printed, repeats=self.repeats, through=self.last)
 
     async def _replay(self) -> None:
         """Page the log from ``last`` to its newest notice, printing what matches the filter."""
@@ -364,6 +367,7 @@ class _NoticeFollower:
             notice_id = message.get("notice_id") if isinstance(message, dict) else None
             if isinstance(notice_id, str):
                 if notice_id in self._recent:
+                    self.repeats += 1
                     return
                 self._recent[notice_id] = None
                 if len(self._recent) > self.RECENT_IDS:
@@ -373,7 +377,8 @@ class _NoticeFollower:
         if position > self.last + 1:
             await self._replay()  # positions between are on other topics, or were lost on the wire
         if position <= self.last:
-            return  # printed already (from the log, or a repeat after an archive crash)
+            self.repeats += 1  # printed already (from the log, or a repeat after an archive crash)
+            return
         self.last = position
         self._print(position, topic, message)
 
