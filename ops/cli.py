@@ -318,12 +318,30 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    """Print arrival notices (or any skyrelay topic) from the archive's broker as JSON lines."""
+    """Print notices (or any skyrelay topic) from the archive's broker as JSON lines.
+
+    With ``--since N``, first replay the archive's notice log after position N (``GET /v1/notices``),
+    then follow live over MQTT, with no gap and no repeat: the subscription is made first (what arrives
+    meanwhile waits in the client's queue), the log is paged to its newest notice, then the queue and
+    the live stream are read, skipping every position already printed; a position that jumps ahead,
+    or a lost broker connection, is filled from the log. Each line carries its ``position``.
+    """
     target = resolve(args)
     site = args.site or target.archive
     if site not in target.brokers:
         print(f"skyrelay: unknown site {site!r}; sites: {', '.join(target.brokers)}", file=sys.stderr)
         return 2
+    if args.since is not None:
+        if site != target.archive:
+            print(f"skyrelay: --since replays the archive's notice log; {site!r} has none", file=sys.stderr)
+            return 2
+        if args.since < 0 or not 1 <= args.page_size <= 10_000:
+            print("skyrelay: --since must be 0 or more, --page-size 1..10000", file=sys.stderr)
+            return 2
+        follower = _NoticeFollower(target, args.topic, since=args.since, count=args.count, page_size=args.page_size)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(follower.run())
+        return 0
 
     async def main() -> None:
         async with target.mqtt_client(site, role="subscriber") as client:
@@ -339,6 +357,135 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
     return 0
+
+
+class _Enough(Exception):
+    """``--count`` lines were printed."""
+
+
+class _NoticeFollower:
+    """``subscribe --since``: the archive's notice log replayed, then MQTT live, each position printed once."""
+
+    RECENT_IDS = 100_000
+    """Notices without a position (not from the log) are de-duplicated by id over this many."""
+
+    def __init__(self, target: Target, topic_filter: str, *, since: int, count: int, page_size: int) -> None:
+        self.target = target
+        self.topic_filter = topic_filter
+        self.last = since
+        """Every notice of the log up to this position has been printed or did not match the filter."""
+        self.count = count
+        self.page_size = page_size
+        self.printed = 0
+        self.repeats = 0
+        """Notices received again (from the log and the broker both, or re-published) and not printed."""
+        self._recent: dict[str, None] = {}
+        self._reached_log = False
+
+    async def run(self) -> None:
+        """Replay, then follow until ``count`` lines (forever when 0); reconnect with backoff when the broker goes."""
+        import aiomqtt
+
+        from daemon.backoff import backoff_delay
+
+        failures = 0
+        with contextlib.suppress(_Enough):
+            while True:
+                try:
+                    async with self.target.mqtt_client(self.target.archive) as client:
+                        await client.subscribe(self.topic_filter, qos=1)
+                        await self._replay()  # meanwhile the client queues what the broker delivers
+                        failures = 0
+                        async for message in client.messages:
+                            payload = message.payload if isinstance(message.payload, bytes) else b""
+                            await self._live(str(message.topic), payload)
+                except aiomqtt.MqttError as exc:
+                    failures += 1
+                    delay = backoff_delay(failures, initial_s=0.2, cap_s=10.0)
+                    log.warning("broker_lost", error=str(exc), resume_after=self.last, retry_in_s=round(delay, 2))
+                    await asyncio.sleep(delay)  # another process's broker: nothing to wait on but time
+        log.info("subscribe_finished", printed=self.printed, repeats=self.repeats, through=self.last)
+
+    async def _replay(self) -> None:
+        """Page the log from ``last`` to its newest notice, printing what matches the filter."""
+        from aiomqtt import Topic
+
+        replayed = 0
+        while True:
+            page = await self._page(self.last)
+            for item in page["notices"]:
+                position = int(item["position"])
+                if position <= self.last:
+                    continue
+                self.last = position
+                if Topic(item["topic"]).matches(self.topic_filter):
+                    replayed += 1
+                    self._print(position, item["topic"], item["message"])
+            if page["caught_up"] or not page["notices"]:
+                if page["newest"] < self.last:
+                    log.warning("notice_log_behind", newest=page["newest"], since=self.last)
+                log.info("notices_replayed", through=self.last, replayed=replayed, newest=page["newest"])
+                return
+
+    async def _live(self, topic: str, payload: bytes) -> None:
+        message = json.loads(payload or b"null")
+        position = message.get("position") if isinstance(message, dict) else None
+        if not isinstance(position, int) or isinstance(position, bool):
+            # Not in the log (presence, problems, a notice of an older archive): printed once, live only.
+            notice_id = message.get("notice_id") if isinstance(message, dict) else None
+            if isinstance(notice_id, str):
+                if notice_id in self._recent:
+                    self.repeats += 1
+                    return
+                self._recent[notice_id] = None
+                if len(self._recent) > self.RECENT_IDS:
+                    del self._recent[next(iter(self._recent))]
+            self._print(None, topic, message)
+            return
+        if position > self.last + 1:
+            await self._replay()  # positions between are on other topics, or were lost on the wire
+        if position <= self.last:
+            self.repeats += 1  # printed already (from the log, or a repeat after an archive crash)
+            return
+        self.last = position
+        self._print(position, topic, message)
+
+    async def _page(self, after: int) -> dict[str, Any]:
+        import urllib.request
+
+        url = f"{self.target.http[self.target.archive]}/v1/notices?after={after}&limit={self.page_size}"
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.target.token}"})
+
+        def fetch() -> dict[str, Any]:
+            with self.target.urlopen(request, timeout_s=30) as resp:
+                data: dict[str, Any] = json.loads(resp.read())
+                return data
+
+        from daemon.backoff import backoff_delay
+
+        failures = 0
+        while True:
+            try:
+                page = await asyncio.to_thread(fetch)
+            except urllib.error.HTTPError as exc:
+                body = exc.read().decode(errors="replace")[:300]
+                raise SystemExit(f"skyrelay: {url} refused ({exc.code}): {body}") from None
+            except (urllib.error.URLError, OSError) as exc:
+                if not self._reached_log:
+                    raise SystemExit(f"skyrelay: cannot reach {url}: {exc}") from None
+                failures += 1
+                delay = backoff_delay(failures, initial_s=0.2, cap_s=10.0)
+                log.warning("notice_log_unreachable", error=str(exc), retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+                continue
+            self._reached_log = True
+            return page
+
+    def _print(self, position: int | None, topic: str, message: Any) -> None:
+        print(json.dumps({"position": position, "topic": topic, "message": message}), flush=True)
+        self.printed += 1
+        if self.count and self.printed >= self.count:
+            raise _Enough
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -420,6 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", default=None, help="whose broker (default: the archive)")
     p.add_argument("--topic", default="skyrelay/v1/arrivals/#")
     p.add_argument("--count", type=int, default=0, help="exit after N messages")
+    p.add_argument(
+        "--since",
+        type=int,
+        default=None,
+        metavar="N",
+        help="first replay the archive's notices after position N (0: all), then follow live; no gap, no repeat",
+    )
+    p.add_argument("--page-size", type=int, default=1000, help="with --since: notices per request (1..10000)")
     p.set_defaults(func=cmd_subscribe)
 
     from ops.drill import add_drill_arguments, drill_main

@@ -1,4 +1,8 @@
-"""What subscribers receive from the archive: arrival notices and exposure completeness."""
+"""What subscribers receive from the archive: arrival notices and exposure completeness.
+
+Every notice carries its ``position`` in the archive's notice log: positions only grow, so a
+subscriber that remembers the last one it saw can replay the rest (``GET /v1/notices?after=N``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import dataclasses
 from typing import Any, Literal
 
 from protocol.checksum import CHECKSUM_PATTERN
-from protocol.codec import Message, meta
+from protocol.codec import Message, decode, meta
+from protocol.errors import ProtocolError
 from protocol.transfer import ID_PATTERN
 
 
@@ -49,6 +54,13 @@ class ArrivalNotice(Message):
     complete: bool | None = dataclasses.field(
         default=None, metadata=meta(description="whether the exposure is complete with this file")
     )
+    position: int | None = dataclasses.field(
+        default=None,
+        metadata=meta(
+            description="place in the archive's notice log: 1, 2, 3, ... in journal order (GET /v1/notices?after=N)",
+            min=1,
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,3 +81,29 @@ class ExposureNotice(Message):
     arrived: int = dataclasses.field(metadata=meta(min=0))
     missing: tuple[str, ...] = dataclasses.field(default=())
     at: float = dataclasses.field(metadata=meta(min=0))
+    position: int | None = dataclasses.field(
+        default=None,
+        metadata=meta(
+            description="place in the archive's notice log: 1, 2, 3, ... in journal order (GET /v1/notices?after=N)",
+            min=1,
+        ),
+    )
+
+
+def positioned(payload: bytes | str, position: int) -> bytes:
+    """The notice ``payload`` with its ``position`` in the notice log set (validated, re-encoded).
+
+    Args:
+        payload: the JSON of a notice message (any message type with a ``position`` field).
+        position: its place in the archive's notice log (1 and up).
+
+    Returns:
+        The notice's JSON with ``position`` set.
+
+    Raises:
+        ProtocolError: not a valid message, or a message type that has no position.
+    """
+    message = decode(payload)
+    if "position" not in {f.name for f in dataclasses.fields(message)}:
+        raise ProtocolError(f"{message.TYPE!r} is not a notice: it has no position", field="position")
+    return dataclasses.replace(message, **{"position": position}).to_json()
