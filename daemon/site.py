@@ -29,6 +29,7 @@ from daemon.dispatch import Dispatcher
 from daemon.http.auth import Access
 from daemon.http.dataserver import build_app, serve
 from daemon.http.metrics import SiteMetrics
+from daemon.http.notices import notice_routes
 from daemon.http.operator import archive_routes, operator_routes
 from daemon.http.status import SiteView
 from daemon.journal import Journal
@@ -241,9 +242,10 @@ class Site:
             connector = aiohttp.TCPConnector(ssl=client_tls) if client_tls is not None else None
             async with aiohttp.ClientSession(connector=connector) as session, asyncio.TaskGroup() as tg:
                 routes = operator_routes(self.view, self.metrics)
+                access = Access(self.topology, await asyncio.to_thread(_logins, cfg.accounts_file))
                 if self.completeness is not None and self.quarantine is not None:
                     routes += archive_routes(self.completeness, self.quarantine)
-                access = Access(self.topology, await asyncio.to_thread(_logins, cfg.accounts_file))
+                    routes += notice_routes(self.journal, access.check)
                 app = build_app(self.journal, access, self.trust, self.view.status, routes)
                 server = serve(app, cfg.http_listen, http_ready, cfg.http_server_tls_context())
                 tg.create_task(server, name=f"{self.name}.http")

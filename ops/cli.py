@@ -392,7 +392,7 @@ class _NoticeFollower:
         with contextlib.suppress(_Enough):
             while True:
                 try:
-                    async with self.target.mqtt_client(self.target.archive) as client:
+                    async with self.target.mqtt_client(self.target.archive, role="subscriber") as client:
                         await client.subscribe(self.topic_filter, qos=1)
                         await self._replay()  # meanwhile the client queues what the broker delivers
                         failures = 0
@@ -454,10 +454,10 @@ class _NoticeFollower:
         import urllib.request
 
         url = f"{self.target.http[self.target.archive]}/v1/notices?after={after}&limit={self.page_size}"
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.target.token}"})
+        request = urllib.request.Request(url)
 
         def fetch() -> dict[str, Any]:
-            with self.target.urlopen(request, timeout_s=30) as resp:
+            with self.target.urlopen(request, timeout_s=30, role="subscriber") as resp:
                 data: dict[str, Any] = json.loads(resp.read())
                 return data
 

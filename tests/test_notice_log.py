@@ -23,7 +23,7 @@ import aiohttp
 import aiomqtt
 import pytest
 from aiohttp import web
-from conftest import REPO, MakeCluster, cli_ok, query_journal, write_files
+from conftest import REPO, MakeCluster, cli_ok, login, query_journal, write_files
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -258,6 +258,8 @@ async def persistent_session(cluster: Cluster, identifier: str) -> AsyncIterator
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=False,
         properties=properties,
+        username="subscriber",
+        password=login(cluster, "subscriber")[1],
     ) as client:
         yield client
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 import ssl
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
