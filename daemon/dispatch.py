@@ -79,7 +79,10 @@ class Dispatcher:
                 _signed_by(control.issued_by, sealed.signer)
                 await self.router.control(control)
         except SignatureError as exc:
-            await self.rejected(topic, str(exc), payload, kind="bad_signature", signer=exc.signer)
+            # Bytes that are no envelope at all are a bad message; a readable envelope that does not
+            # verify, or comes from the wrong signer, is a bad signature.
+            problem = "bad_message" if exc.reason == "malformed" else "bad_signature"
+            await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind=problem, signer=exc.signer)
         except ProtocolError as exc:
             await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind="bad_message", field=exc.field)
 

@@ -32,10 +32,12 @@ import aiohttp
 import aiomqtt
 import blake3
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ops.broker import BrokerError, mosquitto_binary
 from ops.camera import write_exposure
 from ops.cluster import Cluster, ClusterError
+from protocol.signing import load_private_key
 
 FAST_TUNING: dict[str, float] = {
     "ack_timeout_s": 2.0,
@@ -346,6 +348,14 @@ async def subscribe() -> AsyncIterator[Subscribe]:
     yield factory
     for collector in collectors:
         await collector.stop()
+
+
+def site_key(cluster: Cluster, signer: str) -> Ed25519PrivateKey:
+    """The private signing key of a site (or ``operator``) of the cluster, as a thief who took it would hold it."""
+    path = (
+        cluster.workdir / "operator.key" if signer == "operator" else cluster.workdir / signer / "state" / "signing.key"
+    )
+    return load_private_key(path)
 
 
 def mailbox_writer(site: str, topic: str) -> str:

@@ -6,6 +6,7 @@ and never make it write outside its own directories.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from dataclasses import dataclass
@@ -24,12 +25,16 @@ from conftest import (
     publish,
     query_journal,
     read_catalog,
+    site_key,
     site_status,
     wait_settled,
     write_files,
 )
 
+from daemon.config import load_topology
+from daemon.trust import PULL_HEADER, Trust
 from ops.cluster import Cluster
+from protocol.signing import seal, seal_receipt, signed_bytes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -40,13 +45,18 @@ LONG_TOTAL = "/".join(["b" * 200] * 6) + ".fits"
 
 @dataclass(frozen=True)
 class Hostile:
-    """One bad message and the problem it must cause."""
+    """One bad message and the problem it must cause.
+
+    ``signer`` seals the payload as that site would (a site whose key was stolen sends well-signed
+    nonsense); None sends the raw bytes, as anyone holding a broker account could.
+    """
 
     label: str
-    kind: str  # mailbox topic kind, or any other last segment
+    kind: str  # mailbox topic kind
     payload: bytes
     problem: str  # expected Problem.kind
     field: str | None = None  # expected offending field (bad_message problems)
+    signer: str | None = "summit"
 
 
 def _offer(site: str, **changes: Any) -> bytes:
@@ -73,14 +83,13 @@ def _offer(site: str, **changes: Any) -> bytes:
     return json.dumps(data).encode()
 
 
-def _custody(site: str, **changes: Any) -> bytes:
-    """A well-formed custody message from the archive into ``site``'s mailbox, with ``changes`` applied."""
-    data: dict[str, Any] = {
-        "type": "custody",
+def _custody(cluster: Cluster, site: str, *, sender: str, **changes: Any) -> bytes:
+    """A custody hop from ``sender`` into ``site``'s mailbox carrying an archive-signed receipt with ``changes``."""
+    receipt: dict[str, Any] = {
+        "type": "custody_receipt",
         "v": 1,
-        "custody_id": f"c-hostile-{time.monotonic_ns()}",
-        "sender": "archive",
-        "receiver": site,
+        "receipt_id": f"r-hostile-{time.monotonic_ns()}",
+        "archive": "archive",
         "name": "x.fits",
         "size": 1024,
         "checksum": CHECKSUM,
@@ -89,14 +98,37 @@ def _custody(site: str, **changes: Any) -> bytes:
         "archived_at": time.time(),
         "route": "primary",
     }
-    data.update(changes)
-    return json.dumps(data).encode()
+    receipt.update(changes)
+    envelope = seal_receipt(json.dumps(receipt).encode(), archive="archive", key=site_key(cluster, "archive"))
+    hop = {
+        "type": "custody",
+        "v": 1,
+        "custody_id": f"c-hostile-{time.monotonic_ns()}",
+        "sender": sender,
+        "receiver": site,
+        "receipt": envelope.decode(),
+    }
+    return json.dumps(hop).encode()
 
 
-def hostile_messages(site: str, outside: Path) -> list[Hostile]:
-    """The bad messages sent into ``site``'s mailbox; ``outside`` is a directory the site must not touch."""
+def _oversized(cluster: Cluster, site: str) -> bytes:
+    """A well-signed envelope whose body is larger than any message may be (seal itself refuses to make one)."""
+    body = json.dumps({"type": "offer", "pad": "x" * 100_000}).encode()
+    sig = site_key(cluster, "summit").sign(signed_bytes(body, kind="offer", signer="summit", to=site))
+    envelope = {"v": 1, "kind": "offer", "signer": "summit", "to": site, "body": body.decode(), "sig": ""}
+    envelope["sig"] = base64.urlsafe_b64encode(sig).decode().rstrip("=")
+    return json.dumps(envelope).encode()
+
+
+def hostile_messages(cluster: Cluster, site: str, outside: Path) -> list[Hostile]:
+    """The bad messages sent into ``site``'s mailbox; ``outside`` is a directory the site must not touch.
+
+    (A mailbox topic of an unknown kind cannot be published at all: the broker's ACL refuses it.)
+    """
     own_route = ["summit", "base", "archive"] if site == "base" else ["summit", "archive"]
     other = "archive" if site == "base" else "base"
+    relay = "archive" if site == "base" else "base"  # a peer that relays custody into this site's mailbox
+    forger = "summit" if site == "base" else "base"  # a peer that is not the archive
     return [
         Hostile("name ../x", "offer", _offer(site, name="../x"), "bad_message", "name"),
         Hostile("name escaping a subdir", "offer", _offer(site, name="raw/../../../x"), "bad_message", "name"),
@@ -110,17 +142,19 @@ def hostile_messages(site: str, outside: Path) -> list[Hostile]:
         Hostile("schema version 2", "offer", _offer(site, v=2), "bad_message", "v"),
         Hostile("bool for int", "offer", _offer(site, size=True), "bad_message", "size"),
         Hostile("unknown field", "offer", _offer(site, command="rm -rf /"), "bad_message", "command"),
-        Hostile("not JSON", "offer", b"\x00\xffnot json at all", "bad_message"),
-        Hostile("empty payload", "offer", b"", "bad_message"),
-        Hostile("JSON array", "offer", b'[{"type": "offer"}]', "bad_message"),
-        Hostile("oversized payload", "offer", b'{"pad": "' + b"x" * 300_000 + b'"}', "bad_message"),
+        Hostile("not JSON", "offer", b"\x00\xffnot json at all", "bad_message", signer=None),
+        Hostile("empty payload", "offer", b"", "bad_message", signer=None),
+        Hostile("JSON array", "offer", b'[{"type": "offer"}]', "bad_message", signer=None),
+        Hostile("JSON nested 1,000 deep", "offer", b"[" * 1000 + b"]" * 1000, "bad_message", signer=None),
+        Hostile("unsigned offer", "offer", _offer(site), "bad_signature", signer=None),
+        Hostile("oversized body, well signed", "offer", _oversized(cluster, site), "bad_message", signer=None),
         Hostile(
             "unknown sender site",
             "offer",
             _offer(site, sender="mars", route_sites=["mars", *own_route[1:]]),
-            "bad_message",
-            "sender",
+            "bad_signature",
         ),
+        Hostile("offer signed by the wrong peer", "offer", _offer(site), "bad_signature", signer=relay),
         Hostile("route not in the topology", "offer", _offer(site, route="smuggle"), "offer_rejected"),
         Hostile(
             "route sites not the topology's",
@@ -135,11 +169,39 @@ def hostile_messages(site: str, outside: Path) -> list[Hostile]:
             "bad_message",
             "receiver",
         ),
-        Hostile("custody naming ../x", "custody", _custody(site, name="../x"), "bad_message", "name"),
-        Hostile("custody from an unknown site", "custody", _custody(site, sender="mars"), "bad_message", "sender"),
-        Hostile("ack that is not JSON", "ack", b"{{{{", "bad_message"),
-        Hostile("unknown mailbox topic", "shell", _offer(site), "bad_message", "topic"),
+        Hostile(
+            "custody naming ../x",
+            "custody",
+            _custody(cluster, site, sender=relay, name="../x"),
+            "bad_message",
+            "name",
+            signer=relay,
+        ),
+        Hostile(
+            "custody from an unknown site",
+            "custody",
+            _custody(cluster, site, sender="mars"),
+            "bad_signature",
+            signer=relay,
+        ),
+        Hostile(
+            "custody whose receipt a relay forged",
+            "custody",
+            _forged_custody(cluster, site, forger),
+            "bad_signature",
+            signer=forger,
+        ),
+        Hostile("ack that is not JSON", "ack", b"{{{{", "bad_message", signer=None),
     ]
+
+
+def _forged_custody(cluster: Cluster, site: str, relay: str) -> bytes:
+    """A custody hop whose receipt is signed by the relay, not by the archive."""
+    receipt = json.loads(json.loads(_custody(cluster, site, sender=relay))["receipt"])
+    forged = seal(receipt["body"].encode(), kind="custody_receipt", signer=relay, key=site_key(cluster, relay))
+    hop = json.loads(_custody(cluster, site, sender=relay))
+    hop["receipt"] = forged.decode()
+    return json.dumps(hop).encode()
 
 
 @pytest.mark.parametrize("site", ["base", "archive"])
@@ -154,8 +216,13 @@ async def test_hostile_messages_are_reported_and_change_nothing(
     outside = tmp_path.parent
 
     failures: list[str] = []
-    for index, hostile in enumerate(hostile_messages(site, outside)):
-        await publish(cluster, site, f"skyrelay/v1/site/{site}/{hostile.kind}", hostile.payload)
+    for index, hostile in enumerate(hostile_messages(cluster, site, outside)):
+        payload = hostile.payload
+        if hostile.signer is not None:
+            payload = seal(
+                payload, kind=hostile.kind, signer=hostile.signer, key=site_key(cluster, hostile.signer), to=site
+            )
+        await publish(cluster, site, f"skyrelay/v1/site/{site}/{hostile.kind}", payload)
         try:
             await problems.wait_for(index + 1, timeout_s=5)
         except AssertionError:
@@ -210,10 +277,20 @@ async def _a_transfer_id(cluster: Cluster, subscribe: Subscribe) -> tuple[str, P
     return str(row["transfer_id"]), path
 
 
-async def test_pull_with_a_wrong_token_is_refused(cluster: Cluster, subscribe: Subscribe) -> None:
-    """The summit's data server answers 401 to a pull with a wrong or missing bearer token, and serves the right one."""
-    transfer_id, path = await _a_transfer_id(cluster, subscribe)
-    url = f"http://127.0.0.1:{cluster.http_ports['summit']}/v1/transfers/{transfer_id}"
+async def test_pull_with_a_wrong_token_or_signer_is_refused(make_cluster: MakeCluster, subscribe: Subscribe) -> None:
+    """The summit's data server answers 401 to a pull with a wrong or missing bearer token, 403 to the right token
+    from any site but the transfer's receiver, serves the receiver, and stops serving once the transfer is done."""
+    cluster = await make_cluster(routes={"direct": ["summit", "archive"]})
+    problems = await subscribe(cluster, "summit", "skyrelay/v1/problems/summit")
+    await cluster.daemons["archive"].kill()  # the transfer stays pending: the file waits for its receiver
+    (path,) = await write_files(cluster, seqnum=8, detectors=["R22_S11"])
+    await problems.wait_for(lambda _: any(p["kind"] == "no_route" for p in problems.of_type("problem")), timeout_s=15)
+    (row,) = query_journal(cluster, "summit", "SELECT transfer_id, receiver FROM transfers")
+    transfer_id, receiver = str(row["transfer_id"]), str(row["receiver"])
+    source = f"/v1/transfers/{transfer_id}"
+    url = f"http://127.0.0.1:{cluster.http_ports['summit']}{source}"
+    topology = load_topology(cluster.topology_path, check_dirs=False)
+    token = {"Authorization": f"Bearer {cluster.token}"}
     async with aiohttp.ClientSession() as session:
         for headers in (
             {"Authorization": "Bearer " + "0" * len(cluster.token)},
@@ -224,9 +301,26 @@ async def test_pull_with_a_wrong_token_is_refused(cluster: Cluster, subscribe: S
             async with session.get(url, headers=headers) as resp:
                 assert resp.status == 401, headers
                 assert path.name.encode() not in await resp.read()
-        async with session.get(url, headers={"Authorization": f"Bearer {cluster.token}"}) as resp:
+        for signer in ("base", "summit", None):
+            headers = dict(token)
+            if signer is not None:
+                headers[PULL_HEADER] = Trust(topology, signer, site_key(cluster, signer)).pull_header(source)
+            async with session.get(url, headers=headers) as resp:
+                assert resp.status == 403, signer
+                assert path.name.encode() not in await resp.read()
+        receiver_trust = Trust(topology, receiver, site_key(cluster, receiver))
+        stale = receiver_trust.pull_header(source, now=time.time() - 3600)
+        async with session.get(url, headers={**token, PULL_HEADER: stale}) as resp:
+            assert resp.status == 403, "a signature an hour old"
+        async with session.get(url, headers={**token, PULL_HEADER: receiver_trust.pull_header(source)}) as resp:
             assert resp.status == 200
             assert await resp.read() == path.read_bytes()
+        notices = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
+        await cluster.restart_daemon("archive")
+        await notices.wait_for(lambda _: bool(notices.of_type("arrival")), timeout_s=30)
+        await wait_settled(cluster, archived=1, wake=notices)
+        async with session.get(url, headers={**token, PULL_HEADER: receiver_trust.pull_header(source)}) as resp:
+            assert resp.status == 410, "a transfer that is done is no longer served"
 
 
 async def test_pull_of_an_unknown_transfer_is_not_found(cluster: Cluster, subscribe: Subscribe) -> None:
