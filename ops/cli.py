@@ -32,8 +32,9 @@ def _http_get(target: Target, url: str) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one site's daemon."""
     from daemon.config import load_topology
-    from daemon.errors import TopologyError
+    from daemon.errors import JournalError, TopologyError
     from daemon.site import run
+    from daemon.trust import SigningKeyError
 
     try:
         topology = load_topology(args.topology)
@@ -43,7 +44,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.site not in topology.sites:
         print(f"skyrelay: unknown site {args.site!r}; the topology has {', '.join(topology.sites)}", file=sys.stderr)
         return 2
-    asyncio.run(run(topology, args.site))
+    try:
+        asyncio.run(run(topology, args.site))
+    except (JournalError, SigningKeyError) as exc:
+        print(f"skyrelay: {args.site} cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
