@@ -29,6 +29,7 @@ visible in ``ps``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import secrets
@@ -113,6 +114,19 @@ class AccountPlan:
     def passwords(self) -> dict[str, str]:
         """Every account's password by username (to persist, and to pass back to :func:`plan_accounts`)."""
         return {a.username: a.password for a in (*self.daemons.values(), *self.operators, *self.subscribers)}
+
+
+def site_specs(roles: Mapping[str, str], routes: Iterable[Sequence[str]]) -> list[SiteSpec]:
+    """Each site (name → role) with its neighbours on any of the ``routes``, links listed from both ends."""
+    peers: dict[str, set[str]] = {name: set() for name in roles}
+    for path in routes:
+        for a, b in itertools.pairwise(path):
+            peers.setdefault(a, set()).add(b)
+            peers.setdefault(b, set()).add(a)
+    return [
+        SiteSpec(name=name, role=role, peers=tuple(sorted(peers[name])))  # type: ignore[arg-type]
+        for name, role in roles.items()
+    ]
 
 
 def daemon_username(site: str) -> str:

@@ -63,6 +63,21 @@ def _retention_argument(value: str) -> tuple[str, float]:
     return site, parsed
 
 
+def cmd_secure(args: argparse.Namespace) -> int:
+    """Create the accounts, broker files and keys a topology needs (keeping those that exist)."""
+    from ops.accounts import AccountsError
+    from ops.secure import SecureError, secure
+
+    try:
+        target = secure(Path(args.topology), Path(args.out), install_root=Path(args.install_root))
+    except (SecureError, AccountsError) as exc:
+        print(f"skyrelay secure: {exc}", file=sys.stderr)
+        return 2
+    print(f"skyrelay secure: wrote {target} and each site's files under {args.out}/<site>/ (install them under "
+          f"{args.install_root}/<site>/ on that site's host; see systemd/README.md)")  # fmt: skip
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the whole system on this machine until SIGINT/SIGTERM."""
     from ops.cluster import DEFAULT_ROUTES, Cluster
@@ -504,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", required=True)
     p.add_argument("--site", required=True)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("secure", help="create broker accounts, ACLs and signing keys for a topology")
+    p.add_argument("--topology", required=True, help="the topology file (one from before accounts and keys is fine)")
+    p.add_argument("--out", required=True, help="folder for the new topology, keys and broker files")
+    p.add_argument("--install-root", default="/etc/skyrelay", help="where each host keeps its site's files")
+    p.set_defaults(func=cmd_secure)
 
     p = sub.add_parser("up", help="run summit, base and archive with their brokers on this machine")
     p.add_argument("--workdir", default="skyrelay-demo")

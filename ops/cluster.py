@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from ops.accounts import AccountPlan, BrokerAuth, SiteSpec, plan_accounts, write_broker_auth
+from ops.accounts import AccountPlan, BrokerAuth, plan_accounts, site_specs, write_broker_auth
 from ops.broker import BrokerError, ChildProcess, Mosquitto, free_port
 from protocol.signing import generate_keypair, load_private_key, public_key_to_text, write_private_key
 
@@ -149,19 +149,6 @@ class ClusterSecurity:
         }
 
 
-def site_specs(routes: Mapping[str, Sequence[str]]) -> list[SiteSpec]:
-    """Each site's role and its neighbours on any route."""
-    peers: dict[str, set[str]] = {name: set() for name, _ in SITES}
-    for sites in routes.values():
-        for a, b in itertools.pairwise(sites):
-            peers[a].add(b)
-            peers[b].add(a)
-    return [
-        SiteSpec(name=name, role=role, peers=tuple(sorted(peers[name])))  # type: ignore[arg-type]
-        for name, role in SITES
-    ]
-
-
 def secure_workdir(workdir: Path, routes: Mapping[str, Sequence[str]]) -> ClusterSecurity:
     """Create what is missing, keep what exists: accounts (``secrets.json``), broker files, keys (blocking).
 
@@ -169,7 +156,7 @@ def secure_workdir(workdir: Path, routes: Mapping[str, Sequence[str]]) -> Cluste
     """
     secrets_file = workdir / "secrets.json"
     kept: dict[str, str] = json.loads(secrets_file.read_text()) if secrets_file.is_file() else {}
-    specs = site_specs(routes)
+    specs = site_specs(dict(SITES), routes.values())
     plan = plan_accounts(specs, operators=(OPERATOR,), subscribers=("subscriber",), passwords=kept)
     _write_secret(secrets_file, json.dumps(plan.passwords(), indent=2) + "\n")
     auth: dict[str, BrokerAuth] = {}

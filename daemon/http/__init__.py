@@ -1,1 +1,1 @@
-"""HTTP: the data server (pulls), the status page, ``/v1`` JSON for operators, and Prometheus metrics."""
+"""HTTP: the data server (pulls), credentials, the status page, ``/v1`` JSON (notices too), Prometheus metrics."""
