@@ -171,9 +171,7 @@ class Mosquitto(ChildProcess):
         data.mkdir(exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} {self.host}\n"
-            + self._auth_config()
-            + "persistence true\n"
+            f"listener {self.port} {self.host}\n" + self._auth_config() + "persistence true\n"
             f"persistence_location {data}/\n"
             "autosave_interval 60\n"
             "log_dest stderr\n"

@@ -7,6 +7,7 @@ kill and restart its daemons and brokers for real.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import itertools
 import json
@@ -373,6 +374,17 @@ class Cluster:
         self.linksim = LinkSimulator(pairs, control_host="127.0.0.1", control_port=0)
         await self.linksim.start()
         return addresses
+
+    def login(self, role: str = "operator") -> tuple[str, str]:
+        """(username, password) of the cluster's ``operator`` or ``subscriber`` account."""
+        assert self.security is not None, "the cluster is not started"
+        credential = self.security.credentials()[role]
+        return credential["username"], credential["password"]
+
+    def basic_auth(self, role: str = "operator") -> dict[str, str]:
+        """HTTP headers logging in as ``role`` (HTTP Basic)."""
+        username, password = self.login(role)
+        return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
 
     def http_url(self, site: str) -> str:
         """Where ``site``'s data server answers (HTTPS when the cluster has ``http_tls``)."""

@@ -15,6 +15,7 @@ import json
 import statistics
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,14 @@ def _routes_using(topology: dict[str, Any], a: str, b: str) -> set[str]:
     return out
 
 
-async def _watch(broker: str, watch: _Watch, ready: asyncio.Event) -> None:
+async def _watch(broker: str, login: Mapping[str, str], watch: _Watch, ready: asyncio.Event) -> None:
     url = urlsplit(broker)
     async with aiomqtt.Client(
-        url.hostname or "127.0.0.1", url.port or 1883, protocol=aiomqtt.ProtocolVersion.V5
+        url.hostname or "127.0.0.1",
+        url.port or 1883,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        username=login.get("username"),
+        password=login.get("password"),
     ) as client:
         await client.subscribe("skyrelay/v1/arrivals/#", qos=1)
         ready.set()
@@ -115,7 +120,15 @@ async def measure_outage(
     watch = _Watch()
     ready = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
-        watcher = tg.create_task(_watch(cluster["sites"]["archive"]["broker"], watch, ready), name="drill.watch")
+        watcher = tg.create_task(
+            _watch(
+                cluster["sites"]["archive"]["broker"],
+                cluster.get("credentials", {}).get("subscriber", {}),
+                watch,
+                ready,
+            ),
+            name="drill.watch",
+        )
         await ready.wait()
         await asyncio.sleep(baseline_s)  # collect normal traffic: a measurement window, not a wait for a condition
         baseline = [x.latency_s for x in watch.arrivals]

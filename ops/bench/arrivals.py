@@ -94,10 +94,12 @@ class ArrivalListener:
 
 
 @contextlib.asynccontextmanager
-async def listen_arrivals(port: int) -> AsyncIterator[ArrivalListener]:
-    """Subscribe to the archive broker's arrival notices (qos 1) for the duration of the block."""
+async def listen_arrivals(port: int, login: tuple[str, str]) -> AsyncIterator[ArrivalListener]:
+    """Subscribe to the archive broker's arrival notices (qos 1, as the subscriber) for the duration of the block."""
     listener = ArrivalListener()
-    async with aiomqtt.Client("127.0.0.1", port, identifier=f"skyrelay-bench-{os.getpid()}") as client:
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier=f"skyrelay-bench-{os.getpid()}", username=login[0], password=login[1]
+    ) as client:
         await client.subscribe(ARRIVALS_TOPIC, qos=1)
         async with asyncio.TaskGroup() as tg:
             consumer = tg.create_task(listener.consume(client), name="bench.arrivals")

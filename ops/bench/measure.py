@@ -54,7 +54,7 @@ async def wait_settled(cluster: Cluster, timeout_s: float = 60.0) -> bool:
     within a bound; the benchmark harness is the only place that does this.
     """
     deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=cluster.basic_auth()) as session:
         while time.monotonic() < deadline:
             pending = 0
             for site, _ in SITES:

@@ -40,7 +40,7 @@ async def on_fresh_cluster(
     try:
         http_tls = await asyncio.to_thread(make_pki, workdir / "pki", "skyrelay bench") if https else None
         async with Cluster(workdir, routes=routes, http_tls=http_tls) as cluster:
-            async with listen_arrivals(cluster.brokers["archive"].port) as listener:
+            async with listen_arrivals(cluster.brokers["archive"].port, cluster.login("subscriber")) as listener:
                 pids = {site: pid for site, _ in SITES if (pid := cluster.daemons[site].pid) is not None}
                 cpu_before = {site: cpu_seconds(pid) for site, pid in pids.items()}
                 result = await body(cluster, listener)
