@@ -18,7 +18,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 import structlog
 
 from daemon.errors import JournalError
-from daemon.journal import schema
+from daemon.journal.schema import LATEST, migrate
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -42,7 +42,7 @@ class Journal:
         """
         applied = await self._run(self._open)
         if applied:
-            log.info("journal_migrated", path=str(self.path), versions=applied, version=schema.LATEST)
+            log.info("journal_migrated", path=str(self.path), versions=applied, version=LATEST)
 
     def _open(self) -> list[int]:
         try:
@@ -55,7 +55,7 @@ class Journal:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
-            applied = schema.migrate(db, self.path)
+            applied = migrate(db, self.path)
         except sqlite3.Error as exc:
             db.close()
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
