@@ -74,6 +74,7 @@ class LogPublisher(Generic[E]):
                     break
                 done: list[E] = []
                 for entry in batch:
+                    raise_if_cancelling()
                     if not await self._publish(entry.topic, entry.payload.encode()):
                         break
                     done.append(entry)

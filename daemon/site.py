@@ -229,15 +229,15 @@ class Site:
         for directory in directories:
             if directory is not None:
                 await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
-        await self.journal.open()
-        if self.receiver is not None:
-            await asyncio.to_thread(self.receiver.clean_incoming)
-        log.info("site_starting", role=self.role, state_dir=str(cfg.state_dir))
         http_ready = asyncio.Event()
         watcher_ready = asyncio.Event()
         if self.watcher is None:
             watcher_ready.set()
         try:
+            await self.journal.open()
+            if self.receiver is not None:
+                await asyncio.to_thread(self.receiver.clean_incoming)
+            log.info("site_starting", role=self.role, state_dir=str(cfg.state_dir))
             client_tls = self.topology.http_tls_context()
             connector = aiohttp.TCPConnector(ssl=client_tls) if client_tls is not None else None
             async with aiohttp.ClientSession(connector=connector) as session, asyncio.TaskGroup() as tg:

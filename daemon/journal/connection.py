@@ -18,7 +18,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 import structlog
 
 from daemon.errors import JournalError
-from daemon.journal.schema import LATEST, migrate
+from daemon.journal.schema import LATEST, migrate, refuse_newer
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -52,6 +52,7 @@ class Journal:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
         try:
             db.row_factory = sqlite3.Row
+            refuse_newer(db, self.path)  # before any statement that writes (journal_mode=WAL does)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")

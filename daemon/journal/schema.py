@@ -153,11 +153,11 @@ def version(db: sqlite3.Connection) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(db: sqlite3.Connection, path: object) -> list[int]:
-    """Bring the journal to :data:`LATEST`; return the versions applied (empty when current).
+def refuse_newer(db: sqlite3.Connection, path: object) -> None:
+    """Refuse a journal written by a newer skyrelay; it only reads, so call it before anything writes.
 
     Raises:
-        JournalError: the journal was written by a newer skyrelay.
+        JournalError: the journal's version is above :data:`LATEST`.
     """
     current = version(db)
     if current > LATEST:
@@ -166,6 +166,16 @@ def migrate(db: sqlite3.Connection, path: object) -> list[int]:
             "it was written by a later release: run that release, or restore a journal of this one. "
             "Nothing was changed."
         )
+
+
+def migrate(db: sqlite3.Connection, path: object) -> list[int]:
+    """Bring the journal to :data:`LATEST`; return the versions applied (empty when current).
+
+    Raises:
+        JournalError: the journal was written by a newer skyrelay.
+    """
+    refuse_newer(db, path)
+    current = version(db)
     applied = []
     for number in range(current + 1, LATEST + 1):
         db.execute("BEGIN IMMEDIATE")

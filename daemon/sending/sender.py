@@ -127,8 +127,11 @@ class Channel:
             try:
                 await sender.mailbox.send(self.peer, item.kind, item.payload(item.attempt))
             except PeerUnreachable as exc:
-                await sender.failed(item, str(exc))
+                if sender.items.get(msg_id) is item:
+                    await sender.failed(item, str(exc))
                 continue
+            if sender.items.get(msg_id) is not item:
+                continue  # acked or removed while its publish awaited the broker: it holds no place in the window
             self.inflight.add(msg_id)
             ahead = sum(sender.items[i].size for i in self.inflight if i in sender.items)
             self.push_timer(time.monotonic() + sender.ack_timeout(item, bytes_ahead=ahead), item, "deadline")
