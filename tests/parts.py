@@ -132,7 +132,7 @@ async def running() -> AsyncIterator[asyncio.TaskGroup]:
             yield tg
             raise _Done
     except BaseExceptionGroup as group:
-        rest = group.subgroup(lambda exc: not isinstance(exc, _Done))
+        _, rest = group.split(_Done)
         if rest is None:
             return
         if len(rest.exceptions) == 1:
