@@ -301,3 +301,11 @@ async def transfers_of(journal: Journal, file_key: str) -> list[tuple[str, str, 
     """(route, state, receiver) of every transfer of a file, oldest first."""
     rows = await journal.read(journal_files.transfers_of, file_key)
     return [(t.route, t.state, t.receiver) for t in rows]
+
+
+async def publish_once(port: int, topic: str, payload: bytes) -> None:
+    """Publish one QoS 1 message on a broker, as another site's daemon would."""
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier=f"part-publisher-{uuid.uuid4().hex[:12]}", protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.publish(topic, payload, qos=1)
