@@ -29,6 +29,7 @@ import blake3
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from daemon.aio import raise_if_cancelling
 from daemon.config import Endpoint, Route, SiteConfig, Topology, Tuning
 from daemon.journal import FileRow, Journal, TransferRow, new_id
 from daemon.journal import files as journal_files
@@ -176,6 +177,7 @@ class Subscriber:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 300
         while True:
+            raise_if_cancelling()  # aiomqtt can swallow a cancel that lands as an inner wait ends
             try:
                 async with aiomqtt.Client(
                     "127.0.0.1",
@@ -237,14 +239,20 @@ def has_kind(kind: str, count: int = 1) -> Callable[[list[Message]], bool]:
 # ---- wiring as the site does it -----------------------------------------------------------
 
 
-def report_publisher(journal: Journal, mailbox: Mailbox) -> LogPublisher[journal_reports.ReportRow]:
-    """Publishes the journal's problems and events on the site's own broker (``daemon.site``'s wiring)."""
+def report_publisher(
+    journal: Journal, mailbox: Mailbox, *, marked: Callable[[list[int]], None] | None = None
+) -> LogPublisher[journal_reports.ReportRow]:
+    """Publishes the journal's problems and events on the site's own broker (``daemon.site``'s wiring);
+    ``marked`` is told the sequence numbers of each batch once the journal has marked it published."""
 
     async def fetch(limit: int) -> list[journal_reports.ReportRow]:
         return await journal.read(journal_reports.unpublished, limit)
 
     async def mark(rows: Iterable[journal_reports.ReportRow]) -> None:
-        await journal.write(journal_reports.mark_published, [r.seq for r in rows])
+        seqs = [r.seq for r in rows]
+        await journal.write(journal_reports.mark_published, seqs)
+        if marked is not None:
+            marked(seqs)
 
     tuning = mailbox.tuning
     return LogPublisher(

@@ -81,7 +81,10 @@ class Summit:
         self.router.wake.set()
 
     async def waiting_file(self, name: str) -> tuple[Outgoing, FileRow]:
-        """A file journaled with a transfer on ``primary``, its offer waiting in the sender, tracked."""
+        """A new file takes the chosen route (primary), journaled with its transfer, its offer waiting in the
+        sender, tracked: as the registrar does it."""
+        route = self.router.choose()
+        assert route == PRIMARY
         transfer, row = await hold_file(self.journal, self.inbox, name=name, data=name.encode() * 50, route=PRIMARY)
         item = self.items.offer(transfer, row)
         self.sender.add(item)
@@ -215,6 +218,7 @@ async def test_new_files_fail_back_to_the_preferred_route_by_a_timer_after_the_h
     (nothing else wakes it) moves them back to primary, announced by a route_changed event."""
     hold_down_s = 0.8
     async with summit(tmp_path, breaker_hold_down_s=hold_down_s) as s:
+        assert s.router.choose() == PRIMARY  # new files take primary
         s.link("base", False)
         await s.events.wait_for(has_kind("route_changed"), timeout_s=10)
         assert s.events.of_kind("route_changed")[-1]["details"] == {"route": "direct", "previous": "primary"}
