@@ -186,6 +186,7 @@ class Relay:
     sender: Sender
     counters: SiteCounters
     acks: Subscriber
+    onward: Subscriber
     pulls: list[str]
     at_ack: list[dict[str, Any]]
     base_port: int
@@ -212,8 +213,9 @@ def base_journal_now(path: Path, transfer_id: str) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    """Brokers for summit and base, the summit's journal and data server, the base's Receiver and Mailbox."""
-    async with brokers(tmp_path, "summit", "base") as started:
+    """Brokers for the three sites, the summit's journal and data server, the base's Receiver and Mailbox;
+    the acks the summit receives and the offers the base sends on to the archive are collected."""
+    async with brokers(tmp_path, "summit", "base", "archive") as started:
         http_port = free_port()
         topo = topology(
             tmp_path,
@@ -249,8 +251,8 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
                 await receivers[0].on_offer(Offer.from_json(payload))
 
         mailbox = Mailbox(topo, "base", base_message)
-        link_up = asyncio.Event()
-        mailbox.add_peer_listener(lambda peer, up: link_up.set() if up and peer == "summit" else None)
+        links_up = {peer: asyncio.Event() for peer in mailbox.peers}
+        mailbox.add_peer_listener(lambda peer, up: links_up[peer].set() if up else links_up[peer].clear())
         sender = Sender("base", topo, mailbox, reporter, None, counters)
         items = ItemFactory("base", base_journal)
         relay_dir = base_cfg.state_dir / "relay"
@@ -270,13 +272,15 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
                 http_ready = asyncio.Event()
                 tg.create_task(serve(app, Endpoint(host="127.0.0.1", port=http_port), http_ready), name="summit.http")
                 acks = await Subscriber(started["summit"].port, topics.site("summit", "ack"), snapshot).start(tg)
+                onward = await Subscriber(started["archive"].port, topics.site("archive", "offer")).start(tg)
                 await mailbox.run(tg)
                 await sender.run(tg)
                 await receiver.run(tg, session)
                 async with asyncio.timeout(10):
                     await http_ready.wait()
                     await mailbox.wait_local()
-                    await link_up.wait()
+                    for up in links_up.values():
+                        await up.wait()
                 yield Relay(
                     topology=topo,
                     summit_journal=summit_journal,
@@ -285,6 +289,7 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
                     sender=sender,
                     counters=counters,
                     acks=acks,
+                    onward=onward,
                     pulls=pulls,
                     at_ack=at_ack,
                     base_port=started["base"].port,
@@ -317,7 +322,14 @@ async def test_a_relay_journals_the_file_and_its_next_hop_before_it_acks(tmp_pat
         ((key, local_path),) = seen["files"]
         assert key == row.file_key and await asyncio.to_thread(Path(local_path).read_bytes) == data
         assert seen["onward"] == [("archive", 1, "pending")]
-        assert [(i.kind, i.peer, i.route) for i in r.sender.items.values()] == [("offer", "archive", "primary")]
+        await r.onward.wait_count(1, timeout_s=10)
+        sent_on = Offer.from_json(r.onward.messages[0].payload)
+        assert (sent_on.sender, sent_on.hop, sent_on.route, sent_on.checksum) == (
+            "base",
+            1,
+            "primary",
+            checksum_of(data),
+        )
         assert leftovers(r.receiver.incoming) == []
 
 
@@ -331,6 +343,7 @@ async def test_a_repeated_offer_is_answered_from_the_journal_without_pulling_aga
         )
         await r.offer(transfer, row, attempt=1)
         await r.acks.wait_count(1, timeout_s=10)
+        await r.onward.wait_count(1, timeout_s=10)  # the first answer is complete: the file went on
         await r.offer(transfer, row, attempt=2)
         await r.acks.wait_count(2, timeout_s=10)
         again = r.ack(1)
