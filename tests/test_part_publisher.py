@@ -144,17 +144,23 @@ async def test_reporting_never_waits_for_the_broker_and_reports_go_out_in_order_
     async with site(tmp_path, publish_timeout_s=publish_timeout_s, backoff_initial_s=0.05, backoff_max_s=0.3) as s:
         problems = await Subscriber(s.port, topics.problems("summit")).start(s.tg)
         published: set[int] = set()
-        all_published = asyncio.Event()
+        changed = asyncio.Event()
 
         def marked(seqs: list[int]) -> None:
             published.update(seqs)
-            if len(published) == 7:
-                all_published.set()
+            changed.set()
+
+        async def until_published(count: int) -> None:
+            async with asyncio.timeout(10):
+                while len(published) < count:
+                    changed.clear()
+                    await changed.wait()
 
         s.reporter.publisher = publisher = report_publisher(s.journal, s.mailbox, marked=marked)
         s.tg.create_task(publisher.run(), name="summit.reports")
         await s.reporter.problem("disk_slow", "report before")
         await problems.wait_count(1, timeout_s=10)
+        await until_published(1)
 
         proc = s.broker.proc
         assert proc is not None
@@ -181,8 +187,7 @@ async def test_reporting_never_waits_for_the_broker_and_reports_go_out_in_order_
         received = await problems.wait_for(lambda m: any(x.data["reason"] == "report after" for x in m), 15)
         reasons = first_appearances(received, "reason")
         assert reasons == ["report before", *(f"report {i}" for i in range(5)), "report after"]
-        async with asyncio.timeout(10):
-            await all_published.wait()
+        await until_published(7)
         assert await s.journal.read(journal_reports.unpublished, 100) == []
 
 
