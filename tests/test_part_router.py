@@ -1,0 +1,258 @@
+"""The summit's router on its own: failover of waiting offers, custody deadlines, failback, operator policy.
+
+The router runs with a real journal, a real Sender and RouteTable, and the summit's real Mailbox on a real
+broker (so its problems and events are published as an operator sees them). Which hops are connected is
+decided by the test through the RouteTable's ``connected`` callable; the peers' brokers are not started,
+so nothing is actually delivered and every offer stays waiting in the sender. Each change of connectivity
+wakes the router as the site's peer listener does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from parts import (
+    PRIMARY,
+    Subscriber,
+    brokers,
+    has_kind,
+    hold_file,
+    open_journal,
+    report_publisher,
+    running,
+    topology,
+    transfers_of,
+)
+
+from daemon.config import Topology
+from daemon.counters import SiteCounters
+from daemon.journal import FileRow, Journal
+from daemon.mailbox import Mailbox
+from daemon.report import Reporter
+from daemon.sending.items import ItemFactory
+from daemon.sending.router import Router
+from daemon.sending.routes import RouteTable
+from daemon.sending.sender import Outgoing, Sender
+from protocol import topics
+from protocol.control import RouteControl
+from protocol.transfer import Ack
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class CountingRoutes(RouteTable):
+    """The route table, counting the router's loop iterations (it asks for the next change once in each)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.iterations = 0
+
+    def next_change_at(self, now: float) -> float | None:
+        self.iterations += 1
+        return super().next_change_at(now)
+
+
+@dataclasses.dataclass
+class Summit:
+    """The summit's router and what it works with, running."""
+
+    topology: Topology
+    journal: Journal
+    reporter: Reporter
+    sender: Sender
+    routes: CountingRoutes
+    router: Router
+    items: ItemFactory
+    up: dict[str, bool]
+    events: Subscriber
+    problems: Subscriber
+    inbox: Path
+
+    def link(self, peer: str, up: bool) -> None:
+        """The link into ``peer``'s mailbox connects or drops; the router is told, as the site tells it."""
+        self.up[peer] = up
+        self.router.wake.set()
+
+    async def waiting_file(self, name: str) -> tuple[Outgoing, FileRow]:
+        """A new file takes the chosen route (primary), journaled with its transfer, its offer waiting in the
+        sender, tracked: as the registrar does it."""
+        route = self.router.choose()
+        assert route == PRIMARY
+        transfer, row = await hold_file(self.journal, self.inbox, name=name, data=name.encode() * 50, route=PRIMARY)
+        item = self.items.offer(transfer, row)
+        self.sender.add(item)
+        self.router.track(row, PRIMARY.name)
+        return item, row
+
+    def offers(self) -> list[tuple[str | None, str]]:
+        """(route, peer) of every offer in the sender."""
+        return [(i.route, i.peer) for i in self.sender.items.values() if i.kind == "offer"]
+
+
+@contextlib.asynccontextmanager
+async def summit(tmp_path: Path, **tuning: Any) -> AsyncIterator[Summit]:
+    """The summit's router, sender, mailbox and report publisher running; every hop connected at first."""
+    async with brokers(tmp_path, "summit") as started:
+        port = started["summit"].port
+        topo = topology(tmp_path, broker_ports={"summit": port}, **tuning)
+        journal = await open_journal(topo.sites["summit"].state_dir / "journal.sqlite")
+        counters = SiteCounters()
+        reporter = Reporter("summit", journal, counters)
+
+        async def ignore(topic: str, payload: bytes) -> None:
+            return None
+
+        mailbox = Mailbox(topo, "summit", ignore)
+        reporter.publisher = publisher = report_publisher(journal, mailbox)
+        up = {"base": True, "archive": True}
+        routes = CountingRoutes(topo, "summit", lambda peer: up[peer])
+        sender = Sender("summit", topo, mailbox, reporter, routes, counters)
+        items = ItemFactory("summit", journal)
+        router = Router(topo, journal, sender, routes, reporter, items.offer)
+        items.on_first_hop = router.delivered
+        sender.health_listeners.append(router.wake.set)
+        try:
+            async with running() as tg:
+                parts = Summit(
+                    topology=topo,
+                    journal=journal,
+                    reporter=reporter,
+                    sender=sender,
+                    routes=routes,
+                    router=router,
+                    items=items,
+                    up=up,
+                    events=await Subscriber(port, topics.events("summit")).start(tg),
+                    problems=await Subscriber(port, topics.problems("summit")).start(tg),
+                    inbox=tmp_path / "summit" / "inbox",
+                )
+                await mailbox.run(tg)
+                await sender.run(tg)
+                tg.create_task(publisher.run(), name="summit.reports")
+                await router.restore()
+                tg.create_task(router.run(), name="summit.router")
+                async with asyncio.timeout(10):
+                    await mailbox.wait_local()
+                yield parts
+        finally:
+            await journal.close()
+
+
+async def test_offers_waiting_on_an_unusable_route_fail_over_to_the_other_route(tmp_path: Path) -> None:
+    """The base's link drops: a file waiting on primary is re-offered on direct; the journal shows the old
+    transfer superseded and a new one pending to the archive; events say so."""
+    async with summit(tmp_path) as s:
+        _, row = await s.waiting_file("AT_O_20261201_000001_R00_S00.fits")
+        s.link("base", False)
+        await s.events.wait_for(has_kind("failover"), timeout_s=10)
+        (failover,) = s.events.of_kind("failover")
+        assert failover["details"]["old_route"] == "primary" and failover["details"]["new_route"] == "direct"
+        assert "hop to base" in failover["details"]["reason"]
+        assert await transfers_of(s.journal, row.file_key) == [
+            ("primary", "superseded", "base"),
+            ("direct", "pending", "archive"),
+        ]
+        assert s.offers() == [("direct", "archive")]
+        await s.events.wait_for(has_kind("route_changed"), timeout_s=10)
+        assert s.router.choose() is not None and s.router.choose().name == "direct"  # type: ignore[union-attr]
+
+
+async def test_a_file_without_custody_after_the_end_to_end_timeout_is_sent_again_by_another_route(
+    tmp_path: Path,
+) -> None:
+    """The base acknowledged the file but no custody came within end_to_end_timeout_s: it is offered again
+    on direct (the base's copy may still arrive), primary is degraded for a hold-down, an event says why."""
+    timeout_s = 0.6
+    async with summit(tmp_path, end_to_end_timeout_s=timeout_s, breaker_hold_down_s=5.0) as s:
+        item, row = await s.waiting_file("AT_O_20261201_000002_R00_S00.fits")
+        acked_at = time.monotonic()
+        await s.sender.on_ack(
+            Ack(
+                kind="offer",
+                transfer_id=item.msg_id,
+                sender="base",
+                status="stored",
+                checksum=item.checksum,
+                size=item.size,
+                at=time.time(),
+            )
+        )
+        await s.events.wait_for(has_kind("custody_overdue"), timeout_s=10)
+        assert time.monotonic() - acked_at >= timeout_s
+        (overdue,) = s.events.of_kind("custody_overdue")
+        assert (overdue["details"]["old_route"], overdue["details"]["new_route"]) == ("primary", "direct")
+        assert await transfers_of(s.journal, row.file_key) == [
+            ("primary", "acked", "base"),
+            ("direct", "pending", "archive"),
+        ]
+        assert s.offers() == [("direct", "archive")]
+        views = {v.name: v for v in s.routes.view(s.sender.queue_by_route())}
+        assert not views["primary"].healthy and float(views["primary"].evidence["degraded_for_s"]) > 0  # type: ignore[arg-type]
+
+
+async def test_the_router_sleeps_while_nothing_changes_on_an_unhealthy_route(tmp_path: Path) -> None:
+    """With the base's link down, its breaker open and a file failed over, the router does not wake again
+    by itself: over two seconds with nothing changing it runs no loop iteration (it does not poll)."""
+    async with summit(tmp_path) as s:
+        await s.waiting_file("AT_O_20261201_000003_R00_S00.fits")
+        breaker = s.routes.breaker("base")
+        for _ in range(s.topology.tuning.breaker_failures):
+            breaker.record_failure("ack timeout", time.monotonic())
+        s.link("base", False)
+        await s.events.wait_for(has_kind("failover"), timeout_s=10)
+        await s.events.wait_for(has_kind("route_changed"), timeout_s=10)
+        before = s.routes.iterations
+        await asyncio.sleep(2.0)  # the span over which nothing changes
+        assert s.routes.iterations - before == 0, f"{s.routes.iterations - before} wake-ups with nothing changing"
+
+
+async def test_new_files_fail_back_to_the_preferred_route_by_a_timer_after_the_hold_down(tmp_path: Path) -> None:
+    """The base's link returns: new files keep taking direct for the hold-down, then the router's own timer
+    (nothing else wakes it) moves them back to primary, announced by a route_changed event."""
+    hold_down_s = 0.8
+    async with summit(tmp_path, breaker_hold_down_s=hold_down_s) as s:
+        assert s.router.choose() == PRIMARY  # new files take primary
+        s.link("base", False)
+        await s.events.wait_for(has_kind("route_changed"), timeout_s=10)
+        assert s.events.of_kind("route_changed")[-1]["details"] == {"route": "direct", "previous": "primary"}
+        back_at, before = time.monotonic(), s.routes.iterations
+        s.link("base", True)
+        await s.events.wait_for(has_kind("route_changed", 2), timeout_s=10)
+        took_s = time.monotonic() - back_at
+        # The wake-up for the link, the timer at the end of the hold-down, the one that publishes the event.
+        assert s.routes.iterations - before <= 3, f"{s.routes.iterations - before} iterations: the router polled"
+        assert s.events.of_kind("route_changed")[-1]["details"] == {"route": "primary", "previous": "direct"}
+        assert took_s >= hold_down_s - 0.01
+        assert s.routes.current == "primary"
+
+
+async def test_the_operators_route_policy_takes_effect_and_survives_a_restart(tmp_path: Path) -> None:
+    """Disabling primary moves its waiting offer to direct, is announced, and is read back by a new router
+    on the same journal; a command naming an unknown route is refused with a problem."""
+    async with summit(tmp_path) as s:
+        _, row = await s.waiting_file("AT_O_20261201_000004_R00_S00.fits")
+        await s.router.control(RouteControl(control_id="op-1", command="disable", route="primary", issued_by="night"))
+        await s.events.wait_for(has_kind("route_policy"), timeout_s=10)
+        await s.events.wait_for(has_kind("failover"), timeout_s=10)
+        assert "disabled by operator" in s.events.of_kind("failover")[0]["details"]["reason"]
+        assert await transfers_of(s.journal, row.file_key) == [
+            ("primary", "superseded", "base"),
+            ("direct", "pending", "archive"),
+        ]
+        await s.router.control(RouteControl(control_id="op-2", command="force", route="nowhere", issued_by="night"))
+        await s.problems.wait_for(has_kind("bad_control"), timeout_s=10)
+
+        restarted_routes = RouteTable(s.topology, "summit", lambda peer: True)
+        restarted = Router(s.topology, s.journal, s.sender, restarted_routes, s.reporter, s.items.offer)
+        await restarted.restore()
+        assert restarted_routes.policy.as_dict() == {"primary": "disable", "direct": "auto"}
+        chosen = restarted.choose()
+        assert chosen is not None and chosen.name == "direct"
+        assert row.file_key in restarted.awaiting
