@@ -26,6 +26,7 @@ from typing import Any
 
 import aiomqtt
 import blake3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -34,9 +35,11 @@ from daemon.config import Endpoint, Route, SiteConfig, Topology, Tuning
 from daemon.journal import FileRow, Journal, TransferRow, new_id
 from daemon.journal import files as journal_files
 from daemon.journal import reports as journal_reports
-from daemon.mailbox import Mailbox
+from daemon.mailbox import Account, Mailbox, MessageHandler
 from daemon.publisher import LogPublisher
+from daemon.trust import Trust
 from ops.broker import BrokerError, Mosquitto, free_port
+from protocol.signing import generate_keypair, public_key_to_text
 
 ROLES = {"summit": "summit", "base": "relay", "archive": "archive"}
 PRIMARY = Route(name="primary", sites=("summit", "base", "archive"))
@@ -75,6 +78,25 @@ async def brokers(tmp_path: Path, *sites: str) -> AsyncIterator[dict[str, Mosqui
             await broker.stop()
 
 
+KEYS: dict[str, Ed25519PrivateKey] = {name: generate_keypair()[0] for name in ("summit", "base", "archive")}
+"""Each site's signing key (the topology carries the public halves)."""
+
+
+def trust(topo: Topology, site: str) -> Trust:
+    """``site``'s :class:`Trust` in ``topo``, with its key from :data:`KEYS`."""
+    return Trust(topo, site, KEYS[site])
+
+
+def mailbox(topo: Topology, site: str, on_message: MessageHandler) -> Mailbox:
+    """A real :class:`Mailbox` of ``site`` (anonymous brokers: no account)."""
+    return Mailbox(topo, site, on_message, trust=trust(topo, site), account=Account(username=None, password=None))
+
+
+def opened(topo: Topology, site: str, kind: str, payload: bytes) -> bytes:
+    """The body of a sealed message that arrived in ``site``'s mailbox, its signature checked."""
+    return trust(topo, site).open(kind, payload).body
+
+
 def topology(
     tmp_path: Path,
     *,
@@ -104,6 +126,7 @@ def topology(
             state_dir=state,
             inbox=tmp_path / name / "inbox" if name == "summit" else None,
             archive_root=tmp_path / name / "root" if name == "archive" else None,
+            public_key=public_key_to_text(KEYS[name].public_key()),
         )
     return Topology(
         path=tmp_path / "topology.toml",
@@ -317,3 +340,7 @@ async def publish_once(port: int, topic: str, payload: bytes) -> None:
         "127.0.0.1", port, identifier=f"part-publisher-{uuid.uuid4().hex[:12]}", protocol=aiomqtt.ProtocolVersion.V5
     ) as client:
         await client.publish(topic, payload, qos=1)
+
+
+make_mailbox = mailbox
+"""The name the part tests use (their own variables are called ``mailbox``)."""

@@ -20,14 +20,13 @@ from typing import Any
 
 import pytest
 from astropy.io import fits
-from parts import PRIMARY, checksum_of, open_journal, topology
+from parts import PRIMARY, checksum_of, make_mailbox, open_journal, topology, trust
 
 from daemon.archive import store as placing
 from daemon.archive.ingest import Archivist
 from daemon.config import SiteConfig
 from daemon.counters import SiteCounters
 from daemon.journal import Journal, new_id
-from daemon.mailbox import Mailbox
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
 from daemon.sending.sender import Sender
@@ -107,10 +106,12 @@ def build(cfg: SiteConfig, journal: Journal, topo: Any) -> Archive:
     async def ignore(topic: str, payload: bytes) -> None:
         return None
 
-    mailbox = Mailbox(topo, "archive", ignore)
+    mailbox = make_mailbox(topo, "archive", ignore)
     sender = Sender("archive", topo, mailbox, reporter, None, counters)
     items = ItemFactory("archive", journal)
-    archivist = Archivist("archive", cfg, journal, mailbox.peers, reporter, sender, items, counters)
+    archivist = Archivist(
+        "archive", cfg, journal, mailbox.peers, reporter, sender, items, counters, trust(topo, "archive")
+    )
     return Archive(archivist=archivist, journal=journal, sender=sender, cfg=cfg)
 
 

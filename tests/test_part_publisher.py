@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from parts import DIRECT, Message, Subscriber, brokers, open_journal, report_publisher, running, topology
+from parts import DIRECT, Message, Subscriber, brokers, make_mailbox, open_journal, report_publisher, running, topology
 
 from daemon import publisher as publishing
 from daemon.aio import raise_if_cancelling
@@ -34,6 +34,7 @@ from daemon.publisher import LogPublisher
 from daemon.report import Reporter
 from ops.broker import Mosquitto
 from protocol import topics
+from protocol.arrival import ArrivalNotice
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,7 +101,7 @@ async def site(tmp_path: Path, **tuning: Any) -> AsyncIterator[Site]:
         async def ignore(topic: str, payload: bytes) -> None:
             return None
 
-        mailbox = Mailbox(topo, "summit", ignore)
+        mailbox = make_mailbox(topo, "summit", ignore)
         try:
             async with running() as tg:
                 await mailbox.run(tg)
@@ -117,7 +118,21 @@ async def journal_notices_of(journal: Journal, count: int) -> list[str]:
 
     def record(db: sqlite3.Connection) -> None:
         for n, notice_id in enumerate(ids):
-            payload = json.dumps({"type": "arrival", "notice_id": notice_id, "n": n}).encode()
+            payload = ArrivalNotice(
+                notice_id=notice_id,
+                obsid="AT_O_20261201_000001",
+                instrument="LATISS",
+                detector="R00_S00",
+                name=f"file-{n}.fits",
+                size=n,
+                checksum="blake3:" + "0" * 64,
+                archived_checksum="blake3:" + "0" * 64,
+                archive_path=f"raw/file-{n}.fits",
+                arrived_at=1.0,
+                closed_at=1.0,
+                latency_s=0.0,
+                route="direct",
+            ).to_json()
             journal_notices.insert(db, notice_id=notice_id, file_key=f"k/{n}", topic=ARRIVALS, payload=payload, at=0.0)
 
     await journal.transaction(record)

@@ -33,19 +33,24 @@ from parts import (
     checksum_of,
     hold_file,
     open_journal,
+    opened,
     publish_once,
     running,
     topology,
+    trust,
+)
+from parts import (
+    mailbox as make_mailbox,
 )
 
 from daemon import receiving
 from daemon.config import Endpoint, Topology
 from daemon.counters import SiteCounters
 from daemon.errors import ChecksumMismatch, PullError
+from daemon.http.auth import Access
 from daemon.http.dataserver import build_app, serve
 from daemon.journal import FileRow, Journal, TransferRow, new_id
 from daemon.journal import files as journal_files
-from daemon.mailbox import Mailbox
 from daemon.receiving import Receiver, RelayStore, pull_file
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
@@ -195,11 +200,12 @@ class Relay:
     async def offer(self, transfer: TransferRow, row: FileRow, attempt: int) -> None:
         """The summit's Offer of ``transfer`` published into the base's mailbox."""
         payload = ItemFactory("summit", self.summit_journal).offer(transfer, row).payload(attempt)
-        await publish_once(self.base_port, topics.site("base", "offer"), payload)
+        sealed = trust(self.topology, "summit").seal("offer", "base", payload)
+        await publish_once(self.base_port, topics.site("base", "offer"), sealed)
 
     def ack(self, n: int) -> Ack:
         """The n-th ack the summit received (0-based)."""
-        return Ack.from_json(self.acks.messages[n].payload)
+        return Ack.from_json(opened(self.topology, "summit", "ack", self.acks.messages[n].payload))
 
 
 def base_journal_now(path: Path, transfer_id: str) -> dict[str, Any]:
@@ -239,7 +245,7 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
         async def status() -> dict[str, Any]:
             return {}
 
-        app = build_app(summit_journal, TOKEN, status)
+        app = build_app(summit_journal, Access(topo, None), trust(topo, "summit"), status)
         app.middlewares.append(count_pulls)
 
         counters = SiteCounters()
@@ -248,9 +254,9 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
 
         async def base_message(topic: str, payload: bytes) -> None:
             if topics.parse_site(topic)[1] == "offer":
-                await receivers[0].on_offer(Offer.from_json(payload))
+                await receivers[0].on_offer(Offer.from_json(opened(topo, "base", "offer", payload)))
 
-        mailbox = Mailbox(topo, "base", base_message)
+        mailbox = make_mailbox(topo, "base", base_message)
         links_up = {peer: asyncio.Event() for peer in mailbox.peers}
         mailbox.add_peer_listener(lambda peer, up: links_up[peer].set() if up else links_up[peer].clear())
         sender = Sender("base", topo, mailbox, reporter, None, counters)
@@ -258,14 +264,25 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
         relay_dir = base_cfg.state_dir / "relay"
         store = RelayStore(base_journal, items, relay_dir)
         receiver = Receiver(
-            "base", topo, base_journal, mailbox, sender, items, reporter, counters, store, base_cfg.state_dir / "in"
+            "base",
+            topo,
+            base_journal,
+            mailbox,
+            sender,
+            items,
+            reporter,
+            counters,
+            store,
+            base_cfg.state_dir / "in",
+            trust(topo, "base"),
         )
         receivers.append(receiver)
         receiver.incoming.mkdir(parents=True)
         at_ack: list[dict[str, Any]] = []
 
         def snapshot(message: Message) -> None:
-            at_ack.append(base_journal_now(base_journal.path, Ack.from_json(message.payload).transfer_id))
+            ack = Ack.from_json(opened(topo, "summit", "ack", message.payload))
+            at_ack.append(base_journal_now(base_journal.path, ack.transfer_id))
 
         try:
             async with running() as tg, aiohttp.ClientSession() as session:
@@ -323,7 +340,7 @@ async def test_a_relay_journals_the_file_and_its_next_hop_before_it_acks(tmp_pat
         assert key == row.file_key and await asyncio.to_thread(Path(local_path).read_bytes) == data
         assert seen["onward"] == [("archive", 1, "pending")]
         await r.onward.wait_count(1, timeout_s=10)
-        sent_on = Offer.from_json(r.onward.messages[0].payload)
+        sent_on = Offer.from_json(opened(r.topology, "archive", "offer", r.onward.messages[0].payload))
         assert (sent_on.sender, sent_on.hop, sent_on.route, sent_on.checksum) == (
             "base",
             1,

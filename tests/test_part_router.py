@@ -30,11 +30,13 @@ from parts import (
     topology,
     transfers_of,
 )
+from parts import (
+    mailbox as make_mailbox,
+)
 
 from daemon.config import Topology
 from daemon.counters import SiteCounters
 from daemon.journal import FileRow, Journal
-from daemon.mailbox import Mailbox
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
 from daemon.sending.router import Router
@@ -109,7 +111,7 @@ async def summit(tmp_path: Path, **tuning: Any) -> AsyncIterator[Summit]:
         async def ignore(topic: str, payload: bytes) -> None:
             return None
 
-        mailbox = Mailbox(topo, "summit", ignore)
+        mailbox = make_mailbox(topo, "summit", ignore)
         reporter.publisher = publisher = report_publisher(journal, mailbox)
         up = {"base": True, "archive": True}
         routes = CountingRoutes(topo, "summit", lambda peer: up[peer])
@@ -238,7 +240,9 @@ async def test_the_operators_route_policy_takes_effect_and_survives_a_restart(tm
     on the same journal; a command naming an unknown route is refused with a problem."""
     async with summit(tmp_path) as s:
         _, row = await s.waiting_file("AT_O_20261201_000004_R00_S00.fits")
-        await s.router.control(RouteControl(control_id="op-1", command="disable", route="primary", issued_by="night"))
+        await s.router.control(
+            RouteControl(control_id="op-1", command="disable", route="primary", issued_by="night", at=time.time())
+        )
         await s.events.wait_for(has_kind("route_policy"), timeout_s=10)
         await s.events.wait_for(has_kind("failover"), timeout_s=10)
         assert "disabled by operator" in s.events.of_kind("failover")[0]["details"]["reason"]
@@ -246,7 +250,9 @@ async def test_the_operators_route_policy_takes_effect_and_survives_a_restart(tm
             ("primary", "superseded", "base"),
             ("direct", "pending", "archive"),
         ]
-        await s.router.control(RouteControl(control_id="op-2", command="force", route="nowhere", issued_by="night"))
+        await s.router.control(
+            RouteControl(control_id="op-2", command="force", route="nowhere", issued_by="night", at=time.time())
+        )
         await s.problems.wait_for(has_kind("bad_control"), timeout_s=10)
 
         restarted_routes = RouteTable(s.topology, "summit", lambda peer: True)

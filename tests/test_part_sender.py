@@ -28,10 +28,14 @@ from parts import (
     has_kind,
     hold_file,
     open_journal,
+    opened,
     report_publisher,
     running,
     topology,
     transfers_of,
+)
+from parts import (
+    mailbox as make_mailbox,
 )
 
 from daemon.config import Topology
@@ -148,9 +152,9 @@ async def link(tmp_path: Path, *, with_routes: bool = False, **tuning: Any) -> A
 
         async def summit_message(topic: str, payload: bytes) -> None:
             if topics.parse_site(topic)[1] == "ack":
-                await holder[0].on_ack(Ack.from_json(payload))
+                await holder[0].on_ack(Ack.from_json(opened(topo, "summit", "ack", payload)))
 
-        summit = Mailbox(topo, "summit", summit_message)
+        summit = make_mailbox(topo, "summit", summit_message)
         routes = RouteTable(topo, "summit", summit.connected) if with_routes else None
         sender = Sender("summit", topo, summit, reporter, routes, counters)
         holder.append(sender)
@@ -160,9 +164,10 @@ async def link(tmp_path: Path, *, with_routes: bool = False, **tuning: Any) -> A
 
         async def archive_message(topic: str, payload: bytes) -> None:
             if topics.parse_site(topic)[1] == "offer":
-                parts.arrivals.put_nowait(Arrival(time.monotonic(), Offer.from_json(payload), parts.acks_sent))
+                offer = Offer.from_json(opened(topo, "archive", "offer", payload))
+                parts.arrivals.put_nowait(Arrival(time.monotonic(), offer, parts.acks_sent))
 
-        archive = Mailbox(topo, "archive", archive_message)
+        archive = make_mailbox(topo, "archive", archive_message)
         back_link_up = asyncio.Event()
         archive.add_peer_listener(lambda peer, up: back_link_up.set() if up else back_link_up.clear())
         try:
