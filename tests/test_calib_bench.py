@@ -6,7 +6,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from ops.bench_processing import run_processing_bench
+from ops.bench.processing import run_processing_bench
 
 
 def test_small_bench_builds_both_masters_with_both_tools(tmp_path: Path) -> None:

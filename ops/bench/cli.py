@@ -47,6 +47,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         parser: The sub-command's parser.
     """
     parser.add_argument(
+        "suite",
+        nargs="?",
+        default="transfer",
+        choices=("transfer", "processing"),
+        help="transfer (default: throughput, latency, CPU and memory beside rsync and dd) or processing "
+        "(master bias and flat beside ccdproc.combine)",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -105,6 +113,8 @@ def bench_main(args: argparse.Namespace) -> int:
         0 when every selected workload and baseline ran (whatever the targets say), 1 when one failed,
         2 when the run could not start.
     """
+    if args.suite == "processing":
+        return _processing_main(args)
     config = config_from_args(args)
     try:
         report = asyncio.run(run_bench(config))
@@ -121,3 +131,19 @@ def bench_main(args: argparse.Namespace) -> int:
     else:
         print(table)
     return 1 if report["errors"] else 0
+
+
+def _processing_main(args: argparse.Namespace) -> int:
+    """``skyrelay bench processing``: masters from 4k x 4k frames (small ones with --quick) beside ccdproc."""
+    from ops.bench.processing import run_processing_bench
+
+    parent = args.workdir or Path(tempfile.gettempdir())
+    workdir = parent / "skyrelay-bench-processing"
+    frames = {"bias_frames": 5, "flat_frames": 5} if args.quick else {"bias_frames": 20, "flat_frames": 10}
+    report = run_processing_bench(workdir, full_size=not args.quick, **frames)
+    if args.json:
+        sys.stdout.write(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2, default=str) + "\n")
+        print(report["table"], file=sys.stderr)
+    else:
+        print(report["table"])
+    return 0

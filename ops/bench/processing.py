@@ -134,7 +134,7 @@ def _peak_rss_kib() -> float:
 def _run_child(job: dict[str, object]) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
     completed = subprocess.run(
-        [sys.executable, "-m", "ops.bench_processing", json.dumps(job, default=str)],
+        [sys.executable, "-m", "ops.bench.processing", json.dumps(job, default=str)],
         check=True,
         capture_output=True,
         text=True,
@@ -197,7 +197,6 @@ def run_processing_bench(
             }
         )
     table = _table(rows, spec)
-    print(table)
     return {"rows": rows, "pass": all(r["verdict"] == "PASS" for r in rows), "table": table}
 
 
