@@ -25,7 +25,7 @@ import structlog
 
 from ops.accounts import AccountPlan, BrokerAuth, plan_accounts, site_specs, write_broker_auth
 from ops.broker import BrokerError, ChildProcess, Mosquitto, free_port
-from protocol.signing import generate_keypair, load_private_key, public_key_to_text, write_private_key
+from ops.secure import ensure_key, write_secret
 
 log = structlog.get_logger()
 
@@ -159,7 +159,7 @@ def secure_workdir(workdir: Path, routes: Mapping[str, Sequence[str]]) -> Cluste
     kept: dict[str, str] = json.loads(secrets_file.read_text()) if secrets_file.is_file() else {}
     specs = site_specs(dict(SITES), routes.values())
     plan = plan_accounts(specs, operators=(OPERATOR,), subscribers=("subscriber",), passwords=kept)
-    _write_secret(secrets_file, json.dumps(plan.passwords(), indent=2) + "\n")
+    write_secret(secrets_file, json.dumps(plan.passwords(), indent=2) + "\n")
     auth: dict[str, BrokerAuth] = {}
     password_files: dict[str, Path] = {}
     public_keys: dict[str, str] = {}
@@ -168,9 +168,9 @@ def secure_workdir(workdir: Path, routes: Mapping[str, Sequence[str]]) -> Cluste
         state = workdir / spec.name / "state"
         state.mkdir(parents=True, exist_ok=True)
         password_files[spec.name] = state / "mqtt.password"
-        _write_secret(password_files[spec.name], plan.daemons[spec.name].password + "\n")
+        write_secret(password_files[spec.name], plan.daemons[spec.name].password + "\n")
     for name, _ in SITES:
-        public_keys[name] = _ensure_key(workdir / name / "state" / "signing.key")
+        public_keys[name] = ensure_key(workdir / name / "state" / "signing.key")
     operator_key = workdir / "operator.key"
     return ClusterSecurity(
         plan=plan,
@@ -178,26 +178,8 @@ def secure_workdir(workdir: Path, routes: Mapping[str, Sequence[str]]) -> Cluste
         password_files=password_files,
         public_keys=public_keys,
         operator_key_file=operator_key,
-        operator_public_key=_ensure_key(operator_key),
+        operator_public_key=ensure_key(operator_key),
     )
-
-
-def _ensure_key(path: Path) -> str:
-    """The public key of the private key at ``path``, made first if missing."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        private, _ = generate_keypair()
-        write_private_key(path, private)
-    return public_key_to_text(load_private_key(path).public_key())
-
-
-def _write_secret(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 class Daemon(ChildProcess):

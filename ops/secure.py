@@ -49,14 +49,14 @@ def secure(topology_path: Path, out: Path, *, install_root: Path = Path("/etc/sk
     secrets_file = out / "secrets.json"
     kept = json.loads(secrets_file.read_text()) if secrets_file.is_file() else {}
     plan = plan_accounts(specs, operators=(OPERATOR,), subscribers=(SUBSCRIBER,), passwords=kept)
-    _write_secret(secrets_file, json.dumps(plan.passwords(), indent=2) + "\n")
+    write_secret(secrets_file, json.dumps(plan.passwords(), indent=2) + "\n")
     for spec in specs:
         site_dir = out / spec.name
         auth = write_broker_auth(plan, spec.name, site_dir / "broker")
-        _write_secret(site_dir / "mqtt.password", plan.daemons[spec.name].password + "\n")
+        write_secret(site_dir / "mqtt.password", plan.daemons[spec.name].password + "\n")
         where = install_root / spec.name
         entry = sites[spec.name]
-        entry["public_key"] = _ensure_key(site_dir / "signing.key")
+        entry["public_key"] = ensure_key(site_dir / "signing.key")
         entry["signing_key_file"] = str(where / "signing.key")
         entry["mqtt_username"] = plan.daemons[spec.name].username
         entry["mqtt_password_file"] = str(where / "mqtt.password")
@@ -66,20 +66,22 @@ def secure(topology_path: Path, out: Path, *, install_root: Path = Path("/etc/sk
     security["mqtt_username"] = operator.username
     security["mqtt_password"] = operator.password
     security["operator_key_file"] = str(install_root / "operator.key")
-    raw["operators"] = {OPERATOR: _ensure_key(out / "operator.key")}
+    raw["operators"] = {OPERATOR: ensure_key(out / "operator.key")}
     target = out / "topology.toml"
-    _write_secret(target, "# Secured by `skyrelay secure`; keep it as private as the passwords in it.\n" + dumps(raw))
+    write_secret(target, "# Secured by `skyrelay secure`; keep it as private as the passwords in it.\n" + dumps(raw))
     return target
 
 
-def _ensure_key(path: Path) -> str:
+def ensure_key(path: Path) -> str:
+    """The public key (text form) of the private key at ``path``, made first if missing (blocking)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_private_key(path, generate_keypair()[0])
     return public_key_to_text(load_private_key(path).public_key())
 
 
-def _write_secret(path: Path, text: str) -> None:
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` readable by its owner only (0600), through a temporary name (blocking)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
