@@ -116,3 +116,56 @@ async def test_a_lamp_drop_leaves_the_changed_frames_out_and_names_them(make_clu
     assert all(name in problem["reason"] for name in left_out)
 
 
+
+
+async def test_operators_list_show_and_reprocess_a_product(make_cluster: MakeCluster) -> None:
+    """``products list``/``show`` describe the masters with their inputs and parameters; ``products reprocess``
+    rebuilds the flat (bias- and dark-corrected) byte-identically and exits 0."""
+    cluster = await make_cluster()
+    await drop_day(cluster, bias=3, dark=3, flat=3)
+    lines = await product_notices(cluster, 3)
+    flat = next(line["message"] for line in lines if line["message"]["kind"] == "flat")
+    workdir = ("--workdir", str(cluster.workdir))
+
+    listed = json.loads(await cli_ok("products", "list", "--kind", "flat", "--json", *workdir))
+    shown = json.loads(await cli_ok("products", "show", flat["product_id"], "--json", *workdir))
+    text = await cli_ok("products", "show", flat["product_id"], *workdir)
+    rebuilt = await cli_ok("products", "reprocess", flat["product_id"], *workdir)
+
+    assert [row["product_id"] for row in listed] == [flat["product_id"]]
+    assert shown["checksum"] == flat["checksum"]
+    assert [i["checksum"] for i in shown["provenance"]["inputs"]] == [i["checksum"] for i in flat["inputs"]]
+    assert shown["provenance"]["params"]["min_frames"] == 3
+    assert all(item["name"] in text and item["checksum"] in text for item in flat["inputs"])
+    assert "SAME" in rebuilt and flat["checksum"] in rebuilt
+
+
+async def test_a_master_interrupted_by_an_archive_crash_is_built_exactly_once(make_cluster: MakeCluster) -> None:
+    """SIGKILL of the archive while its master bias runs: after the restart the job runs again and the product
+    exists once (one row, one notice, one file)."""
+    cluster = await make_cluster()
+    larger = DetectorSpec(amps_x=8, amps_y=2, amp_width_px=128, amp_height_px=512, overscan_px=16)
+    await asyncio.to_thread(
+        write_calib_day, cluster.inbox, instrument=INSTRUMENT, detector=DETECTOR, dayobs=DAYOBS, bias=5, spec=larger
+    )
+    # Another process's journal announces nothing: a bounded re-read until the job is journaled as running.
+    running: list[dict[str, Any]] = []
+    async with asyncio.timeout(90):
+        while not running:
+            await asyncio.sleep(0.02)
+            running = query_journal(cluster, "archive", "SELECT job_key FROM jobs WHERE state = 'running'")
+    await cluster.daemons["archive"].kill()
+    at_kill = query_journal(cluster, "archive", "SELECT COUNT(*) AS n FROM products")[0]["n"]
+    await cluster.restart_daemon("archive")
+
+    lines = await product_notices(cluster, 1)
+    products = query_journal(cluster, "archive", "SELECT * FROM products")
+    notices = query_journal(cluster, "archive", "SELECT * FROM notices WHERE topic LIKE 'skyrelay/v1/products/%'")
+    jobs = query_journal(cluster, "archive", "SELECT state, attempts FROM jobs")
+    files = list((cluster.archive_root / "products").rglob("*.fits"))
+
+    assert at_kill == 0
+    assert len(products) == 1 and len(notices) == 1 and len(files) == 1
+    assert jobs == [{"state": "done", "attempts": 2}]
+    assert lines[0]["message"]["product_id"] == products[0]["product_id"]
+    assert blake3_of(files[0]) == products[0]["checksum"]
