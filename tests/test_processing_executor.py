@@ -53,7 +53,7 @@ async def test_process_pool_and_dask_give_byte_identical_masters(tmp_path: Path)
 
     pool_path, dask_path = tmp_path / "pool.fits", tmp_path / "dask.fits"
     pooled = await build(PoolExecutor(1), bias_spec(tmp_path, pool_path))
-    async with LocalCluster(
+    async with LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=1, threads_per_worker=1, processes=True, asynchronous=True, dashboard_address=None
     ) as cluster:
         dasked = await build(DaskExecutor(cluster.scheduler_address), bias_spec(tmp_path, dask_path))
