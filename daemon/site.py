@@ -36,6 +36,8 @@ from daemon.journal import Journal
 from daemon.journal import notices as journal_notices
 from daemon.journal import reports as journal_reports
 from daemon.mailbox import Account, Mailbox, daemon_account
+from daemon.processing import Scheduler, make_executor
+from daemon.processing.http import product_routes
 from daemon.publisher import E, LogPublisher
 from daemon.receiving import Receiver, RelayStore, Store
 from daemon.report import Reporter
@@ -171,6 +173,18 @@ class Site:
             self.archivist.notices_wake = self.notices.wake
             assert self.completeness is not None
             self.completeness.notices_wake = self.notices.wake
+        self.scheduler: Scheduler | None = None
+        if self.archivist is not None and self.notices is not None:
+            processing = topology.processing
+            self.scheduler = Scheduler(
+                root=self.archivist.root,
+                journal=self.journal,
+                executor=make_executor(processing.dask_scheduler, processing.workers),
+                reporter=self.reporter,
+                processing=processing,
+                notices_wake=self.notices.wake,
+            )
+            self.archivist.committed.append(self.scheduler.wake.set)
 
     def _publisher(
         self,
@@ -246,6 +260,8 @@ class Site:
                 if self.completeness is not None and self.quarantine is not None:
                     routes += archive_routes(self.completeness, self.quarantine)
                     routes += notice_routes(self.journal, access.check)
+                if self.scheduler is not None:
+                    routes += product_routes(self.journal, self.scheduler)
                 app = build_app(self.journal, access, self.trust, self.view.status, routes)
                 server = serve(app, cfg.http_listen, http_ready, cfg.http_server_tls_context())
                 tg.create_task(server, name=f"{self.name}.http")
@@ -267,6 +283,8 @@ class Site:
                     tg.create_task(self.notices.run(), name=f"{self.name}.notices")
                 if self.completeness is not None:
                     tg.create_task(self.completeness.run(), name=f"{self.name}.completeness")
+                if self.scheduler is not None:
+                    tg.create_task(self.scheduler.run(), name=f"{self.name}.processing")
                 tg.create_task(self._readiness(http_ready, watcher_ready), name=f"{self.name}.ready")
                 if stop is not None:
                     await stop.wait()

@@ -621,6 +621,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = simulate.add_parser("camera", help="write FITS exposures into the summit inbox like a camera")
     add_camera_arguments(p)
     p.set_defaults(func=camera_main)
+
+    from ops.products_cli import add_products_commands, add_simulate_calibs
+
+    add_simulate_calibs(simulate)
+    add_products_commands(sub)
     return parser
 
 

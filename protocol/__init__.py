@@ -12,6 +12,7 @@ from protocol.errors import ProtocolError
 from protocol.events import Event, Problem
 from protocol.names import validate_name
 from protocol.presence import Presence
+from protocol.products import ProductNotice
 from protocol.transfer import Ack, AckStatus, FileIdentity, Offer
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Offer",
     "Presence",
     "Problem",
+    "ProductNotice",
     "ProtocolError",
     "Receipt",
     "RouteControl",

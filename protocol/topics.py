@@ -65,3 +65,8 @@ def problems(site_name: str) -> str:
 def events(site_name: str) -> str:
     """Decisions and state changes of a site."""
     return f"{PREFIX}/events/{_segment(site_name, 'site')}"
+
+
+def products(instrument: str) -> str:
+    """Product notices (master calibrations...) of one instrument."""
+    return f"{PREFIX}/products/{_segment(instrument, 'instrument')}"

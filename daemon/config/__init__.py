@@ -8,6 +8,21 @@ frozen values it returns are in :mod:`~daemon.config.model`.
 from __future__ import annotations
 
 from daemon.config.load import load_topology
-from daemon.config.model import ROLES, Endpoint, LinkConfig, Role, Route, SiteConfig, Topology, Tuning
+from daemon.config.model import (
+    ROLES,
+    Endpoint,
+    LinkConfig,
+    Processing,
+    Role,
+    Route,
+    SiteConfig,
+    Topology,
+    Tuning,
+)
 
-__all__ = ["ROLES", "Endpoint", "LinkConfig", "Role", "Route", "SiteConfig", "Topology", "Tuning", "load_topology"]
+__all__ = [
+    "ROLES",
+    "Endpoint",
+    "LinkConfig",
+    "Processing",
+    "Role", "Route", "SiteConfig", "Topology", "Tuning", "load_topology"]

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from daemon.config.model import ROLES, Endpoint, LinkConfig, Route, SiteConfig, Topology, Tuning
+from daemon.config.model import ROLES, Endpoint, LinkConfig, Processing, Route, SiteConfig, Topology, Tuning
 from daemon.errors import TopologyError
 from protocol.errors import ProtocolError
 from protocol.signing import public_key_from_text
 
 __all__ = ["load_topology"]
 
-_SECTIONS: Final = frozenset({"sites", "links", "routes", "tuning", "security", "operators"})
+_SECTIONS: Final = frozenset({"sites", "links", "routes", "tuning", "security", "operators", "processing"})
 _SITE_SETTINGS: Final = frozenset(
     {
         "role",
@@ -117,6 +117,7 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
     tuning = _read_tuning(raw.get("tuning", {}), reading)
     security = _read_security(raw.get("security", {}), reading)
     operators = _read_operators(raw.get("operators"), reading)
+    processing = _read_processing(raw.get("processing", {}), reading)
     token = _check_token(security.token, reading)
     if check_dirs:
         _check_site_directories(sites, reading)
@@ -143,6 +144,7 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
         operator_key_file=security.operator_key_file,
         metrics_token=security.metrics_token,
         metrics_open=security.metrics_open,
+        processing=processing,
     )
 
 
@@ -365,6 +367,43 @@ def _read_routes(
                 reading.problem(f"{where}: {middle!r} in the middle of a route must have role 'relay'")
         routes.append(Route(name=name, sites=tuple(hops)))
     return tuple(routes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# [processing]
+
+
+def _read_processing(raw: Any, reading: _Reading) -> Processing:
+    """``[processing]`` over the defaults: a Dask scheduler address, quiet time, minimum frames, workers."""
+    default = Processing()
+    if not isinstance(raw, dict):
+        reading.problem("[processing]: must be a table")
+        return default
+    updates: dict[str, Any] = {}
+    for key in sorted(set(raw) - {f.name for f in dataclasses.fields(Processing)}):
+        reading.problem(f"processing.{key}: unknown setting")
+    scheduler = raw.get("dask_scheduler")
+    if scheduler is not None:
+        parts = urlsplit(scheduler) if isinstance(scheduler, str) else None
+        if parts is None or parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.port is None:
+            reading.problem(f"processing.dask_scheduler: must look like 'tcp://host:port', got {scheduler!r}")
+        else:
+            updates["dask_scheduler"] = scheduler
+    quiet = raw.get("quiet_s")
+    if quiet is not None:
+        if isinstance(quiet, bool) or not isinstance(quiet, int | float) or quiet <= 0:
+            reading.problem("processing.quiet_s: must be a positive number of seconds")
+        else:
+            updates["quiet_s"] = float(quiet)
+    for key in ("min_frames", "workers"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            reading.problem(f"processing.{key}: must be a whole number >= 1")
+        else:
+            updates[key] = value
+    return dataclasses.replace(default, **updates)
 
 
 # ---------------------------------------------------------------------------------------------------------

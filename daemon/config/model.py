@@ -120,6 +120,20 @@ class Tuning:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Processing:
+    """The archive's processing (``[processing]``): where processors run, and when a sequence is ready."""
+
+    dask_scheduler: str | None = None
+    """``tcp://host:port`` of a Dask scheduler; None runs processors in a local process pool."""
+    quiet_s: float = 600.0
+    """A calibration sequence with no new frame for this long is built with what it has."""
+    min_frames: int = 3
+    """Fewest usable frames a master is built from."""
+    workers: int = 2
+    """Jobs run at once (and the size of the local process pool)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Topology:
     """The whole system as every site sees it."""
 
@@ -147,6 +161,8 @@ class Topology:
     """A bearer token that Prometheus may present for ``/metrics``."""
     metrics_open: bool = False
     """Serve ``/metrics`` without any credential (a deliberate choice on a closed network)."""
+    processing: Processing = dataclasses.field(default_factory=Processing)
+    """The archive's ``[processing]`` section."""
 
     @property
     def summit(self) -> SiteConfig:

@@ -142,7 +142,42 @@ CREATE INDEX reports_unpublished ON reports(published_at) WHERE published_at IS 
 CREATE INDEX reports_stream ON reports(stream, seq);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1_RELEASE_0_1, V2_REPORTS)
+V3_PROCESSING = """
+-- Processing at the archive: each job journaled before it runs (one per calibration sequence and
+-- step), and each product catalogued with its provenance in the transaction that journals its notice.
+CREATE TABLE jobs (
+    job_key TEXT PRIMARY KEY,      -- hash of step, input checksums, parameters and code version
+    step TEXT NOT NULL,            -- 'master_bias' | 'master_dark' | 'master_flat'
+    instrument TEXT NOT NULL,
+    detector TEXT NOT NULL,
+    sequence TEXT NOT NULL,        -- GROUPID (and filter, for flats)
+    spec TEXT NOT NULL,            -- JSON: inputs, masters, parameters, code version, notes
+    state TEXT NOT NULL DEFAULT 'queued',  -- queued | running | done | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    product_id TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE UNIQUE INDEX jobs_sequence ON jobs(step, instrument, detector, sequence);
+CREATE INDEX jobs_state ON jobs(state);
+CREATE TABLE products (
+    product_id TEXT PRIMARY KEY,
+    job_key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    instrument TEXT NOT NULL,
+    detector TEXT NOT NULL,
+    filter TEXT,
+    archive_path TEXT NOT NULL UNIQUE,
+    checksum TEXT NOT NULL,
+    provenance TEXT NOT NULL,      -- JSON: inputs, left_out, masters, parameters, code version, stats
+    created_at REAL NOT NULL
+);
+CREATE INDEX products_detector ON products(kind, instrument, detector, created_at);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1_RELEASE_0_1, V2_REPORTS, V3_PROCESSING)
 """Migration N (1-based) brings a journal from version N-1 to N. Append only; never edit a shipped one."""
 
 LATEST = len(MIGRATIONS)

@@ -33,11 +33,11 @@ from daemon.summit.intake import signature
 
 log = structlog.get_logger()
 
-IGNORED_SUFFIXES = (".part", ".tmp")
+IGNORED_SUFFIXES = (".part", ".tmp", ".truth.json")
 
 
 def is_candidate(relative: str) -> bool:
-    """Whether a relative inbox path names a finished file (not hidden, not a temporary)."""
+    """Whether a relative inbox path names a finished file (not hidden, not a temporary, not a simulator's truth)."""
     parts = relative.split("/")
     return not any(p.startswith(".") for p in parts) and not relative.endswith(IGNORED_SUFFIXES)
 

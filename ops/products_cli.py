@@ -1,0 +1,181 @@
+"""Operator commands for products: ``skyrelay products list|show|reprocess`` and ``skyrelay simulate calibs``.
+
+The products commands reach the archive's ``/v1/products`` API, logged in as the operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ops.target import Target, add_target_arguments, resolve
+
+KINDS = ("bias", "dark", "flat")
+
+
+def add_products_commands(subparsers: Any) -> None:
+    """Add ``skyrelay products list [--kind K] [--json]``, ``products show ID`` and ``products reprocess ID``.
+
+    Args:
+        subparsers: ``skyrelay``'s sub-command parsers (from ``add_subparsers``).
+    """
+    products = subparsers.add_parser("products", help="the archive's master calibrations: list, show, reprocess")
+    actions = products.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("list", help="products, newest first")
+    p.add_argument("--kind", choices=KINDS)
+    p.add_argument("--json", action="store_true")
+    add_target_arguments(p)
+    p.set_defaults(func=cmd_products_list)
+    p = actions.add_parser("show", help="one product: inputs with checksums, parameters, statistics, frames left out")
+    p.add_argument("product_id")
+    p.add_argument("--json", action="store_true")
+    add_target_arguments(p)
+    p.set_defaults(func=cmd_products_show)
+    p = actions.add_parser(
+        "reprocess", help="rebuild a product from its provenance; exit 0 when the checksum equals the recorded one"
+    )
+    p.add_argument("product_id")
+    p.add_argument("--json", action="store_true")
+    add_target_arguments(p)
+    p.set_defaults(func=cmd_products_reprocess)
+
+
+def _request(target: Target, request: urllib.request.Request, timeout_s: float) -> Any:
+    try:
+        with target.urlopen(request, timeout_s=timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")[:500]
+        raise SystemExit(f"skyrelay: {request.full_url} refused ({exc.code}): {body}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise SystemExit(f"skyrelay: cannot reach {request.full_url}: {exc}") from None
+
+
+def _archive(args: argparse.Namespace) -> tuple[Target, str]:
+    target = resolve(args)
+    return target, target.http[target.archive]
+
+
+def cmd_products_list(args: argparse.Namespace) -> int:
+    """Print the archive's products (a table, or JSON)."""
+    target, http = _archive(args)
+    url = f"{http}/v1/products" + (f"?kind={args.kind}" if args.kind else "")
+    rows = _request(target, urllib.request.Request(url), 30)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'product':44} {'kind':5} {'instrument':10} {'detector':9} {'filter':6} {'frames':>6}  created")
+    for row in rows:
+        created = datetime.datetime.fromtimestamp(row["created_at"], datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"{row['product_id']:44} {row['kind']:5} {row['instrument']:10} {row['detector']:9} "
+            f"{row['filter'] or '':6} {row['frames_used']:>6}  {created}"
+        )
+    print(f"{len(rows)} product(s)")
+    return 0
+
+
+def cmd_products_show(args: argparse.Namespace) -> int:
+    """Print one product with its provenance."""
+    target, http = _archive(args)
+    product = _request(target, urllib.request.Request(f"{http}/v1/products/{args.product_id}"), 30)
+    if args.json:
+        print(json.dumps(product, indent=2))
+        return 0
+    prov = product["provenance"]
+    print(f"product   {product['product_id']} ({product['kind']}, {product['instrument']} {product['detector']})")
+    print(f"file      {product['archive_path']}")
+    print(f"checksum  {product['checksum']}")
+    print(f"code      {prov['code_version']}   executor {prov.get('executor')}   job {prov['job_key'][:16]}")
+    for kind in ("bias", "dark"):
+        if prov.get(kind):
+            print(f"{kind:9} {prov[kind]['product_id']} {prov[kind]['checksum']}")
+    for note in prov.get("notes", []):
+        print(f"note      {note}")
+    reasons = {item["name"]: item["reason"] for item in prov.get("left_out", [])}
+    print(f"inputs    {len(prov['inputs'])}, used {len(prov['inputs']) - len(reasons)}")
+    for item in prov["inputs"]:
+        mark = f"LEFT OUT: {reasons[item['name']]}" if item["name"] in reasons else "used"
+        print(f"  {item['name']:40} {item['checksum']}  {mark}")
+    print("parameters " + json.dumps(prov["params"], sort_keys=True))
+    stats = prov["stats"]
+    print(f"statistics frames_used {stats['frames_used']}  mean {stats['mean']}  stdev {stats['stdev']}")
+    for amp, values in stats["amps"].items():
+        shown = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        print(f"  {amp:10} " + "  ".join(shown))
+    for warning in prov.get("warnings", []):
+        print(f"warning   {warning}")
+    return 0
+
+
+def cmd_products_reprocess(args: argparse.Namespace) -> int:
+    """Rebuild a product at the archive; exit 0 when the rebuild is byte-identical, 1 when it differs."""
+    target, http = _archive(args)
+    request = urllib.request.Request(f"{http}/v1/products/{args.product_id}/reprocess", method="POST")
+    result = _request(target, request, 600)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        verdict = "SAME: the rebuild is byte-identical" if result["same"] else "DIFFERENT: the rebuild differs"
+        print(f"{result['product_id']}: recorded {result['recorded_checksum']}")
+        print(f"{'':{len(result['product_id'])}}  rebuilt  {result['checksum']}")
+        print(verdict)
+    return 0 if result["same"] else 1
+
+
+def add_simulate_calibs(simulate_subparsers: Any) -> None:
+    """Add ``skyrelay simulate calibs`` (a day of bias, dark and flat frames into a cluster's summit inbox).
+
+    Args:
+        simulate_subparsers: the ``simulate`` command's sub-command parsers.
+    """
+    p = simulate_subparsers.add_parser("calibs", help="write bias, dark and flat sequences into the summit inbox")
+    p.add_argument("--workdir", type=Path, required=True, help="a `skyrelay up` cluster (its summit inbox)")
+    p.add_argument("--instrument", default="ComCam")
+    p.add_argument("--detector", default="R22_S11")
+    p.add_argument("--dayobs", default=None, help="YYYYMMDD (default today, UTC)")
+    p.add_argument("--bias", type=int, default=0, metavar="N")
+    p.add_argument("--dark", type=int, default=0, metavar="N")
+    p.add_argument("--flat", type=int, default=0, metavar="N")
+    p.add_argument("--lamp-change-at", type=int, default=None, metavar="K", help="flats from CURINDEX K on")
+    p.add_argument("--lamp-factor", type=float, default=1.0, metavar="F", help="lamp level after the change")
+    p.add_argument("--interrupt-at", type=int, default=None, metavar="K", help="stop the flats after frame K-1")
+    p.add_argument("--seq-start", type=int, default=1)
+    p.add_argument("--small", action="store_true", help="small test detectors (2 x 4 amplifiers of 32 x 64 px)")
+    p.set_defaults(func=cmd_simulate_calibs)
+
+
+def cmd_simulate_calibs(args: argparse.Namespace) -> int:
+    """Write the sequences into the summit inbox (their ``*.truth.json`` beside them; the watcher ignores those)."""
+    from ops.camera import CameraError, _inbox_from_workdir
+    from ops.simulate.calibs import DetectorSpec, write_calib_day
+
+    try:
+        inbox = _inbox_from_workdir(args.workdir)
+    except CameraError as exc:
+        print(f"skyrelay simulate calibs: {exc}", file=sys.stderr)
+        return 2
+    dayobs = args.dayobs or datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
+    truths = write_calib_day(
+        inbox,
+        instrument=args.instrument,
+        detector=args.detector,
+        dayobs=dayobs,
+        bias=args.bias,
+        dark=args.dark,
+        flat=args.flat,
+        seq_start=args.seq_start,
+        lamp_change_at=args.lamp_change_at,
+        lamp_factor=args.lamp_factor,
+        interrupt_at=args.interrupt_at,
+        spec=DetectorSpec.small() if args.small else None,
+    )
+    for truth in truths:
+        print(f"{truth.kind:5} {truth.groupid}: {len(truth.paths)} frame(s) into {inbox}")
+    return 0
