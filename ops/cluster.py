@@ -63,6 +63,7 @@ def write_topology(
     http_tls: HttpTls | None = None,
     security: ClusterSecurity | None = None,
     retention: Mapping[str, float] | None = None,
+    processing: Mapping[str, float | int | str] | None = None,
 ) -> None:
     """Write a topology file for a one-machine cluster rooted at ``workdir``.
 
@@ -118,6 +119,10 @@ def write_topology(
         lines.append(f"operator_key_file = {_toml_value(security.operator_key_file)}")
         lines += ["", "[operators]", f'{OPERATOR} = "{security.operator_public_key}"']
     lines.append("")
+    if processing:
+        lines.append("[processing]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in processing.items()]
+        lines.append("")
     if tuning:
         lines.append("[tuning]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in tuning.items()]
@@ -260,9 +265,11 @@ class Cluster:
         correction_dirs: Sequence[Path] = (),
         http_tls: HttpTls | None = None,
         retention: Mapping[str, float] | None = None,
+        processing: Mapping[str, float | int | str] | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
         self.retention = dict(retention or {})
+        self.processing = dict(processing or {})
         self.security: ClusterSecurity | None = None
         self.http_tls = http_tls
         self.routes = dict(routes or DEFAULT_ROUTES)
@@ -314,6 +321,7 @@ class Cluster:
             http_tls=self.http_tls,
             security=security,
             retention=self.retention,
+            processing=self.processing,
         )
         for name, _ in SITES:
             self.daemons[name] = Daemon(name, self.topology_path, self.workdir / "logs")

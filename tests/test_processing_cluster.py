@@ -169,3 +169,20 @@ async def test_a_master_interrupted_by_an_archive_crash_is_built_exactly_once(ma
     assert jobs == [{"state": "done", "attempts": 2}]
     assert lines[0]["message"]["product_id"] == products[0]["product_id"]
     assert blake3_of(files[0]) == products[0]["checksum"]
+
+
+async def test_an_interrupted_flat_sequence_is_built_after_the_quiet_time(make_cluster: MakeCluster) -> None:
+    """Bias, two darks (too few for a master) and a flat sequence cut after frame 4 of 6: after ``quiet_s`` the
+    flat is built from the frames that came, without dark correction (its provenance says so), and the
+    shortfall is a problem."""
+    cluster = await make_cluster(processing={"quiet_s": 3.0})
+    await drop_day(cluster, bias=5, dark=2, flat=6, interrupt_at=5)
+
+    lines = await product_notices(cluster, 2)
+    flat = next(line["message"] for line in lines if line["message"]["kind"] == "flat")
+    assert flat["stats"]["frames_used"] == 4
+    assert len(flat["inputs"]) == 4
+    provenance = await cli_ok("products", "show", flat["product_id"], "--workdir", str(cluster.workdir), "--json")
+    assert "without dark" in provenance
+    problems = query_journal(cluster, "archive", "SELECT payload FROM reports WHERE kind = 'sequence_incomplete'")
+    assert problems, "the interrupted sequence was not reported"
