@@ -21,6 +21,7 @@ from protocol import (
     Presence,
     Problem,
     ProtocolError,
+    ProductNotice,
     Receipt,
     RouteControl,
     all_schemas,
@@ -114,6 +115,17 @@ def _samples() -> list[Message]:
         Event(site="summit", kind="breaker_open", message="hop summit->base failing", details={"peer": "base"}),
         RouteControl(control_id="ctl-1", command="force", route="direct", issued_by="night-ops", at=1.0),
         Custody(custody_id="c-1", sender="base", receiver="summit", receipt='{"v":1,"kind":"custody_receipt"}'),
+        ProductNotice(
+            notice_id="pn-bias-R22_S11-0123456789abcdef",
+            product_id="bias-R22_S11-0123456789abcdef",
+            kind="bias",
+            instrument="ComCam",
+            detector="R22_S11",
+            archive_path="products/bias/ComCam/R22_S11/bias-R22_S11-0123456789abcdef.fits",
+            checksum=CHECKSUM,
+            inputs=({"name": NAME, "checksum": CHECKSUM},),
+            stats={"frames_used": 1},
+        ),
     ]
 
 
