@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +227,20 @@ async def summit_status(cluster: Cluster) -> dict[str, Any]:
         return await site_status(session, cluster, "summit")
 
 
+async def started(make_cluster: MakeCluster, **kwargs: Any) -> Cluster:
+    """A started cluster whose summit sees every route healthy: a daemon is ready before its links and its
+    peers' presence have all come up, and a file written meanwhile may take another route."""
+    cluster = await make_cluster(**kwargs)
+
+    async def converged() -> bool:
+        status = await summit_status(cluster)
+        links = all(link == {"connected": True, "peer_online": True} for link in status["links"].values())
+        return links and all(r["healthy"] and not r["evidence"]["onward_unreachable"] for r in status["routes"])
+
+    await until_async(converged, 30, "every route healthy at the summit")
+    return cluster
+
+
 def policy_of(status: dict[str, Any]) -> dict[str, str]:
     """Route -> the operator's policy, as the summit shows it."""
     return {r["name"]: r["policy"] for r in status["routes"]}
@@ -333,7 +347,7 @@ async def test_forged_custody_for_files_held_at_the_base_changes_nothing(
     (unsigned, attacker-signed, or relayed by the base's real key) are refused by base and summit: the
     base keeps its copies, the summit awaits custody, and once the archive is back every file is archived
     and ``skyrelay verify`` says OK."""
-    cluster = await make_cluster(routes=PRIMARY_ONLY)
+    cluster = await started(make_cluster, routes=PRIMARY_ONLY)
     problems = {site: await subscribe(cluster, site, topics.problems(site)) for site in ("summit", "base")}
     paths = await cut_off_the_archive(cluster, subscribe, seqnum=1)
     sources = await checksums(paths)
@@ -369,8 +383,7 @@ async def test_forged_custody_for_files_held_at_the_base_changes_nothing(
     assert {r["state"] for r in summit_files} == {"held"}, summit_files
     status = await summit_status(cluster)
     assert status["custody"]["awaiting"] == len(sources), status["custody"]
-    in_flight = json.loads(await cli_ok("verify", "--dayobs", DAYOBS, "--workdir", str(cluster.workdir), "--json"))
-    assert in_flight["in_flight"]["files"] == len(sources), in_flight["in_flight"]
+    assert status["in_flight"]["files"] == len(sources), status["in_flight"]  # what verify shows as on its way
 
     await cluster.restart_daemon("archive")
     await wait_settled(cluster, archived=len(sources), timeout_s=45)
@@ -388,7 +401,7 @@ async def test_forged_custody_never_lets_the_summit_expire_the_cameras_only_copy
     the camera's file in place past the retention; the archive's real receipt, once it is back, lets the
     summit expire it 3 s later (so this check can see an expiry)."""
     retention_s = 3.0
-    cluster = await make_cluster(routes=PRIMARY_ONLY, retention={"summit": retention_s})
+    cluster = await started(make_cluster, routes=PRIMARY_ONLY, retention={"summit": retention_s})
     problems = await subscribe(cluster, "summit", topics.problems("summit"))
     [path] = await cut_off_the_archive(cluster, subscribe, seqnum=1, detectors=[DETECTOR])
     sources = await checksums([path])
@@ -436,7 +449,7 @@ async def test_control_messages_not_signed_by_the_operator_change_no_route(
     operator's stolen broker login but without the operator's key (unsigned, signed by the attacker as
     the operator, signed by the base's real key with ``issued_by`` operator) is refused: the policy stays
     automatic, nothing is persisted, and files still flow."""
-    cluster = await make_cluster()
+    cluster = await started(make_cluster)
     problems = await subscribe(cluster, "summit", topics.problems("summit"))
     events = await subscribe(cluster, "summit", topics.events("summit"))
     topic = topics.site("summit", "control")
@@ -468,7 +481,7 @@ async def test_a_replayed_or_stale_operator_command_is_refused(make_cluster: Mak
     """A genuine ``routes disable direct`` captured off the broker and published again after ``routes enable
     direct`` is refused as ``stale_control`` (also after a restart of the summit), as is an operator-signed
     command ten minutes old; the policy stays as the operator last set it."""
-    cluster = await make_cluster()
+    cluster = await started(make_cluster)
     workdir = str(cluster.workdir)
     topic = topics.site("summit", "control")
     captured = await subscribe(cluster, "summit", topic)
@@ -527,7 +540,7 @@ async def test_forged_acks_neither_open_the_breaker_nor_move_traffic(
     """Three acks of a pending summit->base transfer with its real id and a wrong checksum, published with
     the base daemon's stolen broker account (unsigned, and signed as the base by the attacker), are
     refused: the breaker stays closed and the file, and the next one, go through the base."""
-    cluster = await make_cluster(tuning=PAUSABLE)
+    cluster = await started(make_cluster, tuning=PAUSABLE)
     problems = await subscribe(cluster, "summit", topics.problems("summit"))
     events = await subscribe(cluster, "summit", topics.events("summit"))
     topic = topics.site("summit", "ack")
@@ -573,7 +586,7 @@ async def test_a_pull_by_a_site_that_is_not_the_receiver_or_of_an_acked_transfer
     """With the pull token, a pending summit->base transfer is served to the base (signed by it) and
     refused with 403 to the archive, to an unsigned pull and to a forged signature; once acked it is
     410 Gone even to the base."""
-    cluster = await make_cluster(tuning=PAUSABLE)
+    cluster = await started(make_cluster, tuning=PAUSABLE)
     token = {"Authorization": f"Bearer {cluster.token}"}
     archive, base = trust_of(cluster, "archive"), trust_of(cluster, "base")
     async with paused(cluster, "base"), aiohttp.ClientSession() as session:
@@ -620,7 +633,7 @@ async def test_a_forged_retained_presence_of_the_base_does_not_take_the_primary_
     """Retained presences of the base saying "archive unreachable" or "offline", published with the base
     daemon's stolen account (unsigned, and signed as the base by the attacker), are refused by the summit:
     the primary route stays healthy and new files go through the base."""
-    cluster = await make_cluster()
+    cluster = await started(make_cluster)
     problems = await subscribe(cluster, "summit", topics.problems("summit"))
     topic = topics.presence("base")
     await assert_refused_by_the_broker(cluster, "base", topic, b"{}")
@@ -672,7 +685,7 @@ async def test_connecting_with_a_daemons_client_id_drops_no_daemon(
     """The subscriber and a peer daemon's stolen account connect to every broker with every daemon client id
     they can guess: no daemon loses a connection, no presence goes offline, files flow. The real id, which
     only the account's password yields, does take the base's connection over (so the check can see one)."""
-    cluster = await make_cluster()
+    cluster = await started(make_cluster)
     presences = [await subscribe(cluster, site, "skyrelay/v1/presence/#") for site in SITES]
     offsets = {site: log_size(cluster, site) for site in SITES}
     for broker in SITES:
@@ -724,7 +737,7 @@ async def test_a_forged_offer_reusing_a_real_transfer_id_archives_nothing_twice(
     """While the base->archive transfer of a file is pending, offers with its transfer id under a new name
     (the genuine envelope with its name changed, unsigned, signed as the base by the attacker) are refused;
     the genuine offer replayed verbatim is answered from the journal: one catalog entry, one notice."""
-    cluster = await make_cluster(tuning=PAUSABLE)
+    cluster = await started(make_cluster, tuning=PAUSABLE)
     problems = await subscribe(cluster, "archive", topics.problems("archive"))
     offers = await subscribe(cluster, "archive", topics.site("archive", "offer"))
     acks = await subscribe(cluster, "base", topics.site("base", "ack"))
@@ -778,7 +791,7 @@ async def test_json_nested_a_thousand_deep_in_any_mailbox_kills_no_daemon(
 ) -> None:
     """The 2,000-byte message nested 1,000 deep, in every mailbox topic of every site and as the base's
     presence, is refused as malformed by each daemon that reads it; no daemon restarts and files flow."""
-    cluster = await make_cluster()
+    cluster = await started(make_cluster)
     problems = {site: await subscribe(cluster, site, topics.problems(site)) for site in SITES}
     pids = {site: cluster.daemons[site].pid for site in SITES}
     writer = {"summit": "site-base", "base": "site-summit", "archive": "site-base"}
@@ -809,7 +822,7 @@ async def test_brokers_refuse_anonymous_clients_and_the_subscriber_publishes_int
     """Every broker of ``skyrelay up`` refuses anonymous clients and wrong passwords; the subscriber's
     publishes into every mailbox topic, presence and problems are PUBACKed "Not authorized" and reach
     neither a daemon nor an operator reading everything."""
-    cluster = await make_cluster()
+    cluster = await started(make_cluster)
     watchers = [await subscribe(cluster, site, "skyrelay/v1/#") for site in SITES]
     marker = b'{"forged-by": "the subscriber"}'
     for site in SITES:
@@ -844,60 +857,76 @@ async def test_brokers_refuse_anonymous_clients_and_the_subscriber_publishes_int
 OPERATOR_PATHS = ("/", "/v1/status", "/v1/queue", "/metrics", f"/v1/verify?dayobs={DAYOBS}", "/v1/quarantine")
 
 
+def basic_login(user: str, password: str) -> dict[str, str]:
+    """An ``Authorization: Basic`` header."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def http_text(session: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], want: int) -> str:
+    """The body of a request that must answer ``want``."""
+    async with session.request(method, url, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+        text = await resp.text()
+        assert resp.status == want, (method, url, headers, resp.status, text[:200])
+        return text
+
+
+async def leaks_without_credentials(cluster: Cluster, site: str, secrets: Sequence[str]) -> list[str]:
+    """Ask every credentialed endpoint of ``site`` with no or the wrong credential: each must answer 401;
+    return the secrets any answer shows. The operator's own request must show the daemon's pid."""
+    subscriber = basic_login(*login(cluster, "subscriber"))
+    refused: dict[str, dict[str, str]] = {
+        "none": {},
+        "wrong password": basic_login("operator", "guess"),
+        "pull token": {"Authorization": f"Bearer {cluster.token}"},
+    }
+    url = cluster.http_url(site)
+    leaks: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        for path in OPERATOR_PATHS:
+            for label, headers in {**refused, "subscriber": subscriber}.items():
+                text = await http_text(session, "GET", url + path, headers, 401)
+                leaks += [f"{site}{path} ({label}): {s}" for s in secrets if s in text]
+        for label, headers in refused.items():
+            text = await http_text(session, "GET", url + "/v1/notices", headers, 401)
+            leaks += [f"{site}/v1/notices ({label}): {s}" for s in secrets if s in text]
+        await http_text(session, "POST", url + "/v1/quarantine/1/release", {}, 401)
+        status = await http_text(session, "GET", url + "/v1/status", operator_headers(cluster), 200)
+        assert str(cluster.daemons[site].pid) in status
+    return leaks
+
+
 async def test_http_without_the_right_credential_is_401_and_leaks_nothing(
     make_cluster: MakeCluster, subscribe: Subscribe
 ) -> None:
     """Status, queue, page, metrics, verify, quarantine and notices answer 401 to no credential, a wrong
     password, the pull token, and (but for notices) the subscriber, with no file name, obsid, transfer id
     or pid in the body; the operator, and the subscriber for notices, are answered."""
-    cluster = await make_cluster(routes=PRIMARY_ONLY, tuning=PAUSABLE)
+    cluster = await started(make_cluster, routes=PRIMARY_ONLY, tuning=PAUSABLE)
     [done] = await write_files(cluster, seqnum=1, detectors=[DETECTOR])
     await wait_settled(cluster, archived=1)
     transfers = [
         r["transfer_id"] for s in ("summit", "base") for r in query_journal(cluster, s, "SELECT * FROM transfers")
     ]
+    pids = [str(d.pid) for d in cluster.daemons.values()]
+    leaks: list[str] = []
     async with paused(cluster, "base"):
-        # A file in flight too, so that status and queue have a pending transfer to tell of.
+        # A file in flight too, so that the summit's status and queue have a pending transfer to tell of
+        # (the paused base answers no HTTP: it is asked once it runs again).
         pending, offer = await pending_offer_to_base(cluster, subscribe, seqnum=2)
-        pids = [str(d.pid) for d in cluster.daemons.values()]
         secrets = [done.name, pending.name, obsid_of(1), obsid_of(2), offer["transfer_id"], *transfers, *pids]
-
-        def basic(user: str, password: str) -> dict[str, str]:
-            return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-        subscriber = basic(*login(cluster, "subscriber"))
-        wrong = basic("operator", "guess")
-        credentials: dict[str, dict[str, str]] = {
-            "none": {},
-            "wrong password": wrong,
-            "pull token": {"Authorization": f"Bearer {cluster.token}"},
-        }
-        leaks: list[str] = []
+        for site in ("summit", "archive"):
+            leaks += await leaks_without_credentials(cluster, site, secrets)
         async with aiohttp.ClientSession() as session:
-
-            async def expect(method: str, url: str, headers: dict[str, str], status: int) -> str:
-                async with session.request(method, url, headers=headers) as resp:
-                    text = await resp.text()
-                    assert resp.status == status, (method, url, headers, resp.status, text[:200])
-                    return text
-
-            for site in SITES:
-                base_url = cluster.http_url(site)
-                for path in OPERATOR_PATHS:
-                    for label, headers in {**credentials, "subscriber": subscriber}.items():
-                        text = await expect("GET", base_url + path, headers, 401)
-                        leaks += [f"{site}{path} ({label}): {s}" for s in secrets if s in text]
-                for label, headers in credentials.items():
-                    text = await expect("GET", base_url + "/v1/notices", headers, 401)
-                    leaks += [f"{site}/v1/notices ({label}): {s}" for s in secrets if s in text]
-                await expect("POST", base_url + "/v1/quarantine/1/release", {}, 401)
-                status = await expect("GET", base_url + "/v1/status", operator_headers(cluster), 200)
-                assert str(cluster.daemons[site].pid) in status
-            queue = await expect("GET", cluster.http_url("summit") + "/v1/queue", operator_headers(cluster), 200)
-            assert pending.name in queue
-            notices = await expect("GET", cluster.http_url("archive") + "/v1/notices", subscriber, 200)
+            queue = await http_text(
+                session, "GET", cluster.http_url("summit") + "/v1/queue", operator_headers(cluster), 200
+            )
+            assert pending.name in queue and offer["transfer_id"] in queue
+            subscriber = basic_login(*login(cluster, "subscriber"))
+            notices = await http_text(session, "GET", cluster.http_url("archive") + "/v1/notices", subscriber, 200)
             assert done.name in notices
-        assert not leaks, leaks
+    await wait_settled(cluster, archived=2)
+    leaks += await leaks_without_credentials(cluster, "base", secrets)
+    assert not leaks, leaks
 
 
 # ---- skyrelay up keeps its brokers alive -------------------------------------------------------
@@ -906,7 +935,7 @@ async def test_http_without_the_right_credential_is_401_and_leaks_nothing(
 async def test_supervise_restarts_a_killed_broker_and_a_killed_daemon(make_cluster: MakeCluster) -> None:
     """Under ``Cluster.supervise`` (as ``skyrelay up`` runs it), the base's broker and the archive's daemon
     SIGKILLed are started again, and an exposure written afterwards is archived once through the base."""
-    cluster = await make_cluster()
+    cluster = await started(make_cluster)
     stop = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(cluster.supervise(stop), name="test.supervise")
