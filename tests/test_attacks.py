@@ -227,18 +227,29 @@ async def summit_status(cluster: Cluster) -> dict[str, Any]:
         return await site_status(session, cluster, "summit")
 
 
-async def started(make_cluster: MakeCluster, **kwargs: Any) -> Cluster:
-    """A started cluster whose summit sees every route healthy: a daemon is ready before its links and its
-    peers' presence have all come up, and a file written meanwhile may take another route."""
-    cluster = await make_cluster(**kwargs)
+async def converged(cluster: Cluster) -> None:
+    """Wait until the summit sees every route healthy: a daemon is ready before its links and its peers'
+    presence have all come up, and a file written meanwhile may take another route."""
 
-    async def converged() -> bool:
+    async def healthy() -> bool:
         status = await summit_status(cluster)
         links = all(link == {"connected": True, "peer_online": True} for link in status["links"].values())
         return links and all(r["healthy"] and not r["evidence"]["onward_unreachable"] for r in status["routes"])
 
-    await until_async(converged, 30, "every route healthy at the summit")
+    await until_async(healthy, 30, "every route healthy at the summit")
+
+
+async def started(make_cluster: MakeCluster, **kwargs: Any) -> Cluster:
+    """A started cluster (``kwargs`` as for :class:`Cluster`) whose summit sees every route healthy."""
+    cluster = await make_cluster(**kwargs)
+    await converged(cluster)
     return cluster
+
+
+async def primary_healthy(cluster: Cluster) -> bool:
+    """Whether the summit shows the primary route healthy."""
+    [primary] = [r for r in (await summit_status(cluster))["routes"] if r["name"] == "primary"]
+    return bool(primary["healthy"])
 
 
 def policy_of(status: dict[str, Any]) -> dict[str, str]:
@@ -653,6 +664,58 @@ async def test_a_forged_retained_presence_of_the_base_does_not_take_the_primary_
     assert status["links"]["base"] == {"connected": True, "peer_online": True}, status["links"]
     await assert_still_works(cluster, {}, seqnum=1)
     assert [r["route"] for r in read_catalog(cluster)] == ["primary"], "the new file went direct"
+
+
+async def test_a_forged_retained_presence_of_the_base_does_not_outlive_a_restart_of_the_summit(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
+    """A forged retained presence of the base ("archive unreachable"), published with the base daemon's stolen
+    account, replaces the base's own retained presence on its broker; a summit restarted afterwards must
+    still see the primary route healthy (within 15 s) and send new files through the base."""
+    cluster = await started(make_cluster)
+    problems = await subscribe(cluster, "summit", topics.problems("summit"))
+    report = Presence(site="base", state="online", at=time.time(), unreachable=("archive",)).to_json()
+    forgery = forged(report, kind="presence", signer="base", to="")
+    await inject(cluster, "base", "site-base", topics.presence("base"), forgery, retain=True)
+    await wait_problems(problems, "bad_signature", 1)
+
+    await cluster.daemons["summit"].kill()
+    await cluster.restart_daemon("summit")
+
+    await until_async(lambda: primary_healthy(cluster), 15, "the restarted summit sees the primary route healthy")
+    await assert_still_works(cluster, {}, seqnum=1)
+    assert [r["route"] for r in read_catalog(cluster)] == ["primary"], "the new file went direct"
+
+
+async def test_a_replayed_genuine_presence_of_the_base_does_not_take_the_primary_route_down(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
+    """The base's own signed "archive unreachable" presence, captured by the subscriber while the archive's
+    broker was down and replayed as retained with the base daemon's stolen account once it is back, is
+    not believed: the summit keeps the primary route healthy (now, and after a restart) and new files go
+    through the base."""
+    cluster = await started(make_cluster)
+    topic = topics.presence("base")
+    captured = Collector("127.0.0.1", cluster.brokers["base"].port, topic, login=login(cluster, "subscriber"))
+    await captured.start()
+    try:
+        await cluster.brokers["archive"].kill()
+        await captured.wait_for(lambda _: any("archive" in m.data["unreachable"] for m in captured.messages), 20)
+        old = next(m.payload for m in captured.messages if "archive" in m.data["unreachable"])
+        await cluster.restart_broker("archive")
+        await captured.wait_for(lambda _: captured.messages[-1].data["unreachable"] == [], 20)
+    finally:
+        await captured.stop()
+    await converged(cluster)
+
+    await inject(cluster, "base", "site-base", topic, old, retain=True)
+
+    await assert_still_works(cluster, {}, seqnum=1)
+    assert [r["route"] for r in read_catalog(cluster)] == ["primary"], "the new file went direct"
+    assert await primary_healthy(cluster), "the replayed presence took the primary route down"
+    await cluster.daemons["summit"].kill()
+    await cluster.restart_daemon("summit")
+    await until_async(lambda: primary_healthy(cluster), 15, "the restarted summit sees the primary route healthy")
 
 
 def log_text(cluster: Cluster, site: str, offset: int = 0) -> str:

@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import json
 import random
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +41,7 @@ FILES = 100
 FILE_BYTES = 2_000_000
 WRITE_SPAN_S = 60.0
 KILLS = 15
-PAUSE_BEFORE_KILL_S = (0.5, 2.0)
+PAUSE_BEFORE_KILL_S = (1.0, 3.0)
 DOWN_FOR_S = (0.2, 2.0)
 SETTLE_TIMEOUT_S = 150.0
 
@@ -187,7 +186,6 @@ async def test_files_survive_random_kills_of_daemons_and_brokers(make_cluster: M
         "arrival_notices": len(arrival_names),
         "replayed_lines": len(lines),
         "schedule": [dataclasses.asdict(k) for k in kills],
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print("CHAOS " + json.dumps(figures, sort_keys=True))
     assert len(kills) == KILLS
