@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
@@ -34,14 +35,17 @@ from daemon.trust import Trust
 from protocol import topics
 from protocol.errors import ProtocolError
 from protocol.presence import Presence
+from protocol.signing import SignatureError
 
 log = structlog.get_logger()
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
-Rejected = Callable[[str, str, bytes], Awaitable[None]]
-"""Called with (topic, reason, payload) for a message this mailbox refused to act on."""
+Rejected = Callable[[str, str, bytes, str], Awaitable[None]]
+"""Called with (topic, reason, payload, problem kind) for a message this mailbox refused to act on."""
 PeerListener = Callable[[str, bool], None]
 SESSION_EXPIRY_S = 3600
+OWN_PRESENCES_KEPT = 64
+"""How many of this run's own presence payloads are recognised when the broker hands them back."""
 RECONNECT_CAP_S = 5.0
 
 
@@ -93,6 +97,9 @@ class Mailbox:
         self._peers: dict[str, aiomqtt.Client | None] = {p: None for p in topology.peers(site)}
         self.peer_online: dict[str, bool] = {p: False for p in self._peers}
         self.peer_unreachable: dict[str, frozenset[str]] = {p: frozenset() for p in self._peers}
+        self._own_presences: deque[bytes] = deque(maxlen=OWN_PRESENCES_KEPT)
+        self._latest_own: bytes | None = None
+        self._peer_presence_at: dict[str, float] = {}
         self.local_ready = asyncio.Event()
         self._listeners: list[PeerListener] = []
         # A link that comes back should be noticed within seconds, whatever the delivery backoff is.
@@ -120,7 +127,9 @@ class Mailbox:
     def _presence(self, state: str, unreachable: tuple[str, ...] = ()) -> bytes:
         """This site's signed presence."""
         body = Presence(site=self.site, state=state, at=time.time(), unreachable=unreachable).to_json()  # type: ignore[arg-type]
-        return self.trust.seal("presence", "", body)
+        sealed = self.trust.seal("presence", "", body)
+        self._own_presences.append(sealed)
+        return sealed
 
     def _client(self, endpoint: Endpoint, purpose: str) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -149,6 +158,7 @@ class Mailbox:
             try:
                 async with self._client(me.broker, "own") as client:
                     await client.subscribe(topics.site_wildcard(self.site), qos=1)
+                    await client.subscribe(topics.presence(self.site), qos=1)
                     # Register the client before announcing: a link that comes up meanwhile announces through
                     # it too, and one connection delivers the announcements in order (the newest wins).
                     self._local = client
@@ -158,6 +168,10 @@ class Mailbox:
                     log.info("mailbox_connected", broker=str(me.broker))
                     async for message in client.messages:
                         payload = message.payload if isinstance(message.payload, bytes) else b""
+                        if str(message.topic) == topics.presence(self.site):
+                            if not message.retain:  # the stored one is replaced by our announcement anyway
+                                await self._guard_own_presence(payload)
+                            continue
                         await self._on_message(str(message.topic), payload)
             except aiomqtt.MqttError as exc:
                 attempt += 1
@@ -204,11 +218,27 @@ class Mailbox:
         return tuple(sorted(p for p, client in self._peers.items() if client is None))
 
     def _own_presence(self) -> bytes:
-        return self._presence("online", self.unreachable())
+        """A fresh presence for our own broker, remembered as the one the broker must hold."""
+        self._latest_own = self._presence("online", self.unreachable())
+        return self._latest_own
 
     async def _announce(self) -> None:
         """Republish our presence on our own broker: peers read which sites we can reach from it."""
         await self.publish_local(topics.presence(self.site), self._own_presence(), retain=True)
+
+    async def _guard_own_presence(self, payload: bytes) -> None:
+        """Our retained presence on our own broker is ours: put our latest back when it was replaced (a forgery,
+        or an old presence of ours replayed), so that a peer connecting later reads the current one. Our own
+        earlier publishes come back too; republishing the same latest bytes makes that converge."""
+        latest = self._latest_own
+        if latest is None or payload == latest:
+            return
+        if payload not in self._own_presences:
+            log.warning("own_presence_replaced", payload_bytes=len(payload))
+            if self._on_rejected is not None:
+                reason = "our retained presence was replaced; ours is put back"
+                await self._on_rejected(topics.presence(self.site), reason, payload, "presence_replaced")
+        await self.publish_local(topics.presence(self.site), latest, retain=True)
 
     async def _on_presence(self, peer: str, payload: object) -> None:
         if not isinstance(payload, bytes):
@@ -217,12 +247,20 @@ class Mailbox:
             presence = Presence.from_json(self.trust.open_presence(peer, payload).body)
             if presence.site != peer:
                 raise ProtocolError(f"presence of {presence.site!r} on the topic of {peer!r}", field="site")
+            last_at = self._peer_presence_at.get(peer)
+            if presence.state == "online" and last_at is not None and presence.at < last_at:
+                # An older signed presence replayed (an offline will carries its connection's time: exempt).
+                raise ProtocolError(f"presence of {peer} from {presence.at:.3f}, older than {last_at:.3f}", field="at")
         except ProtocolError as exc:
             log.warning("bad_presence", peer=peer, error=str(exc))
             if self._on_rejected is not None:
-                await self._on_rejected(topics.presence(peer), str(exc), payload)
+                signed_wrong = isinstance(exc, SignatureError) and exc.reason != "malformed"
+                kind = "bad_signature" if signed_wrong else "bad_message"
+                await self._on_rejected(topics.presence(peer), str(exc), payload, kind)
             return
         online = presence.state == "online"
+        if online:
+            self._peer_presence_at[peer] = presence.at
         unreachable = frozenset(presence.unreachable) if online else frozenset()
         if self.peer_unreachable.get(peer) != unreachable:
             self.peer_unreachable[peer] = unreachable

@@ -216,9 +216,9 @@ class Site:
         assert self.dispatcher is not None
         await self.dispatcher.on_message(topic, payload)
 
-    async def _on_rejected(self, topic: str, reason: str, payload: bytes) -> None:
+    async def _on_rejected(self, topic: str, reason: str, payload: bytes, kind: str) -> None:
         assert self.dispatcher is not None
-        await self.dispatcher.rejected(topic, reason, payload)
+        await self.dispatcher.rejected(topic, reason, payload, kind=kind)
 
     def _peer_unreachable(self, peer: str) -> frozenset[str]:
         return self.mailbox.peer_unreachable.get(peer, frozenset())

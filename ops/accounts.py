@@ -8,7 +8,7 @@ daemons, operators and subscribers; a site with no link to it cannot even log in
 
 On the broker of site S with peers P:
 
-- ``site-S`` reads its mailbox ``site/S/#`` and its peers' presence, and writes its own presence,
+- ``site-S`` reads its mailbox ``site/S/#`` and its peers' presence, reads and writes its own presence,
   problems and events (the archive also arrivals — exposures included —, products and alerts);
 - ``site-P`` writes only ``site/S/offer|ack|custody`` and its own ``presence/P`` (its will too), and
   reads ``presence/S``;
@@ -221,7 +221,7 @@ def acl_text(plan: AccountPlan, site: str) -> str:
         "",
         f"user {plan.daemons[site].username}",
         f"topic read {t}/site/{site}/#",
-        f"topic write {t}/presence/{site}",
+        f"topic readwrite {t}/presence/{site}",
         *(f"topic read {t}/presence/{peer}" for peer in spec.peers),
         f"topic write {t}/problems/{site}",
         f"topic write {t}/events/{site}",
