@@ -1,0 +1,139 @@
+"""Difference imaging on arrival, on a real cluster: a calibration day, then a field's quad, gives diffs and alerts.
+
+Real raws from the calibration and night simulators (small 256 px detectors) are dropped into the
+summit inbox of a real cluster; the archive's journal, its files and ``skyrelay subscribe --since 0``
+are the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from astropy.io import fits
+from conftest import DAYOBS, INSTRUMENT, MakeCluster, blake3_of, cli_ok, query_journal
+
+from ops.cluster import Cluster
+from ops.simulate.calibs import write_calib_day
+from ops.simulate.night import SCIENCE_SMALL, WrittenVisit, write_night
+from processors.headers.verify import verify_header
+
+pytestmark = pytest.mark.timeout(240)
+
+DETECTOR = "R22_S11"
+
+
+async def calibrated(make_cluster: MakeCluster, **processing: Any) -> Cluster:
+    """A cluster whose archive holds a master bias and flat of the small science detector."""
+    cluster = await make_cluster(processing={"quiet_s": 30, **processing})
+    await asyncio.to_thread(
+        write_calib_day,
+        cluster.inbox,
+        instrument=INSTRUMENT,
+        detector=DETECTOR,
+        dayobs=DAYOBS,
+        spec=SCIENCE_SMALL,
+        bias=5,
+        flat=5,
+    )
+    await notices(cluster, "skyrelay/v1/products/#", 2)
+    return cluster
+
+
+async def night(cluster: Cluster, **options: Any) -> list[WrittenVisit]:
+    """One field's quad into the summit inbox (off the loop)."""
+    return await asyncio.to_thread(
+        write_night, cluster.inbox, instrument=INSTRUMENT, detector=DETECTOR, dayobs=DAYOBS, fields=1, small=True,
+        **options,
+    )  # fmt: skip
+
+
+async def notices(cluster: Cluster, topic: str, count: int, timeout_s: float = 150.0) -> list[dict[str, Any]]:
+    """The first ``count`` notices of ``topic`` in the archive's log, replayed with ``subscribe --since 0``."""
+    out = await cli_ok(
+        "subscribe", "--workdir", str(cluster.workdir), "--since", "0", "--topic", topic, "--count", str(count),
+        timeout_s=timeout_s,
+    )  # fmt: skip
+    return [json.loads(line)["message"] for line in out.splitlines() if line.strip()]
+
+
+def diff_pairs(cluster: Cluster) -> list[str]:
+    """The diff jobs journaled: ``<science>-<reference>`` CURINDEX pairs, sorted."""
+    rows = query_journal(cluster, "archive", "SELECT sequence FROM jobs WHERE step = 'diff'")
+    return sorted(r["sequence"].rsplit("/", 1)[1] for r in rows)
+
+
+def test_the_night_writer_gives_verified_object_raws_with_truth(tmp_path: Path) -> None:
+    """Each science raw has a clean header (verify_header), IMGTYPE OBJECT, its quad's GROUPID and CURINDEX,
+    MAXINDEX 4 and a TAN WCS; a lost visit has a truth file saying so and no raw."""
+    visits = write_night(tmp_path, instrument=INSTRUMENT, detector=DETECTOR, dayobs=DAYOBS, fields=1, small=True,
+                         lose=["v3"])  # fmt: skip
+    assert [v.curindex for v in visits] == [1, 2, 4]
+    for visit in visits:
+        header = fits.getheader(visit.path)
+        assert verify_header(header) == []
+        assert header["IMGTYPE"] == "OBJECT" and header["OBJECT"] == "F01"
+        assert header["GROUPID"] == visit.group_id and header["CURINDEX"] == visit.curindex
+        assert header["MAXINDEX"] == 4 and header["CTYPE1"] == "RA---TAN"
+        assert header["FILTER"].startswith("r")
+    truths = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.truth.json")}
+    assert len(truths) == 4
+    assert sum(1 for t in truths.values() if t["lost"]) == 1
+
+
+async def test_a_quad_gives_calexps_two_diffs_and_an_alert_at_the_transient(make_cluster: MakeCluster) -> None:
+    """After a bias+flat day, a quad with a transient (SNR 20 in visits 2 and 4) gives four calexps naming the
+    masters, diffs 2-1 and 4-3 naming their calexps, and in each an alert within 1.5 px of the truth, published
+    once by id; ``alerts show`` writes its three cutouts as PNG."""
+    cluster = await calibrated(make_cluster, chunk_end_s=3600)
+    masters = {r["kind"]: r["product_id"] for r in query_journal(cluster, "archive", "SELECT * FROM products")}
+    visits = await night(cluster)
+    by_index = {v.curindex: v for v in visits}
+
+    products = await notices(cluster, "skyrelay/v1/products/#", 2 + 4 + 4)
+    diffs = [m for m in products if m["kind"] == "diff"]
+    calexps = {m["visits"][0]: m for m in products if m["kind"] == "calexp"}
+    assert diff_pairs(cluster) == ["2-1", "4-3"]
+    assert len(calexps) == 4
+    for message in calexps.values():
+        ids = {i.get("product_id") for i in message["inputs"]}
+        assert {masters["bias"], masters["flat"]} <= ids
+        assert message["stats"]["ok"] is True
+    for diff in diffs:
+        science, reference = diff["visits"]
+        assert [i["name"] for i in diff["inputs"]] == [science, reference]
+        assert [i["product_id"] for i in diff["inputs"]] == [calexps[science]["product_id"],
+                                                             calexps[reference]["product_id"]]  # fmt: skip
+        assert blake3_of(cluster.archive_root / diff["archive_path"]) == diff["checksum"]
+    count = sum(d["stats"]["alerts"] for d in diffs)
+    alerts = await notices(cluster, "skyrelay/v1/alerts/#", count)
+    assert len({a["alert_id"] for a in alerts}) == len(alerts) == count
+    for science_index, reference_index in ((2, 1), (4, 3)):
+        truth = by_index[science_index]
+        mine = [a for a in alerts if a["visits"] == [truth.obsid, by_index[reference_index].obsid]]
+        distance = min(
+            math.hypot(a["alert"]["diaSource"]["x"] - truth.transient_x_px,
+                       a["alert"]["diaSource"]["y"] - truth.transient_y_px) for a in mine
+        )  # fmt: skip
+        assert distance < 1.5
+    out = await cli_ok("alerts", "show", str(alerts[0]["alert_id"]), "--workdir", str(cluster.workdir), "--out",
+                       str(cluster.workdir / "pngs"))  # fmt: skip
+    shown = json.loads(out)
+    assert shown["alert"]["alertId"] == alerts[0]["alert_id"]
+    heads = [await asyncio.to_thread(Path(path).read_bytes) for path in shown["pngs"]]
+    assert len(heads) == 3 and all(head[:8] == b"\x89PNG\r\n\x1a\n" for head in heads)
+
+
+async def test_a_lost_third_visit_pairs_2_1_and_then_4_2_at_the_chunk_end(make_cluster: MakeCluster) -> None:
+    """With v3 never taken, 2-1 is made on arrival and, once the chunk has ended (chunk_end_s after the last
+    visit), the lost-visit mapping's 4-2; nothing else."""
+    cluster = await calibrated(make_cluster, chunk_end_s=4)
+    await night(cluster, lose=["v3"])
+    products = await notices(cluster, "skyrelay/v1/products/#", 2 + 3 + 4)
+    diffs = sorted(m["stats"]["reason"] for m in products if m["kind"] == "diff")
+    assert diff_pairs(cluster) == ["2-1", "4-2"]
+    assert diffs == ["lost_v3", "regular"]
