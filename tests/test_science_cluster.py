@@ -20,6 +20,7 @@ from conftest import DAYOBS, INSTRUMENT, MakeCluster, blake3_of, cli_ok, query_j
 from ops.cluster import Cluster
 from ops.simulate.calibs import write_calib_day
 from ops.simulate.night import SCIENCE_SMALL, WrittenVisit, write_night
+from processors.alerts import read_alerts_avro
 from processors.headers.verify import verify_header
 
 pytestmark = pytest.mark.timeout(240)
@@ -137,3 +138,44 @@ async def test_a_lost_third_visit_pairs_2_1_and_then_4_2_at_the_chunk_end(make_c
     diffs = sorted(m["stats"]["reason"] for m in products if m["kind"] == "diff")
     assert diff_pairs(cluster) == ["2-1", "4-2"]
     assert diffs == ["lost_v3", "regular"]
+
+
+async def test_an_archive_killed_during_a_difference_publishes_its_alerts_once_by_id(make_cluster: MakeCluster) -> None:
+    """SIGKILL of the archive while a diff job runs: after the restart the job runs again, each alert id is in
+    the notice log once (replayed by ``subscribe --since 0``), they are the ids of the visit's Avro product, and
+    the log's positions run 1..N with none skipped."""
+    cluster = await calibrated(make_cluster, chunk_end_s=3600)
+    await night(cluster)
+    # Another process's journal announces nothing: a bounded re-read until a diff job is journaled as running.
+    running: list[dict[str, Any]] = []
+    async with asyncio.timeout(120):
+        while not running:
+            await asyncio.sleep(0.01)
+            running = query_journal(
+                cluster, "archive", "SELECT job_key FROM jobs WHERE step = 'diff' AND state = 'running'"
+            )
+    await cluster.daemons["archive"].kill()
+    at_kill = query_journal(cluster, "archive", "SELECT COUNT(*) AS n FROM products WHERE kind = 'diff'")[0]["n"]
+    await cluster.restart_daemon("archive")
+
+    products = await notices(cluster, "skyrelay/v1/products/#", 2 + 4 + 4)
+    diffs = [m for m in products if m["kind"] == "diff"]
+    count = sum(d["stats"]["alerts"] for d in diffs)
+    alerts = await notices(cluster, "skyrelay/v1/alerts/#", count)
+    rows = query_journal(cluster, "archive", "SELECT rowid, notice_id FROM notices ORDER BY rowid")
+    jobs = query_journal(
+        cluster, "archive", "SELECT state, attempts FROM jobs WHERE job_key = ?", (running[0]["job_key"],)
+    )
+    avro_ids = []
+    for product in query_journal(cluster, "archive", "SELECT archive_path FROM products WHERE kind = 'alerts'"):
+        data = await asyncio.to_thread((cluster.archive_root / product["archive_path"]).read_bytes)
+        avro_ids += [a.alert_id for a in read_alerts_avro(data)]
+
+    assert at_kill == 0
+    assert jobs == [{"state": "done", "attempts": 2}]
+    assert len(diffs) == 2 and count > 0
+    ids = [a["alert_id"] for a in alerts]
+    assert len(set(ids)) == len(ids) == count
+    assert sorted(ids) == sorted(avro_ids)
+    assert sum(1 for r in rows if r["notice_id"].startswith("alert-")) == count
+    assert [r["rowid"] for r in rows] == list(range(1, len(rows) + 1))
