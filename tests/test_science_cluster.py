@@ -179,3 +179,25 @@ async def test_an_archive_killed_during_a_difference_publishes_its_alerts_once_b
     assert sorted(ids) == sorted(avro_ids)
     assert sum(1 for r in rows if r["notice_id"].startswith("alert-")) == count
     assert [r["rowid"] for r in rows] == list(range(1, len(rows) + 1))
+
+
+async def test_a_visit_in_bad_seeing_is_reported_and_paired_around(make_cluster: MakeCluster) -> None:
+    """v2 in 2.4 arcsec seeing with max_fwhm_arcsec 2.0: its calexp is catalogued with the failed verdict (the
+    others pass, their FWHM within 0.65-1.05 arcsec of a 0.72-0.88 truth), a
+    problem names it, and the quad is differenced 3-1 (the lost-visit mapping for v2) and 4-3, never with v2."""
+    cluster = await calibrated(make_cluster, chunk_end_s=3600, max_fwhm_arcsec=2.0)
+    visits = await night(cluster, bad_seeing=["v2"])
+    products = await notices(cluster, "skyrelay/v1/products/#", 2 + 4 + 4)
+    calexps = {m["visits"][0]: m for m in products if m["kind"] == "calexp"}
+    reasons = sorted(m["stats"]["reason"] for m in products if m["kind"] == "diff")
+    problems = query_journal(cluster, "archive", "SELECT payload FROM reports WHERE kind = 'visit_bad_quality'")
+
+    bad = calexps[visits[1].obsid]["stats"]
+    # At 2.4 arcsec no star of the small crowded field is isolated enough to model: the verdict still says fwhm.
+    assert bad["ok"] is False and "fwhm" in bad["reasons"]
+    assert bad["fwhm_arcsec"] is None or bad["fwhm_arcsec"] > 2.0
+    good = [calexps[v.obsid]["stats"] for v in visits if v.curindex != 2]
+    assert all(g["ok"] and 0.65 < g["fwhm_arcsec"] < 1.05 for g in good)  # truth 0.72-0.88 arcsec
+    assert diff_pairs(cluster) == ["3-1", "4-3"]
+    assert reasons == ["lost_v2", "regular"]
+    assert len(problems) == 1 and visits[1].obsid in problems[0]["payload"]

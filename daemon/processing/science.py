@@ -171,7 +171,8 @@ class Science:
                     settled = False  # a calexp still to come: no chunk-end decision before it
             chunk_end = max(f.arrived_at for f in members) + self.processing.chunk_end_s
             chunk_ended = settled and now >= chunk_end
-            if not chunk_ended and len(visits) < MAX_INDEX:
+            if now < chunk_end and len(visits) < MAX_INDEX:
+                # Past the chunk end but unsettled, the calexp still running wakes the scheduler when done.
                 deadline = chunk_end if deadline is None else min(deadline, chunk_end)
             prefix = f"{groupid}/"
             done = set()
