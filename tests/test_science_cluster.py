@@ -130,14 +130,30 @@ async def test_a_quad_gives_calexps_two_diffs_and_an_alert_at_the_transient(make
 
 
 async def test_a_lost_third_visit_pairs_2_1_and_then_4_2_at_the_chunk_end(make_cluster: MakeCluster) -> None:
-    """With v3 never taken, 2-1 is made on arrival and, once the chunk has ended (chunk_end_s after the last
-    visit), the lost-visit mapping's 4-2; nothing else."""
+    """``simulate night --lose v3``: 2-1 is made on arrival and, only once the chunk has ended (chunk_end_s = 4 s
+    after the last visit), the lost-visit mapping's 4-2; nothing else."""
     cluster = await calibrated(make_cluster, chunk_end_s=4)
-    await night(cluster, lose=["v3"])
+    await cli_ok(
+        "simulate", "night", "--workdir", str(cluster.workdir), "--fields", "1", "--lose", "v3", "--small",
+        "--instrument", INSTRUMENT, "--detector", DETECTOR, "--dayobs", DAYOBS,
+    )  # fmt: skip
     products = await notices(cluster, "skyrelay/v1/products/#", 2 + 3 + 4)
-    diffs = sorted(m["stats"]["reason"] for m in products if m["kind"] == "diff")
+    diffs = {m["stats"]["reason"]: m for m in products if m["kind"] == "diff"}
+    last_arrival = query_journal(
+        cluster, "archive", "SELECT max(arrived_at) AS t FROM catalog WHERE upper(imgtype) = 'OBJECT'"
+    )[0]["t"]
     assert diff_pairs(cluster) == ["2-1", "4-2"]
-    assert diffs == ["lost_v3", "regular"]
+    assert sorted(diffs) == ["lost_v3", "regular"]
+    assert diffs["lost_v3"]["created_at"] >= last_arrival + 4.0
+
+
+async def test_two_lost_visits_leave_one_desperate_pair_at_the_chunk_end(make_cluster: MakeCluster) -> None:
+    """v2 and v3 lost: no regular or mapped pair is possible, so at the chunk end 4-1 is made as desperate."""
+    cluster = await calibrated(make_cluster, chunk_end_s=3)
+    await night(cluster, lose=["v2", "v3"])
+    products = await notices(cluster, "skyrelay/v1/products/#", 2 + 2 + 2)
+    assert diff_pairs(cluster) == ["4-1"]
+    assert [m["stats"]["reason"] for m in products if m["kind"] == "diff"] == ["desperate"]
 
 
 async def test_an_archive_killed_during_a_difference_publishes_its_alerts_once_by_id(make_cluster: MakeCluster) -> None:
