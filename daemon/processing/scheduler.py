@@ -5,7 +5,9 @@ A sequence is ready when it is complete (CURINDEX 1..MAXINDEX archived) or has b
 dark sequence of that detector is known, for its master dark (until the flat has been quiet for
 ``quiet_s``: then it is built without, and its provenance says so). Each job is journaled before it
 runs; at start-up the journal's queued and running jobs run (again). At most ``workers`` jobs run at
-once (:attr:`Scheduler.limiter`). The only timer is the next quiet deadline: no polling.
+once (:attr:`Scheduler.limiter`). Science frames are planned and run by :class:`~daemon.processing.science.Science`
+in the same loop, under the same limit. The only timers are the next quiet deadline and the next chunk end:
+no polling.
 """
 
 from __future__ import annotations
