@@ -626,6 +626,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_simulate_calibs(simulate)
     add_products_commands(sub)
+
+    from ops.alerts_cli import add_alerts_commands
+    from ops.simulate.night import add_simulate_night
+
+    add_simulate_night(simulate)
+    add_alerts_commands(sub)
     return parser
 
 

@@ -3,6 +3,7 @@
 Pure: this package performs no I/O and imports nothing else of skyrelay.
 """
 
+from protocol.alerts import AlertNotice, ScienceProductNotice
 from protocol.arrival import ArrivalNotice, ExposureNotice
 from protocol.checksum import format_checksum, parse_checksum
 from protocol.codec import SCHEMA_VERSION, Message, all_schemas, decode
@@ -19,6 +20,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Ack",
     "AckStatus",
+    "AlertNotice",
     "ArrivalNotice",
     "Custody",
     "Event",
@@ -32,6 +34,7 @@ __all__ = [
     "ProtocolError",
     "Receipt",
     "RouteControl",
+    "ScienceProductNotice",
     "all_schemas",
     "decode",
     "format_checksum",

@@ -395,6 +395,14 @@ def _read_processing(raw: Any, reading: _Reading) -> Processing:
             reading.problem("processing.quiet_s: must be a positive number of seconds")
         else:
             updates["quiet_s"] = float(quiet)
+    for key in ("max_fwhm_arcsec", "chunk_end_s"):
+        number = raw.get(key)
+        if number is None:
+            continue
+        if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
+            reading.problem(f"processing.{key}: must be a positive number")
+        else:
+            updates[key] = float(number)
     for key in ("min_frames", "workers"):
         value = raw.get(key)
         if value is None:

@@ -131,6 +131,10 @@ class Processing:
     """Fewest usable frames a master is built from."""
     workers: int = 2
     """Jobs run at once (and the size of the local process pool)."""
+    max_fwhm_arcsec: float = 2.0
+    """A science visit whose PSF is broader than this is treated as lost for pairing (and reported)."""
+    chunk_end_s: float = 5400.0
+    """A quad with no new visit for this long is over: its missing visits are lost, desperate pairs are made."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,6 +4,8 @@
 - :mod:`~daemon.processing.sequences` — sequences from catalog frames, job specs and keys;
 - :mod:`~daemon.processing.executor` — process pool or Dask (:func:`make_executor`);
 - :mod:`~daemon.processing.products` — build, place, catalogue and announce a product; reprocess;
+- :mod:`~daemon.processing.science` — difference imaging on arrival: calexps, pairing, diffs and alerts;
+- :mod:`~daemon.processing.science_tasks` — the science jobs' worker entry points (calexp, diff);
 - :mod:`~daemon.processing.http` — ``/v1/products`` for operators.
 """
 

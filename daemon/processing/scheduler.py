@@ -5,7 +5,9 @@ A sequence is ready when it is complete (CURINDEX 1..MAXINDEX archived) or has b
 dark sequence of that detector is known, for its master dark (until the flat has been quiet for
 ``quiet_s``: then it is built without, and its provenance says so). Each job is journaled before it
 runs; at start-up the journal's queued and running jobs run (again). At most ``workers`` jobs run at
-once (:attr:`Scheduler.limiter`). The only timer is the next quiet deadline: no polling.
+once (:attr:`Scheduler.limiter`). Science frames are planned and run by :class:`~daemon.processing.science.Science`
+in the same loop, under the same limit. The only timers are the next quiet deadline and the next chunk end:
+no polling.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from daemon.journal import products as journal_products
 from daemon.journal.connection import Journal
 from daemon.processing import products
 from daemon.processing.executor import Executor, WorkerLost
+from daemon.processing.science import STEPS as SCIENCE_STEPS
+from daemon.processing.science import Science
 from daemon.processing.sequences import Sequence, group_sequences, job_key, job_spec, master_ref
 from daemon.report import Reporter
 from processors.calib import CalibError, CalibParams
@@ -63,6 +67,15 @@ class Scheduler:
         self._running: set[str] = set()
         self.product_built = asyncio.Event()
         """Set after each product is catalogued (tests and operators wait on it)."""
+        self.science = Science(
+            root=root,
+            journal=journal,
+            executor=executor,
+            reporter=reporter,
+            processing=processing,
+            notices_wake=notices_wake,
+        )
+        """Difference imaging on arrival: calexp and diff jobs."""
 
     async def run(self) -> None:
         """Plan and run jobs until cancelled; the executor is closed on the way out."""
@@ -72,6 +85,9 @@ class Scheduler:
                     raise_if_cancelling()
                     self.wake.clear()
                     deadline = await self._plan()
+                    science_deadline = await self.science.plan()
+                    if science_deadline is not None:
+                        deadline = science_deadline if deadline is None else min(deadline, science_deadline)
                     for job in await self.journal.read(journal_jobs.unfinished):
                         if job.job_key not in self._running:
                             self._running.add(job.job_key)
@@ -173,7 +189,10 @@ class Scheduler:
     async def _run_job(self, job: journal_jobs.JobRow) -> None:
         try:
             async with self.limiter:
-                await self._attempt(job)
+                if job.step in SCIENCE_STEPS:
+                    await self.science.run_job(job)
+                else:
+                    await self._attempt(job)
         finally:
             self._running.discard(job.job_key)
             self.wake.set()  # a finished master may unblock the detector's darks and flats

@@ -1,0 +1,195 @@
+"""The science jobs' worker entry points: ISR of one visit into a calexp, and one difference into alerts.
+
+Picklable top-level functions of one small argument, run by the executor (process pool or Dask): they
+read and write files by path and return small results; the big arrays stay in the files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from processors.alerts import AlertError, alerts_for, write_alerts_avro
+from processors.calib import MASK_SAT as ISR_SAT
+from processors.calib import isr_exposure
+from processors.diffim import MASK_BAD, MASK_SAT, CalibratedImage, DiffParams, difference_pair, visit_quality
+from processors.diffim.psf import QualityParams
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CalexpTask:
+    """ISR of one raw science frame with its masters, and the visit's quality cut."""
+
+    raw_path: str
+    output_path: str
+    bias_path: str | None
+    dark_path: str | None
+    flat_path: str | None
+    detector: str
+    max_fwhm_arcsec: float
+    provenance: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CalexpOutcome:
+    """What a calexp job found: the visit's identity and quality figures."""
+
+    obsid: str
+    band: str
+    midpoint_mjd_tai: float
+    fwhm_arcsec: float | None
+    n_psf_stars: int
+    ok: bool
+    reasons: tuple[str, ...]
+
+
+def _celestial_wcs(primary: fits.Header) -> fits.Header:
+    """The raw's TAN WCS (on the assembled grid) as a header of WCS cards only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)  # NAXIS = 0 and OBSGEO fix-ups: irrelevant here
+        full = WCS(primary, fix=False).celestial.to_header()
+    keep = (
+        "WCSAXES",
+        "CTYPE",
+        "CRVAL",
+        "CRPIX",
+        "CDELT",
+        "CUNIT",
+        "PC",
+        "CD",
+        "RADESYS",
+        "EQUINOX",
+        "LONPOLE",
+        "LATPOLE",
+    )
+    out = fits.Header()
+    for card in full.cards:
+        if card.keyword.startswith(keep):
+            out.append(card)
+    return out
+
+
+def make_calexp(task: CalexpTask) -> CalexpOutcome:
+    """ISR (overscan, bias, dark, flat), assembly, mask mapping; write the calexp; measure the visit's PSF.
+
+    Raises:
+        CalibError: the raw cannot be read or a master does not fit it.
+    """
+    isr = isr_exposure(task.raw_path, bias=task.bias_path, dark=task.dark_path, flat=task.flat_path)
+    primary = fits.getheader(task.raw_path, 0)
+    mask = np.where(isr.mask != 0, MASK_BAD, 0).astype(np.uint16)
+    mask[(isr.mask & ISR_SAT) != 0] = MASK_SAT
+    image = np.where(np.isfinite(isr.image), isr.image, 0.0).astype(np.float32)
+    variance = np.where(np.isfinite(isr.variance) & (isr.variance > 0), isr.variance, 1e12).astype(np.float32)
+    mask[~np.isfinite(isr.image)] = MASK_BAD
+    if "MJD-MID" in primary:
+        midpoint = float(primary["MJD-MID"])
+    else:
+        midpoint = float(primary["MJD-OBS"]) + float(primary.get("EXPTIME", 0.0)) / 2 / 86400
+    band = str(primary.get("FILTER", "")).split("_")[0]
+    calexp = CalibratedImage(
+        image_e=image,
+        variance_e2=variance,
+        mask=mask,
+        wcs_header=_celestial_wcs(primary),
+        obsid=str(primary["OBSID"]),
+        detector=task.detector,
+        band=band,
+        midpoint_mjd_tai=midpoint,
+    )
+    calexp.to_fits(task.output_path)
+    with fits.open(task.output_path, mode="update") as hdul:
+        for key, value in task.provenance.items():
+            hdul[0].header[key] = value
+        for key in ("GROUPID", "CURINDEX", "MAXINDEX", "FILTER", "OBJECT", "INSTRUME"):
+            if key in primary:
+                hdul[0].header[key] = primary[key]
+    params = DiffParams(quality=QualityParams(max_fwhm_arcsec=task.max_fwhm_arcsec))
+    psf, quality = visit_quality(calexp, params)
+    fwhm = quality.fwhm_arcsec if psf is not None and np.isfinite(quality.fwhm_arcsec) else None
+    return CalexpOutcome(
+        obsid=calexp.obsid,
+        band=band,
+        midpoint_mjd_tai=midpoint,
+        fwhm_arcsec=fwhm,
+        n_psf_stars=quality.n_psf_stars,
+        ok=quality.ok,
+        reasons=quality.reasons,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiffTask:
+    """One science - reference difference of two calexps, its file and its visit's alerts."""
+
+    science_path: str
+    reference_path: str
+    output_path: str
+    alerts_path: str
+    time_processed_mjd_tai: float
+    params: DiffParams
+    provenance: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiffOutcome:
+    """What a difference yielded: its alerts (JSON packets) and a few figures."""
+
+    science_obsid: str
+    reference_obsid: str
+    alerts: tuple[dict[str, Any], ...]
+    n_sources: int
+    flagged: bool
+    convolved: str
+    kernel_stamps: int
+
+
+def make_diff(task: DiffTask) -> DiffOutcome:
+    """Difference two calexps; write the difference (IMAGE/VARIANCE/MASK) and the alerts (Avro).
+
+    Raises:
+        DiffimError: no PSF star, or too few stars for the kernel.
+    """
+    science = CalibratedImage.from_fits(task.science_path)
+    reference = CalibratedImage.from_fits(task.reference_path)
+    result = difference_pair(science, reference, dataclasses.replace(task.params, keep_images=True))
+    assert result.diff_e is not None and result.variance_e2 is not None and result.mask is not None
+    primary = fits.Header()
+    primary["OBSID"] = result.science_obsid
+    primary["REFOBSID"] = result.reference_obsid
+    primary["DETECTOR"] = result.detector
+    primary["BAND"] = result.band
+    primary["MJD-MID"] = result.midpoint_mjd_tai
+    primary["CONVOLVD"] = result.convolved
+    for key, value in task.provenance.items():
+        primary[key] = value
+    fits.HDUList(
+        [
+            fits.PrimaryHDU(header=primary),
+            fits.ImageHDU(result.diff_e, header=science.wcs_header, name="IMAGE"),
+            fits.ImageHDU(result.variance_e2, name="VARIANCE"),
+            fits.ImageHDU(result.mask, name="MASK"),
+        ]
+    ).writeto(task.output_path, overwrite=True)
+    try:
+        alerts = alerts_for(result, time_processed_mjd_tai=task.time_processed_mjd_tai)
+        flagged = False
+    except AlertError:
+        alerts, flagged = [], True
+    with open(task.alerts_path, "wb") as stream:
+        stream.write(write_alerts_avro(alerts))
+    return DiffOutcome(
+        science_obsid=result.science_obsid,
+        reference_obsid=result.reference_obsid,
+        alerts=tuple(a.to_json() for a in alerts),
+        n_sources=len(result.detections.sources),
+        flagged=flagged,
+        convolved=result.convolved,
+        kernel_stamps=result.kernel.n_stamps,
+    )

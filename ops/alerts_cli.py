@@ -1,0 +1,89 @@
+"""``skyrelay alerts show ID``: an alert from the archive's notice log, and its three cutouts as PNG."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from daemon.journal.science import alert_payload
+from protocol import ProtocolError, decode
+from protocol.alerts import AlertNotice
+
+CUTOUTS = (("science", "cutoutScience"), ("template", "cutoutTemplate"), ("difference", "cutoutDifference"))
+
+
+def add_alerts_commands(subparsers: Any) -> None:
+    """Add ``skyrelay alerts show``."""
+    alerts = subparsers.add_parser("alerts", help="difference-image alerts").add_subparsers(dest="verb", required=True)
+    p = alerts.add_parser("show", help="print an alert and write its cutouts as PNG")
+    p.add_argument("alert_id", type=int, help="alertId (= diaSourceId)")
+    p.add_argument("--workdir", type=Path, required=True, help="a `skyrelay up` cluster (its archive's journal)")
+    p.add_argument("--out", type=Path, required=True, help="directory for <ID>_{science,template,difference}.png")
+    p.set_defaults(func=cmd_alerts_show)
+
+
+def find_alert(workdir: Path, alert_id: int) -> AlertNotice | None:
+    """The alert's notice from the archive's journal (read only), or None when there is no such alert."""
+    path = workdir / "archive" / "state" / "journal.sqlite"
+    if not path.is_file():
+        raise FileNotFoundError(f"no archive journal at {path}")
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+        payload = alert_payload(db, alert_id)
+    if payload is None:
+        return None
+    message = decode(payload, AlertNotice)
+    assert isinstance(message, AlertNotice)
+    return message
+
+
+def write_cutout_pngs(notice: AlertNotice, out: Path) -> list[Path]:
+    """The science, template and difference cutouts as PNG (matplotlib, Agg), the source's position marked."""
+    import base64
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label, field in CUTOUTS:
+        with fits.open(io.BytesIO(base64.b64decode(notice.alert[field]))) as hdul:
+            data = np.asarray(hdul[0].data, dtype=np.float64)
+        finite = data[np.isfinite(data)]
+        low, high = np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0)
+        figure, axes = plt.subplots(figsize=(3, 3), dpi=100)
+        axes.imshow(data, origin="lower", cmap="gray", vmin=low, vmax=high if high > low else low + 1)
+        axes.set_title(f"{label} {notice.alert_id}", fontsize=7)
+        axes.set_axis_off()
+        path = out / f"{notice.alert_id}_{label}.png"
+        figure.savefig(path)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def cmd_alerts_show(args: argparse.Namespace) -> int:
+    """Print the alert (without its cutouts) as JSON and write the three PNG files."""
+    try:
+        notice = find_alert(args.workdir, args.alert_id)
+    except (FileNotFoundError, sqlite3.Error, ProtocolError) as exc:
+        print(f"skyrelay alerts show: {exc}", file=sys.stderr)
+        return 2
+    if notice is None:
+        print(f"skyrelay alerts show: no alert {args.alert_id} in the archive's notice log", file=sys.stderr)
+        return 1
+    paths = write_cutout_pngs(notice, args.out)
+    summary = {key: value for key, value in notice.alert.items() if not key.startswith("cutout")}
+    print(json.dumps({"alert": summary, "visits": list(notice.visits), "position": notice.position,
+                      "pngs": [str(p) for p in paths]}))  # fmt: skip
+    return 0
