@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import pytest
+from test_science_protocol import SAMPLES as SCIENCE_SAMPLES
 
 from protocol import (
     SCHEMA_VERSION,
@@ -129,7 +130,7 @@ def _samples() -> list[Message]:
     ]
 
 
-SAMPLES = _samples()
+SAMPLES = _samples() + SCIENCE_SAMPLES
 
 
 def _offer_dict(**changes: Any) -> dict[str, Any]:
