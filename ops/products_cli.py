@@ -148,6 +148,7 @@ def add_simulate_calibs(simulate_subparsers: Any) -> None:
     p.add_argument("--interrupt-at", type=int, default=None, metavar="K", help="stop the flats after frame K-1")
     p.add_argument("--seq-start", type=int, default=1)
     p.add_argument("--small", action="store_true", help="small test detectors (2 x 4 amplifiers of 32 x 64 px)")
+    p.add_argument("--compress", action="store_true", help="Rice tile-compressed amplifiers, as real raws are")
     p.set_defaults(func=cmd_simulate_calibs)
 
 
@@ -175,6 +176,7 @@ def cmd_simulate_calibs(args: argparse.Namespace) -> int:
         lamp_factor=args.lamp_factor,
         interrupt_at=args.interrupt_at,
         spec=DetectorSpec.small() if args.small else None,
+        compress=args.compress,
     )
     for truth in truths:
         print(f"{truth.kind:5} {truth.groupid}: {len(truth.paths)} frame(s) into {inbox}")
