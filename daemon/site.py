@@ -14,6 +14,7 @@ import signal
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -36,8 +37,6 @@ from daemon.journal import Journal
 from daemon.journal import notices as journal_notices
 from daemon.journal import reports as journal_reports
 from daemon.mailbox import Account, Mailbox, daemon_account
-from daemon.processing import Scheduler, make_executor
-from daemon.processing.http import product_routes
 from daemon.publisher import E, LogPublisher
 from daemon.receiving import Receiver, RelayStore, Store
 from daemon.report import Reporter
@@ -49,6 +48,9 @@ from daemon.sending.sender import Sender
 from daemon.summit.registrar import REGISTRARS, Registrar
 from daemon.summit.watcher import InboxWatcher
 from daemon.trust import Trust
+
+if TYPE_CHECKING:
+    from daemon.processing import Scheduler
 
 log = structlog.get_logger()
 
@@ -175,6 +177,9 @@ class Site:
             self.completeness.notices_wake = self.notices.wake
         self.scheduler: Scheduler | None = None
         if self.archivist is not None and self.notices is not None:
+            # Only the archive processes; the summit and the base never load the science libraries.
+            from daemon.processing import Scheduler, make_executor
+
             processing = topology.processing
             self.scheduler = Scheduler(
                 root=self.archivist.root,
@@ -261,6 +266,8 @@ class Site:
                     routes += archive_routes(self.completeness, self.quarantine)
                     routes += notice_routes(self.journal, access.check)
                 if self.scheduler is not None:
+                    from daemon.processing.http import product_routes
+
                     routes += product_routes(self.journal, self.scheduler)
                 app = build_app(self.journal, access, self.trust, self.view.status, routes)
                 server = serve(app, cfg.http_listen, http_ready, cfg.http_server_tls_context())

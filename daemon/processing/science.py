@@ -35,11 +35,9 @@ from daemon.journal import products as journal_products
 from daemon.journal import science as journal_science
 from daemon.journal.connection import Journal
 from daemon.processing.executor import Executor, WorkerLost
-from daemon.processing.science_tasks import CalexpOutcome, CalexpTask, DiffOutcome, DiffTask, make_calexp, make_diff
 from daemon.processing.sequences import code_version, master_ref
 from daemon.report import Reporter
 from processors.calib import CalibError
-from processors.diffim import DiffimError, DiffParams
 from processors.pairing import MAX_INDEX, VisitState, pairs_to_make
 from protocol import topics
 from protocol.alerts import AlertNotice, ScienceProductNotice
@@ -49,7 +47,15 @@ log = structlog.get_logger()
 STEPS = ("calexp", "diff")
 """Job steps this module plans and runs."""
 MAX_ATTEMPTS = 3
-DIFF_PARAMS = DiffParams(background_mesh_px=64)
+DIFF_BACKGROUND_MESH_PX = 64
+"""The difference settings the archive uses (DiffParams' defaults otherwise)."""
+
+
+def _diff_params() -> Any:
+    """The DiffParams of every difference (the science libraries load with the first science job)."""
+    from processors.diffim import DiffParams
+
+    return DiffParams(background_mesh_px=DIFF_BACKGROUND_MESH_PX)
 """Settings of every difference (part of the diff job's key)."""
 
 T = TypeVar("T")
@@ -215,7 +221,7 @@ class Science:
             "science": sci,
             "reference": rf,
             "inputs": [sci, rf],
-            "params": repr(DIFF_PARAMS),
+            "params": repr(_diff_params()),
             "code_version": code_version(),
         }
         key = _key(
@@ -243,6 +249,8 @@ class Science:
 
     async def run_job(self, job: journal_jobs.JobRow) -> None:
         """Run one science job to done or failed (a lost worker is retried up to :data:`MAX_ATTEMPTS`)."""
+        from processors.diffim import DiffimError
+
         while True:
             if job.attempts >= MAX_ATTEMPTS:
                 reason = f"given up after {job.attempts} attempts whose worker died"
@@ -291,6 +299,8 @@ class Science:
         return incoming
 
     async def _calexp(self, job: journal_jobs.JobRow, attempt: int) -> None:
+        from daemon.processing.science_tasks import CalexpOutcome, CalexpTask, make_calexp
+
         spec = job.spec
         pid = f"calexp-{job.detector}-{job.job_key[:16]}"
         relative = f"products/calexp/{job.instrument}/{job.detector}/{pid}.fits"
@@ -395,6 +405,8 @@ class Science:
         )
 
     async def _diff(self, job: journal_jobs.JobRow, attempt: int) -> None:
+        from daemon.processing.science_tasks import DiffOutcome, DiffTask, make_diff
+
         spec = job.spec
         pid = f"diff-{job.detector}-{job.job_key[:16]}"
         aid = f"alerts-{job.detector}-{job.job_key[:16]}"
@@ -410,7 +422,7 @@ class Science:
             output_path=str(temporary),
             alerts_path=str(alerts_temporary),
             time_processed_mjd_tai=_mjd_tai_now(),
-            params=DIFF_PARAMS,
+            params=_diff_params(),
             provenance={
                 "PRODID": pid,
                 "JOBKEY": job.job_key[:32],
