@@ -628,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_products_commands(sub)
 
     from ops.alerts_cli import add_alerts_commands
-    from ops.simulate.night import add_simulate_night
+    from ops.products_cli import add_simulate_night
 
     add_simulate_night(simulate)
     add_alerts_commands(sub)

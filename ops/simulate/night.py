@@ -11,9 +11,7 @@ chosen difference SNR in visits 2 and 4; its truth goes to ``<OBSID>.truth.json`
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,48 +183,3 @@ def write_night(
             )
         )
     return written
-
-
-def add_simulate_night(simulate_subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``skyrelay simulate night`` to the ``simulate`` subcommands."""
-    p = simulate_subparsers.add_parser("night", help="write science quads of one detector into the summit inbox")
-    p.add_argument("--workdir", type=Path, required=True, help="a `skyrelay up` cluster (its summit inbox)")
-    p.add_argument("--fields", type=int, default=1, help="fields, one quad each")
-    p.add_argument("--instrument", default="ComCam")
-    p.add_argument("--detector", default="R22_S11")
-    p.add_argument("--dayobs", default=None, help="YYYYMMDD (today, UTC, by default)")
-    p.add_argument("--seq-start", type=int, default=100)
-    p.add_argument("--lose", action="append", default=[], help="a visit never written: v3, or F01:v3")
-    p.add_argument("--bad-seeing", action="append", default=[], help="a visit in 2.4 arcsec seeing: v2, or F01:v2")
-    p.add_argument("--snr", type=float, default=20.0, help="difference SNR of each field's transient")
-    p.add_argument("--small", action="store_true", help="small science detectors (256 x 256 px)")
-    p.set_defaults(func=cmd_simulate_night)
-
-
-def cmd_simulate_night(args: argparse.Namespace) -> int:
-    """Write the night into the cluster's summit inbox."""
-    import datetime
-
-    from ops.camera import CameraError, _inbox_from_workdir
-
-    try:
-        inbox = _inbox_from_workdir(args.workdir)
-    except CameraError as exc:
-        print(f"skyrelay simulate night: {exc}", file=sys.stderr)
-        return 2
-    dayobs = args.dayobs or datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
-    visits = write_night(
-        inbox,
-        instrument=args.instrument,
-        detector=args.detector,
-        dayobs=dayobs,
-        fields=args.fields,
-        lose=args.lose,
-        bad_seeing=args.bad_seeing,
-        small=args.small,
-        seq_start=args.seq_start,
-        transient_snr=args.snr,
-    )
-    for v in visits:
-        print(f"{v.obsid} {v.group_id} v{v.curindex}: {v.path.name}")
-    return 0
