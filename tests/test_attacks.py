@@ -231,13 +231,16 @@ async def summit_status(cluster: Cluster) -> dict[str, Any]:
 
 
 async def converged(cluster: Cluster) -> None:
-    """Wait until the summit sees every route healthy: a daemon is ready before its links and its peers'
-    presence have all come up, and a file written meanwhile may take another route."""
+    """Wait until the summit sees every route healthy and new files take the preferred one again: a daemon is
+    ready before its links and its peers' presence have all come up, a route that failed is taken again only
+    after the failback hold-down, and a file written meanwhile may take another route."""
 
     async def healthy() -> bool:
         status = await summit_status(cluster)
         links = all(link == {"connected": True, "peer_online": True} for link in status["links"].values())
-        return links and all(r["healthy"] and not r["evidence"]["onward_unreachable"] for r in status["routes"])
+        routes = status["routes"]
+        ready = all(r["healthy"] and not r["evidence"]["onward_unreachable"] for r in routes)
+        return links and ready and bool(routes[0]["evidence"]["in_use"])
 
     await until_async(healthy, 30, "every route healthy at the summit")
 
