@@ -100,6 +100,7 @@ class Mailbox:
         self._own_presences: deque[bytes] = deque(maxlen=OWN_PRESENCES_KEPT)
         self._latest_own: bytes | None = None
         self._peer_presence_at: dict[str, float] = {}
+        self._leaving = False
         self.local_ready = asyncio.Event()
         self._listeners: list[PeerListener] = []
         # A link that comes back should be noticed within seconds, whatever the delivery backoff is.
@@ -171,8 +172,9 @@ class Mailbox:
                         if str(message.topic) == topics.presence(self.site):
                             if not message.retain:  # the stored one is replaced by our announcement anyway
                                 await self._guard_own_presence(payload)
-                            continue
-                        await self._on_message(str(message.topic), payload)
+                        else:
+                            await self._on_message(str(message.topic), payload)
+                        raise_if_cancelling()  # a publish above may have swallowed our cancellation
             except aiomqtt.MqttError as exc:
                 attempt += 1
                 delay = backoff_delay(attempt, initial_s=self.tuning.backoff_initial_s, cap_s=self._reconnect_cap_s)
@@ -199,6 +201,7 @@ class Mailbox:
                     await self._announce()
                     async for message in client.messages:
                         await self._on_presence(peer, message.payload)
+                        raise_if_cancelling()
             except aiomqtt.MqttError as exc:
                 attempt += 1
                 delay = backoff_delay(attempt, initial_s=self.tuning.backoff_initial_s, cap_s=self._reconnect_cap_s)
@@ -231,8 +234,8 @@ class Mailbox:
         or an old presence of ours replayed), so that a peer connecting later reads the current one. Our own
         earlier publishes come back too; republishing the same latest bytes makes that converge."""
         latest = self._latest_own
-        if latest is None or payload == latest:
-            return
+        if latest is None or payload == latest or self._leaving:
+            return  # (after goodbye our offline presence stands)
         if payload not in self._own_presences:
             log.warning("own_presence_replaced", payload_bytes=len(payload))
             if self._on_rejected is not None:
@@ -309,6 +312,7 @@ class Mailbox:
 
     async def goodbye(self) -> None:
         """Publish ``offline`` presence on every connected broker before a clean shutdown."""
+        self._leaving = True
         for client in [*self._peers.values(), self._local]:
             if client is not None:
                 with contextlib.suppress(aiomqtt.MqttError):
