@@ -28,6 +28,7 @@ from daemon.credentials import Logins, read_password_file
 from daemon.custody import CustodyRelay, upgrade_legacy
 from daemon.dispatch import Dispatcher
 from daemon.http.auth import Access
+from daemon.http.console import Console
 from daemon.http.dataserver import build_app, serve
 from daemon.http.metrics import SiteMetrics
 from daemon.http.notices import notice_routes
@@ -108,6 +109,12 @@ class Site:
             router=self.router,
         )
         self.metrics = SiteMetrics(self.view)
+        self.console = Console(topology, name, self.view)
+        changed = self.view.changes.notify
+        self.reporter.listeners.append(changed)
+        self.sender.queue_listeners.append(changed)
+        self.sender.health_listeners.append(changed)
+        self.mailbox.add_peer_listener(lambda peer, up: changed())
         self.archivist: Archivist | None = None
         self.completeness: Completeness | None = None
         self.quarantine: Quarantine | None = None
@@ -127,6 +134,7 @@ class Site:
             self.archivist.latency = self.metrics.observe_latency
             self.completeness = Completeness(self.journal, tuning, self.reporter, self.archivist.notices_wake)
             self.archivist.committed.append(self.completeness.wake.set)
+            self.archivist.committed.append(changed)
             self.quarantine = Quarantine(self.archivist, self.reporter)
         elif self.role == "relay":
             store = RelayStore(self.journal, self.items, self.relay_dir)
@@ -260,7 +268,8 @@ class Site:
             client_tls = self.topology.http_tls_context()
             connector = aiohttp.TCPConnector(ssl=client_tls) if client_tls is not None else None
             async with aiohttp.ClientSession(connector=connector) as session, asyncio.TaskGroup() as tg:
-                routes = operator_routes(self.view, self.metrics)
+                routes = operator_routes(self.view, self.metrics) + self.console.routes()
+                self.console.session = session
                 access = Access(self.topology, await asyncio.to_thread(_logins, cfg.accounts_file))
                 if self.completeness is not None and self.quarantine is not None:
                     routes += archive_routes(self.completeness, self.quarantine)
@@ -270,6 +279,7 @@ class Site:
 
                     routes += product_routes(self.journal, self.scheduler)
                 app = build_app(self.journal, access, self.trust, self.view.status, routes)
+                app.on_shutdown.append(self.console.shutdown)
                 server = serve(app, cfg.http_listen, http_ready, cfg.http_server_tls_context())
                 tg.create_task(server, name=f"{self.name}.http")
                 tg.create_task(self.reports.run(), name=f"{self.name}.reports")

@@ -1,4 +1,4 @@
-"""The live status page each daemon serves at ``/``: its /v1/status and /v1/queue, refreshed every 2 s."""
+"""The console page each daemon serves at ``/``: plain HTML, CSS and JS fed by ``/v1/stream`` (server-sent events)."""
 
 from __future__ import annotations
 

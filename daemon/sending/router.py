@@ -97,6 +97,9 @@ class Router:
         self._stuck_reported_at: float | None = None
         self.wake = asyncio.Event()
         self._pending_events: list[tuple[str, str, dict[str, Any]]] = []
+        self._down: dict[str, str] = {}
+        """Routes seen down since they were last healthy, and why (for route_down / route_up events)."""
+        self._seen_healthy: set[str] = set()
 
     # ---- bookkeeping -----------------------------------------------------------------------
 
@@ -301,6 +304,7 @@ class Router:
             for kind, message, details in self._pending_events:
                 await self.reporter.event(kind, message, **details)
             self._pending_events.clear()
+            await self._note_health(time.monotonic())
             self.choose()
             await self._failover()
             await self._release_held(time.monotonic())
@@ -325,6 +329,37 @@ class Router:
                 continue
             await self._reroute(item, alternative, reason=f"{route.name} unusable: {self._why(route, now)}")
         await self._hold_forbidden(now)
+
+    async def _note_health(self, now: float) -> None:
+        """Journal each change of a route's health as an event (``route_down`` with why, ``route_up``), so the
+        console's timeline shows when and why routes went down and came back; the start-up's first
+        connections are not changes."""
+        for route in self.routes.routes:
+            healthy = self.routes.route_healthy(route, now)
+            if healthy:
+                self._seen_healthy.add(route.name)
+                was = self._down.pop(route.name, None)
+                if was is not None:
+                    await self.reporter.event("route_up", f"route {route.name} healthy again", route=route.name)
+            elif route.name in self._seen_healthy and route.name not in self._down:
+                why = self._health_reason(route, now)
+                self._down[route.name] = why
+                await self.reporter.event("route_down", f"route {route.name} down: {why}", route=route.name, reason=why)
+
+    def _health_reason(self, route: Route, now: float) -> str:
+        peer = self.routes.next_hop(route)
+        mailbox = self.sender.mailbox
+        if not mailbox.connected(peer):
+            return f"no connection to {peer}'s mailbox"
+        if not mailbox.peer_online.get(peer, False):
+            return f"{peer} is offline"
+        breaker = self.routes.breaker(peer)
+        if not breaker.allows():
+            return f"breaker to {peer} open ({breaker.last_reason or 'failures'})"
+        onward = self.routes.onward_down(route)
+        if onward:
+            return f"{peer} reports {', '.join(onward)} unreachable"
+        return "files missed the custody deadline on it"
 
     def _why(self, route: Route, now: float) -> str:
         peer = self.routes.next_hop(route)

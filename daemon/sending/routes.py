@@ -211,6 +211,14 @@ class RouteTable:
         reported = self._unreachable(peer)
         return tuple(s for s in later if s in reported)
 
+    def upstream_down(self, route: Route) -> tuple[str, ...]:
+        """The site before this one on ``route``, when this site's link from it is not usable (relays only)."""
+        index = route.sites.index(self.site)
+        if index == 0:
+            return ()
+        previous = route.sites[index - 1]
+        return () if self._connected(previous) else (previous,)
+
     def route_healthy(self, route: Route, now: float | None = None) -> bool:
         """The first hop is healthy, the next hop can reach the rest, and the route is not degraded."""
         now = time.monotonic() if now is None else now
@@ -299,11 +307,14 @@ class RouteTable:
             peer = self.next_hop(route)
             breaker = self.breaker(peer)
             since = self._healthy_since[route.name]
+            # A relay's route is only as good as the hop that feeds it: shown down when the link from the
+            # site before it is (the relay's own decisions never use this; its onward hop is what it sends on).
+            upstream = self.upstream_down(route)
             out.append(
                 RouteView(
                     name=route.name,
                     sites=route.sites,
-                    healthy=self.route_healthy(route, now),
+                    healthy=self.route_healthy(route, now) and not upstream,
                     policy=self.policy[route.name],
                     healthy_since=(time.time() - (now - since)) if since is not None else None,
                     evidence={
@@ -316,6 +327,7 @@ class RouteTable:
                         "degraded_for_s": round(max(0.0, self.degraded_until.get(route.name, 0.0) - now), 1),
                         "queued": queue.get(route.name, 0),
                         "in_use": route.name == self.current,
+                        "upstream_unreachable": list(upstream),
                     },
                 )
             )

@@ -1,0 +1,102 @@
+"""What the operator's console reads from the journal: the timeline, latency, completeness, notices."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+NOTICE_KINDS = ("arrivals", "products", "alerts")
+
+
+def timeline(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    """The newest problems and events (the journaled report log), oldest first, as published plus their stream."""
+    rows = db.execute("SELECT stream, payload FROM reports ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+    out: list[dict[str, Any]] = []
+    for row in reversed(rows):
+        entry = json.loads(row["payload"])
+        entry["stream"] = row["stream"]
+        out.append(entry)
+    return out
+
+
+def latencies(db: sqlite3.Connection, limit: int) -> list[tuple[float, float]]:
+    """(arrived at, close → archive seconds) of the newest archived files, oldest first."""
+    rows = db.execute(
+        "SELECT arrived_at, arrived_at - closed_at AS latency FROM catalog ORDER BY arrived_at DESC LIMIT ?", (limit,)
+    ).fetchall()
+    return [(float(r["arrived_at"]), float(r["latency"])) for r in reversed(rows)]
+
+
+def recent_arrivals(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    """The newest archived files, newest first: name, obsid, detector, route, when and close → archive seconds."""
+    rows = db.execute(
+        "SELECT name, obsid, detector, route, status, closed_at, arrived_at FROM catalog"
+        " ORDER BY arrived_at DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [
+        {
+            "name": r["name"],
+            "obsid": r["obsid"],
+            "detector": r["detector"],
+            "route": r["route"],
+            "status": r["status"],
+            "arrived_at": float(r["arrived_at"]),
+            "latency_s": round(max(0.0, float(r["arrived_at"]) - float(r["closed_at"])), 2),
+        }
+        for r in rows
+    ]
+
+
+def recent_exposures(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    """The newest exposures with their detectors expected and arrived, newest first."""
+    rows = db.execute("SELECT * FROM exposures ORDER BY last_at DESC LIMIT ?", (limit,)).fetchall()
+    out = []
+    for r in rows:
+        expected = json.loads(r["expected"])
+        arrived = json.loads(r["detectors"])
+        out.append(
+            {
+                "instrument": r["instrument"],
+                "obsid": r["obsid"],
+                "state": r["state"],
+                "expected": len(expected),
+                "arrived": len(set(arrived) & set(expected)) if expected else len(arrived),
+                "missing": sorted(set(expected) - set(arrived))[:20],
+                "first_at": float(r["first_at"]),
+                "last_at": float(r["last_at"]),
+            }
+        )
+    return out
+
+
+def notice_counts(db: sqlite3.Connection) -> dict[str, int]:
+    """Notices journaled by kind (arrivals, products, alerts)."""
+    counts = dict.fromkeys(NOTICE_KINDS, 0)
+    rows = db.execute(
+        "SELECT substr(topic, 13, instr(substr(topic, 13), '/') - 1) AS kind, COUNT(*) AS n FROM notices GROUP BY kind"
+    )
+    for r in rows:
+        if r["kind"] in counts:
+            counts[r["kind"]] = int(r["n"])
+    return counts
+
+
+def recent_notices(db: sqlite3.Connection, kinds: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
+    """The newest notices of some kinds (``products``, ``alerts``), newest first: topic, time and a short summary."""
+    patterns = [f"skyrelay/v1/{kind}/%" for kind in kinds]
+    where = " OR ".join("topic LIKE ?" for _ in patterns) or "0"
+    rows = db.execute(
+        f"SELECT topic, payload, created_at FROM notices WHERE {where} ORDER BY rowid DESC LIMIT ?",
+        (*patterns, limit),
+    ).fetchall()
+    out = []
+    for r in rows:
+        try:
+            body = json.loads(r["payload"])
+        except ValueError:
+            body = {}
+        summary = {k: body[k] for k in ("kind", "type", "obsid", "detector", "product_id", "visit") if k in body}
+        out.append({"topic": r["topic"], "at": float(r["created_at"]), **summary})
+    return out

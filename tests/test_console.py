@@ -1,0 +1,120 @@
+"""The operator's console in a real headless browser (Debian's chromium), on a real drill cluster.
+
+The archive's page shows the whole system and is pushed every change by server-sent events: the test
+measures, and prints, the seconds from each event (a file archived, a link cut, a link restored) to the
+page showing it. With ``SKYRELAY_SCREENS=<dir>`` it also saves screenshots and the figures there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser import open_page, require_browser
+from conftest import MakeCluster, login, write_files
+
+from ops.linksim import link_name
+
+pytestmark = pytest.mark.timeout(120)
+
+TUNING: dict[str, float] = {
+    "ack_timeout_s": 1.5,
+    "backoff_initial_s": 0.2,
+    "backoff_max_s": 2.0,
+    "breaker_failures": 2,
+    "breaker_hold_down_s": 3.0,
+    "end_to_end_timeout_s": 8.0,
+    "mqtt_keepalive_s": 2,
+    "publish_timeout_s": 1.5,
+}
+SEEN_S = 20_000  # ms: a change must be on the page within this (generous under load; the figures are printed)
+
+
+def _route(name: str, healthy: bool) -> str:
+    return f"document.querySelector('tr[data-route=\"{name}\"]')?.dataset.healthy === '{str(healthy).lower()}'"
+
+
+def _level(level: str) -> str:
+    return f"document.getElementById('banner').dataset.level === '{level}'"
+
+
+async def test_the_archive_page_shows_arrivals_a_cut_and_its_restore_live_and_keeps_the_timeline(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    """On the archive's page, pushed by server-sent events: a file just archived appears; a cut of the
+    summit-base link turns the primary route DOWN and the verdict DEGRADED with the route as its reason;
+    the restore brings both back; the timeline (journaled at the summit) still shows the cut after the
+    summit daemon is killed and restarted."""
+    require_browser()
+    screens = Path(os.environ.get("SKYRELAY_SCREENS") or tmp_path / "screens")
+    await asyncio.to_thread(screens.mkdir, parents=True, exist_ok=True)
+    figures: dict[str, float] = {}
+    cluster = await make_cluster(drill=True, tuning=TUNING)
+    async with open_page(cluster.http_url("archive") + "/", credentials=login(cluster)) as page:
+        await page.wait_for_function(_level("OK"), timeout=30_000)
+        assert await page.text_content("#here") == "seen from archive"
+        for site in ("summit", "base", "archive"):
+            assert await page.get_attribute(f'#sites tr[data-site="{site}"]', "data-reachable") == "true"
+
+        # A file that just arrived appears.
+        closed_at = time.time()
+        [path] = await write_files(cluster, seqnum=1, size_bytes=64 * 1024, detectors=["R22_S11"])
+        row = f'#arrivals tr[data-file="{path.name}"]'
+        await page.wait_for_selector(row, timeout=SEEN_S)
+        arrived_at = float(await page.get_attribute(row, "data-arrived-at") or 0)
+        shown_at = float(await page.get_attribute(row, "data-shown-at") or 0)
+        figures["archived_to_page_s"] = shown_at - arrived_at
+        figures["close_to_page_s"] = shown_at - closed_at
+        assert "primary" in (await page.text_content(row) or "")
+        assert "1/1" in (await page.text_content("#exposures") or "") or "R22_S11" in (
+            await page.text_content("#arrivals") or ""
+        )
+        assert "median" in (await page.text_content("#latency") or "")
+
+        # A cut: the primary route goes down, the verdict says why.
+        link = cluster.linksim.link(link_name("summit", "base"))
+        cut_at = time.time()
+        await link.set_mode("cut")
+        await page.wait_for_function(_route("primary", False), timeout=SEEN_S)
+        figures["cut_to_page_s"] = time.time() - cut_at
+        await page.wait_for_function(_level("DEGRADED"), timeout=SEEN_S)
+        reason = await page.text_content("#verdict-reason") or ""
+        assert "primary" in reason and "base" in reason, reason
+        assert await page.get_attribute('tr[data-route="direct"]', "data-healthy") == "true"
+        problems = await page.text_content("#conditions") or ""
+        assert "no connection to base's mailbox" in problems, problems
+        await page.wait_for_selector('#timeline tr[data-kind="route_down"][data-site="summit"]', timeout=SEEN_S)
+        await page.screenshot(path=str(screens / "console-during-cut.png"), full_page=True)
+
+        # The restore: the route comes back, the verdict returns to OK.
+        restore_at = time.time()
+        await link.set_mode("up")
+        await page.wait_for_function(_route("primary", True), timeout=SEEN_S)
+        figures["restore_to_page_s"] = time.time() - restore_at
+        await page.wait_for_function(_level("OK"), timeout=SEEN_S)
+        figures["restore_to_ok_s"] = time.time() - restore_at
+        await page.wait_for_selector('#timeline tr[data-kind="route_up"][data-site="summit"]', timeout=SEEN_S)
+        await page.screenshot(path=str(screens / "console-after-restore.png"), full_page=True)
+        down_at = await page.get_attribute('#timeline tr[data-kind="route_down"][data-site="summit"]', "data-at")
+
+        # The timeline is the summit's journal: it survives the summit daemon's SIGKILL and restart.
+        old_pid = cluster.daemons["summit"].pid
+        await cluster.daemons["summit"].kill()
+        await page.wait_for_selector('#sites tr[data-site="summit"][data-reachable="false"]', timeout=SEEN_S)
+        await cluster.restart_daemon("summit")
+        assert cluster.daemons["summit"].pid != old_pid
+        await page.wait_for_selector('#sites tr[data-site="summit"][data-reachable="true"]', timeout=SEEN_S)
+        assert (
+            await page.get_attribute('#timeline tr[data-kind="route_down"][data-site="summit"]', "data-at") == down_at
+        )
+        assert str(cluster.daemons["summit"].pid) in (await page.text_content('#sites tr[data-site="summit"]') or "")
+
+    report: dict[str, Any] = {k: round(v, 3) for k, v in figures.items()}
+    print("\nconsole: seconds from event to page:", json.dumps(report))
+    await asyncio.to_thread((screens / "console-figures.json").write_text, json.dumps(report, indent=2) + "\n")
+    assert all(v >= 0 for v in figures.values() if v is not None), figures
