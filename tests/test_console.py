@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from browser import open_page, require_browser
-from conftest import MakeCluster, login, write_files
+from conftest import MakeCluster, http_ssl, login, operator_headers, write_files
 
+from ops.cluster import Cluster
 from ops.linksim import link_name
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,8 +39,40 @@ TUNING: dict[str, float] = {
 SEEN_S = 20_000  # ms: a change must be on the page within this (generous under load; the figures are printed)
 
 
+async def system_until(
+    cluster: Cluster, site: str, predicate: Callable[[dict[str, Any]], bool], timeout_s: float
+) -> dict[str, Any]:
+    """Follow ``site``'s ``/v1/stream`` (the system view, as the page gets it) until ``predicate`` holds."""
+    url = cluster.http_url(site) + "/v1/stream"
+    seen: dict[str, Any] = {}
+    try:
+        async with (
+            asyncio.timeout(timeout_s),
+            aiohttp.ClientSession() as session,
+            session.get(url, headers=operator_headers(cluster), ssl=http_ssl(cluster)) as resp,
+        ):
+            assert resp.status == 200 and resp.content_type == "text/event-stream"
+            async for line in resp.content:
+                if line.startswith(b"data:"):
+                    seen = json.loads(line[5:])
+                    if predicate(seen):
+                        return seen
+    except TimeoutError:
+        pass
+    raise AssertionError(f"{site}'s system view never got there in {timeout_s}s: {json.dumps(seen)[:3000]}")
+
+
 def _route(name: str, healthy: bool) -> str:
     return f"document.querySelector('tr[data-route=\"{name}\"]')?.dataset.healthy === '{str(healthy).lower()}'"
+
+
+def _hop_down(route: str, a: str, b: str) -> Callable[[dict[str, Any]], bool]:
+    def check(view: dict[str, Any]) -> bool:
+        found = next((r for r in view["routes"] if r["name"] == route), None)
+        hops = found["hops"] if found is not None else []
+        return any(h["from"] == a and h["to"] == b and h["healthy"] is False for h in hops)
+
+    return check
 
 
 def _level(level: str) -> str:
@@ -113,6 +149,40 @@ async def test_the_archive_page_shows_arrivals_a_cut_and_its_restore_live_and_ke
             await page.get_attribute('#timeline tr[data-kind="route_down"][data-site="summit"]', "data-at") == down_at
         )
         assert str(cluster.daemons["summit"].pid) in (await page.text_content('#sites tr[data-site="summit"]') or "")
+
+        # The archive frozen (SIGSTOP): the base's view says primary is down at base -> archive, and why,
+        # even though the summit (which cannot see that hop) still counts the route healthy.
+        pid = cluster.daemons["archive"].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            frozen = await system_until(cluster, "base", _hop_down("primary", "base", "archive"), 30)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        [primary] = [r for r in frozen["routes"] if r["name"] == "primary"]
+        assert primary["healthy"] is False and "archive is offline" in primary["hops"][1]["reason"], primary
+        assert frozen["verdict"]["level"] in ("DEGRADED", "FAILING"), frozen["verdict"]
+        assert any("still counts the route healthy" in r for r in frozen["verdict"]["reasons"]), frozen["verdict"]
+
+        # Both routes cut: a new file is held at the summit, and the summit's own page says FAILING because of it.
+        await page.goto(cluster.http_url("summit") + "/")
+        await page.wait_for_function(_level("OK"), timeout=30_000)
+        direct = cluster.linksim.link(link_name("summit", "archive"))
+        await link.set_mode("cut")
+        await direct.set_mode("cut")
+        [held] = await write_files(cluster, seqnum=2, size_bytes=64 * 1024, detectors=["R22_S11"])
+        await page.wait_for_function(_level("FAILING"), timeout=SEEN_S)
+        reason = await page.text_content("#verdict-reason") or ""
+        assert "1 file(s) held at summit: no usable route" in reason, reason
+        assert "held" in (await page.text_content("#queues") or "")
+        await page.wait_for_selector('#timeline tr[data-kind="no_route"]', timeout=SEEN_S)
+        await page.screenshot(path=str(screens / "console-summit-both-routes-cut.png"), full_page=True)
+        await link.set_mode("up")
+        await direct.set_mode("up")
+        await page.wait_for_function(
+            "!document.getElementById('conditions').textContent.includes('held')", timeout=SEEN_S
+        )
+        assert held.name
 
     report: dict[str, Any] = {k: round(v, 3) for k, v in figures.items()}
     print("\nconsole: seconds from event to page:", json.dumps(report))

@@ -106,8 +106,12 @@ class PeerFeed:
                         self._fail("its stream ended")
             except TimeoutError:
                 self._fail(f"no answer for {SILENCE_S:.0f} s")
+            except aiohttp.ClientConnectorError as exc:
+                self._fail(f"cannot connect ({exc.os_error.strerror or exc.os_error})")
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                self._fail("connection lost")
             except (aiohttp.ClientError, ValueError, OSError) as exc:
-                self._fail(str(exc) or type(exc).__name__)
+                self._fail(str(exc)[:200] or type(exc).__name__)
             await asyncio.sleep(RETRY_S)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> None:
@@ -348,7 +352,7 @@ def system_view(here: str, topology: Topology, own: dict[str, Any], feeds: dict[
 
 def _rank(condition: dict[str, Any]) -> tuple[int, int]:
     what = str(condition.get("what", ""))
-    kind = 0 if "held" in what or "no route" in what else 1 if "route" in what else 2
+    kind = 0 if "held" in what else 1 if "no route" in what else 2 if "route" in what else 3
     return (0 if condition.get("level") == "failing" else 1, kind)
 
 
@@ -364,9 +368,9 @@ def _ordered(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def verdict(conditions: list[dict[str, Any]], routes: list[dict[str, Any]]) -> dict[str, Any]:
     """OK, DEGRADED (something is down but files still have a way) or FAILING (files cannot move), with reasons."""
-    ordered = _ordered(conditions)
     if routes and all(r["healthy"] is False for r in routes):
-        ordered.insert(0, {"level": "failing", "what": "no route from the summit to the archive is healthy"})
+        conditions = [*conditions, {"level": "failing", "what": "no route from the summit to the archive is healthy"}]
+    ordered = _ordered(conditions)
     failing = [c["what"] for c in ordered if c.get("level") == "failing"]
     degraded = [c["what"] for c in ordered if c.get("level") != "failing"]
     if failing:
