@@ -184,6 +184,13 @@ async def test_the_archive_page_shows_arrivals_a_cut_and_its_restore_live_and_ke
         )
         assert held.name
 
+        # A daemon whose page is open still stops at once on SIGTERM (the open stream ends with it).
+        stop_at = time.time()
+        await cluster.daemons["summit"].stop()
+        figures["summit_stop_with_page_open_s"] = time.time() - stop_at
+        assert cluster.daemons["summit"].proc is not None and cluster.daemons["summit"].proc.returncode == 0
+        await page.wait_for_function("document.getElementById('live').dataset.state === 'down'", timeout=SEEN_S)
+
     report: dict[str, Any] = {k: round(v, 3) for k, v in figures.items()}
     print("\nconsole: seconds from event to page:", json.dumps(report))
     await asyncio.to_thread((screens / "console-figures.json").write_text, json.dumps(report, indent=2) + "\n")

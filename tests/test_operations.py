@@ -42,7 +42,7 @@ async def test_metrics_count_the_exposure_and_the_base_expires_its_copies(
     assert 'skyrelay_link_up{peer="base",site="summit"} 1.0' in summit
 
     page = await asyncio.to_thread(_get, f"http://127.0.0.1:{cluster.http_ports['base']}/", operator_headers(cluster))
-    assert "<title>skyrelay status</title>" in page and 'fetch("v1/status")' in page
+    assert "<title>skyrelay console</title>" in page and 'new EventSource("v1/stream")' in page
 
     relay = cluster.workdir / "base" / "state" / "relay"
     leftovers = await asyncio.to_thread(lambda: [p for p in relay.rglob("*")] if relay.exists() else [])

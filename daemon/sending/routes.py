@@ -316,7 +316,7 @@ class RouteTable:
                     sites=route.sites,
                     healthy=self.route_healthy(route, now) and not upstream,
                     policy=self.policy[route.name],
-                    healthy_since=(time.time() - (now - since)) if since is not None else None,
+                    healthy_since=round(time.time() - (now - since), 1) if since is not None else None,
                     evidence={
                         "next_hop": peer,
                         "connected": self._connected(peer),
