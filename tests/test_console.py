@@ -20,7 +20,10 @@ import aiohttp
 import pytest
 from browser import open_page, require_browser
 from conftest import MakeCluster, http_ssl, login, operator_headers, write_files
+from parts import topology
 
+from daemon.http.console import PeerFeed, system_view
+from daemon.http.status import conditions
 from ops.cluster import Cluster
 from ops.linksim import link_name
 
@@ -96,6 +99,14 @@ async def test_the_archive_page_shows_arrivals_a_cut_and_its_restore_live_and_ke
         assert await page.text_content("#here") == "seen from archive"
         for site in ("summit", "base", "archive"):
             assert await page.get_attribute(f'#sites tr[data-site="{site}"]', "data-reachable") == "true"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(cluster.http_url("base") + "/v1/stream", ssl=http_ssl(cluster)) as resp:
+                assert resp.status == 401, "the stream needs the operator's login"
+            headers = operator_headers(cluster)
+            async with session.get(cluster.http_url("base") + "/v1/system", headers=headers) as resp:
+                system = await resp.json()
+        assert system["verdict"]["level"] == "OK", system["verdict"]
+        assert all(s["reachable"] for s in system["sites"].values()), system["sites"]
 
         # A file that just arrived appears.
         closed_at = time.time()
@@ -195,3 +206,106 @@ async def test_the_archive_page_shows_arrivals_a_cut_and_its_restore_live_and_ke
     print("\nconsole: seconds from event to page:", json.dumps(report))
     await asyncio.to_thread((screens / "console-figures.json").write_text, json.dumps(report, indent=2) + "\n")
     assert all(v >= 0 for v in figures.values() if v is not None), figures
+
+
+# ---- the system view, from statuses (no cluster) --------------------------------------------
+
+
+def _status(site: str, role: str, links: dict[str, tuple[bool, bool]], **extra: Any) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "site": site,
+        "role": role,
+        "links": {p: {"connected": c, "peer_online": o} for p, (c, o) in links.items()},
+        "timeline": [],
+        **extra,
+    }
+    status["conditions"] = conditions(status)
+    return status
+
+
+def _route_status(
+    name: str, next_hop: str, *, healthy: bool = True, in_use: bool = False, **evidence: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "healthy": healthy,
+        "policy": "auto",
+        "evidence": {"next_hop": next_hop, "connected": True, "breaker": "closed", "in_use": in_use, **evidence},
+    }
+
+
+def _feed(site: str, status: dict[str, Any] | None, error: str | None = None) -> PeerFeed:
+    feed = PeerFeed(site, "http://unused", None, lambda: None)
+    feed.status, feed.error = status, error
+    return feed
+
+
+UP = (True, True)
+
+
+def test_files_held_at_the_summit_make_the_verdict_failing_with_the_held_files_as_its_reason(tmp_path: Path) -> None:
+    """Both routes down and a file held: FAILING, and the reason says files are held (not "Recent problems: none")."""
+    summit = _status(
+        "summit",
+        "summit",
+        {"base": (False, False), "archive": (False, False)},
+        routes=[
+            _route_status("primary", "base", healthy=False, connected=False, in_use=True),
+            _route_status("direct", "archive", healthy=False, connected=False),
+        ],
+        held={"count": 18, "oldest_at": 1.0},
+    )
+    view = system_view(
+        "summit", topology(tmp_path), summit, {"base": _feed("base", None, "x"), "archive": _feed("archive", None, "x")}
+    )
+    assert view["verdict"]["level"] == "FAILING"
+    assert view["verdict"]["reason"] == "18 file(s) held at summit: no usable route"
+    assert "no route from the summit to the archive is healthy" in view["verdict"]["reasons"]
+
+
+def test_a_hop_down_beyond_the_summits_sight_takes_the_route_down_in_the_view_and_says_so(tmp_path: Path) -> None:
+    """The archive frozen: the summit still counts primary healthy, the base sees the archive offline; the
+    view shows primary DOWN at base -> archive and says that the summit still counts it healthy."""
+    summit = _status(
+        "summit",
+        "summit",
+        {"base": UP, "archive": (True, False)},
+        routes=[_route_status("primary", "base", in_use=True), _route_status("direct", "archive", healthy=False)],
+    )
+    base = _status(
+        "base",
+        "relay",
+        {"summit": UP, "archive": (True, False)},
+        routes=[_route_status("primary", "archive", healthy=False)],
+    )
+    view = system_view(
+        "base",
+        topology(tmp_path),
+        base,
+        {"summit": _feed("summit", summit), "archive": _feed("archive", None, "no answer for 5 s")},
+    )
+    primary = next(r for r in view["routes"] if r["name"] == "primary")
+    assert primary["healthy"] is False and primary["in_use"]
+    assert [h["healthy"] for h in primary["hops"]] == [True, False]
+    assert primary["hops"][1]["reason"] == "archive is offline"
+    assert view["verdict"]["level"] == "FAILING"  # and direct is down too: no route is healthy
+    assert any("while summit still counts the route healthy" in r for r in view["verdict"]["reasons"])
+    assert any("archive's page cannot be read from base: no answer for 5 s" in r for r in view["verdict"]["reasons"])
+
+
+def test_a_relay_whose_link_from_the_summit_is_down_shows_its_route_down(tmp_path: Path) -> None:
+    """The base with its summit link down: its primary is DOWN (the bug: it showed its own primary healthy)."""
+    base = _status(
+        "base",
+        "relay",
+        {"summit": (False, False), "archive": UP},
+        routes=[_route_status("primary", "archive", healthy=False, upstream_unreachable=["summit"])],
+    )
+    assert "route primary down at base: no link from summit" in [c["what"] for c in base["conditions"]]
+    view = system_view(
+        "base",
+        topology(tmp_path),
+        base,
+        {"summit": _feed("summit", None, "connection lost"), "archive": _feed("archive", None, "x")},
+    )
+    assert view["verdict"]["level"] == "DEGRADED"

@@ -44,8 +44,8 @@ SILENCE_S = 5.0
 """A peer stream silent this long is taken as unreachable (a frozen daemon keeps its socket open)."""
 RETRY_S = 1.0
 """Pause before following a peer's stream again after it ended or failed."""
-COALESCE_S = 0.1
-"""Changes within this long of each other are pushed as one."""
+MIN_INTERVAL_S = 0.25
+"""At most one push per this long: a burst of changes (a whole exposure arriving) is pushed as a few views."""
 TIMELINE_ENTRIES = 60
 VOLATILE = ("uptime_s",)
 LEVELS = ("OK", "DEGRADED", "FAILING")
@@ -220,6 +220,8 @@ class Console:
                 return system_view(self.site, self.topology, await self.view.status(), feeds)
 
             event = "system"
+        loop = asyncio.get_running_loop()
+        pushed_at = 0.0
         while not self.closing.is_set():
             changed.clear()
             data = await build()
@@ -227,6 +229,7 @@ class Console:
             if key != last:
                 await response.write(sse(event, data))
                 last = key
+                pushed_at = loop.time()
             else:
                 await response.write(b": keepalive\n\n")
             waiter = asyncio.ensure_future(changed.wait())
@@ -236,8 +239,9 @@ class Console:
             finally:
                 waiter.cancel()
                 closer.cancel()
-            if changed.is_set():
-                await asyncio.sleep(COALESCE_S)
+            pause = pushed_at + MIN_INTERVAL_S - loop.time()
+            if changed.is_set() and pause > 0:
+                await asyncio.sleep(pause)
 
 
 # ---- the system view ---------------------------------------------------------------------------

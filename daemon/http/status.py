@@ -83,6 +83,9 @@ class SiteView:
         self.router = router
         self.started = time.time()
         self.changes = Changes()
+        self._notices_seen = 0
+        self._notices_lock = asyncio.Lock()
+        self._notice_totals: dict[str, int] = dict.fromkeys(journal_console.NOTICE_KINDS, 0)
 
     # ---- what metrics read (daemon.http.metrics.MetricsSource) --------------------------------
 
@@ -154,12 +157,22 @@ class SiteView:
             out["latency"] = latency_summary(await self.journal.read(journal_console.latencies, LATENCY_SAMPLES))
             out["arrivals"] = await self.journal.read(journal_console.recent_arrivals, RECENT_ARRIVALS)
             out["exposures"] = await self.journal.read(journal_console.recent_exposures, RECENT_EXPOSURES)
-            out["notices"] = await self.journal.read(journal_console.notice_counts)
+            out["notices"] = await self._notice_counts()
             out["science"] = await self.journal.read(
                 journal_console.recent_notices, ("products", "alerts"), RECENT_SCIENCE
             )
         out["conditions"] = conditions(out)
         return out
+
+    async def _notice_counts(self) -> dict[str, int]:
+        """Notices in the journal by kind: running totals, each call reading only the notices added since."""
+        async with self._notices_lock:  # two status calls at once must not add the same notices twice
+            counts, newest = await self.journal.read(journal_console.notice_counts_after, self._notices_seen)
+            if newest > self._notices_seen:
+                self._notices_seen = newest
+                for kind, n in counts.items():
+                    self._notice_totals[kind] += n
+            return dict(self._notice_totals)
 
     def queues(self) -> dict[str, dict[str, Any]]:
         """Undelivered items by peer: offers and custody receipts, in flight, and since when the oldest waits."""

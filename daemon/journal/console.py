@@ -6,7 +6,9 @@ import json
 import sqlite3
 from typing import Any
 
-NOTICE_KINDS = ("arrivals", "products", "alerts")
+NOTICE_KINDS = ("arrivals", "exposures", "products", "alerts")
+RECENT_WINDOW = 5000
+"""How many of the newest notices are searched for the recent products and alerts."""
 
 
 def timeline(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
@@ -23,7 +25,7 @@ def timeline(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
 def latencies(db: sqlite3.Connection, limit: int) -> list[tuple[float, float]]:
     """(arrived at, close → archive seconds) of the newest archived files, oldest first."""
     rows = db.execute(
-        "SELECT arrived_at, arrived_at - closed_at AS latency FROM catalog ORDER BY arrived_at DESC LIMIT ?", (limit,)
+        "SELECT arrived_at, arrived_at - closed_at AS latency FROM catalog ORDER BY rowid DESC LIMIT ?", (limit,)
     ).fetchall()
     return [(float(r["arrived_at"]), float(r["latency"])) for r in reversed(rows)]
 
@@ -32,7 +34,7 @@ def recent_arrivals(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     """The newest archived files, newest first: name, obsid, detector, route, when and close → archive seconds."""
     rows = db.execute(
         "SELECT name, obsid, detector, route, status, closed_at, arrived_at FROM catalog"
-        " ORDER BY arrived_at DESC LIMIT ?",
+        " ORDER BY rowid DESC LIMIT ?",
         (limit,),
     ).fetchall()
     return [
@@ -51,7 +53,7 @@ def recent_arrivals(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
 
 def recent_exposures(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     """The newest exposures with their detectors expected and arrived, newest first."""
-    rows = db.execute("SELECT * FROM exposures ORDER BY last_at DESC LIMIT ?", (limit,)).fetchall()
+    rows = db.execute("SELECT * FROM exposures ORDER BY rowid DESC LIMIT ?", (limit,)).fetchall()
     out = []
     for r in rows:
         expected = json.loads(r["expected"])
@@ -71,16 +73,22 @@ def recent_exposures(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]
     return out
 
 
-def notice_counts(db: sqlite3.Connection) -> dict[str, int]:
-    """Notices journaled by kind (arrivals, products, alerts)."""
+def notice_counts_after(db: sqlite3.Connection, position: int) -> tuple[dict[str, int], int]:
+    """Notices journaled after ``position`` by kind (arrivals, exposures, products, alerts), and the newest
+    position: the caller keeps running totals, so each call reads only what is new."""
     counts = dict.fromkeys(NOTICE_KINDS, 0)
     rows = db.execute(
-        "SELECT substr(topic, 13, instr(substr(topic, 13), '/') - 1) AS kind, COUNT(*) AS n FROM notices GROUP BY kind"
-    )
+        "SELECT CASE WHEN topic LIKE 'skyrelay/v1/arrivals/%/exposure' THEN 'exposures'"
+        " ELSE substr(topic, 13, instr(substr(topic, 13), '/') - 1) END AS kind, COUNT(*) AS n, MAX(rowid) AS last"
+        " FROM notices WHERE rowid > ? GROUP BY kind",
+        (position,),
+    ).fetchall()
+    newest = position
     for r in rows:
         if r["kind"] in counts:
             counts[r["kind"]] = int(r["n"])
-    return counts
+        newest = max(newest, int(r["last"]))
+    return counts, newest
 
 
 def recent_notices(db: sqlite3.Connection, kinds: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
@@ -88,8 +96,9 @@ def recent_notices(db: sqlite3.Connection, kinds: tuple[str, ...], limit: int) -
     patterns = [f"skyrelay/v1/{kind}/%" for kind in kinds]
     where = " OR ".join("topic LIKE ?" for _ in patterns) or "0"
     rows = db.execute(
-        f"SELECT topic, payload, created_at FROM notices WHERE {where} ORDER BY rowid DESC LIMIT ?",
-        (*patterns, limit),
+        "SELECT topic, payload, created_at FROM notices"
+        f" WHERE rowid > (SELECT coalesce(max(rowid), 0) FROM notices) - ? AND ({where}) ORDER BY rowid DESC LIMIT ?",
+        (RECENT_WINDOW, *patterns, limit),
     ).fetchall()
     out = []
     for r in rows:
@@ -97,6 +106,6 @@ def recent_notices(db: sqlite3.Connection, kinds: tuple[str, ...], limit: int) -
             body = json.loads(r["payload"])
         except ValueError:
             body = {}
-        summary = {k: body[k] for k in ("kind", "type", "obsid", "detector", "product_id", "visit") if k in body}
+        summary = {k: body[k] for k in ("kind", "detector", "product_id", "alert_id", "visits") if k in body}
         out.append({"topic": r["topic"], "at": float(r["created_at"]), **summary})
     return out
