@@ -302,10 +302,25 @@ def test_a_relay_whose_link_from_the_summit_is_down_shows_its_route_down(tmp_pat
         routes=[_route_status("primary", "archive", healthy=False, upstream_unreachable=["summit"])],
     )
     assert "route primary down at base: no link from summit" in [c["what"] for c in base["conditions"]]
+    archive = _status("archive", "archive", {"summit": UP, "base": UP})
     view = system_view(
         "base",
         topology(tmp_path),
         base,
-        {"summit": _feed("summit", None, "connection lost"), "archive": _feed("archive", None, "x")},
+        {"summit": _feed("summit", None, "connection lost"), "archive": _feed("archive", archive)},
     )
-    assert view["verdict"]["level"] == "DEGRADED"
+    assert view["verdict"]["level"] == "DEGRADED", view["verdict"]
+
+
+def test_a_summit_no_site_reaches_makes_the_archives_verdict_failing(tmp_path: Path) -> None:
+    """Both summit links cut, seen from the archive (which cannot read the summit's held files): FAILING,
+    because no site reaches the summit, so no file can leave it."""
+    archive = _status("archive", "archive", {"summit": (False, False), "base": UP})
+    base = _status("base", "relay", {"summit": (False, False), "archive": UP})
+    feeds = {"summit": _feed("summit", None, "connection lost"), "base": _feed("base", base)}
+    view = system_view("archive", topology(tmp_path), archive, feeds)
+    assert view["verdict"]["level"] == "FAILING"
+    assert (
+        view["verdict"]["reason"]
+        == "summit is unreachable: no site that can be read has it online (no file can leave it)"
+    )

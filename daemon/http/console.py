@@ -301,6 +301,27 @@ def system_view(here: str, topology: Topology, own: dict[str, Any], feeds: dict[
                     "since": entry.get("since"),
                 }
             )
+    for name, entry in sites.items():
+        if entry["status"] is not None:
+            continue
+        views = [s["links"][name] for s in statuses.values() if s is not None and name in s.get("links", {})]
+        if views and not any(v.get("connected") and v.get("peer_online") for v in views):
+            role = topology.sites[name].role
+            conditions.append(
+                {
+                    "level": "failing" if role in ("summit", "archive") else "degraded",
+                    "site": here,
+                    "what": f"{name} is unreachable: no site that can be read has it online"
+                    + (
+                        " (no file can leave it)"
+                        if role == "summit"
+                        else " (no file can arrive)"
+                        if role == "archive"
+                        else ""
+                    ),
+                    "since": entry.get("since"),
+                }
+            )
     routes = []
     for route in topology.routes:
         origin = statuses.get(route.sites[0])
