@@ -136,6 +136,12 @@ async def test_the_archive_page_shows_arrivals_a_cut_and_its_restore_live_and_ke
         problems = await page.text_content("#conditions") or ""
         assert "no connection to base's mailbox" in problems, problems
         await page.wait_for_selector('#timeline tr[data-kind="route_down"][data-site="summit"]', timeout=SEEN_S)
+        # The base, too, shows its primary down: the hop feeding it is cut (it used to show it healthy).
+        await page.wait_for_function(
+            "document.getElementById('conditions').textContent"
+            ".includes('route primary down at base: no link from summit')",
+            timeout=SEEN_S,
+        )
         await page.screenshot(path=str(screens / "console-during-cut.png"), full_page=True)
 
         # The restore: the route comes back, the verdict returns to OK.
