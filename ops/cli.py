@@ -45,6 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except TopologyError as exc:
         log.error("topology_invalid", error=str(exc), topology=str(args.topology))
         return Exit.USAGE
+    logs.PROCESS_FIELDS["site"] = args.site
     if args.site not in topology.sites:
         reason = f"unknown site {args.site!r}; the topology has {', '.join(topology.sites)}"
         log.error("unknown_site", error=reason)

@@ -40,6 +40,18 @@ PRIORITIES = {
 }
 """syslog priority (what journald stores as PRIORITY) of each stdlib level."""
 
+PROCESS_FIELDS: dict[str, str] = {}
+"""Fields every line of this process carries (``skyrelay run`` puts its ``site`` here), the libraries' lines too."""
+
+
+def _add_process_fields(
+    logger: object, method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    for key, value in PROCESS_FIELDS.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
 _DASK_LOGGING = "{'version': 1, 'incremental': True, 'disable_existing_loggers': False}"
 """dask's ``distributed.logging`` in logging's dict form: distributed then adds no stderr handler of its
 own (as its default, old-style setting does) and its records reach the root logger's handler."""
@@ -119,6 +131,7 @@ def configure(
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
+        _add_process_fields,
         timestamper,
     ]
     foreign: list[structlog.types.Processor] = [

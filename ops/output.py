@@ -216,9 +216,14 @@ def console(stream: str = "stdout") -> Console:
     if stream not in _consoles:
         from rich.console import Console
 
+        class _Console(Console):
+            def on_broken_pipe(self) -> None:
+                self.quiet = True
+                raise BrokenPipeError  # run_command ends quietly with 141 (rich itself would exit 1)
+
         file = sys.stdout if stream == "stdout" else sys.stderr
         terminal = file.isatty()
-        _consoles[stream] = Console(
+        _consoles[stream] = _Console(
             file=file,
             highlight=False,
             soft_wrap=not terminal,
@@ -282,7 +287,13 @@ def table(
         grid.add_column(column, justify="right" if column in right else "left", no_wrap=not terminal)
     for row in rows:
         grid.add_row(*(cell if isinstance(cell, Text) else styled(cell) for cell in row))
-    console().print(grid)
+    out = console()
+    if terminal:
+        out.print(grid)
+        return
+    with out.capture() as captured:  # plain: no padding after the last column
+        out.print(grid)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 def say(text: object = "", style: str | None = None) -> None:
