@@ -162,6 +162,9 @@ def configure(
     own = _level(level)
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(own)
+    import aiomqtt  # noqa: F401 - it pins paho's "mqtt" logger at WARNING when imported: import it first
+
+    logging.getLogger("mqtt").setLevel(logging.NOTSET)  # then let --library-log-level decide
     logging.captureWarnings(True)
     os.environ.setdefault("DASK_DISTRIBUTED__LOGGING", _DASK_LOGGING)
 

@@ -55,8 +55,8 @@ def test_every_command_takes_json_and_the_target_after_the_command_as_before_it(
     parser = build_parser()
     after = parser.parse_args(["drill", "cut", "summit-base", "--workdir", "D", "--json"])
     before = parser.parse_args(["drill", "--workdir", "D", "--json", "cut", "summit-base"])
-    assert (after.workdir, after.json, after.link) == (before.workdir, before.json, before.link) == ("D", True,
-                                                                                                    "summit-base")  # fmt: skip
+    expected = ("D", True, "summit-base")
+    assert (after.workdir, after.json, after.link) == (before.workdir, before.json, before.link) == expected
     for command in (["status"], ["queue"], ["routes"], ["verify"], ["products", "list"], ["drill", "status"]):
         assert parser.parse_args([*command, "--topology", "T"]).topology == "T", command
 
