@@ -8,13 +8,17 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
-from conftest import REPO, MakeCluster, run_cli, wait_settled
+import aiohttp
+from conftest import REPO, MakeCluster, operator_headers, run_cli, wait_settled
 
 from ops.camera import write_exposure
 from ops.cli import build_parser, observing_day
 from ops.output import EXIT_CODES_HELP, Exit, walk_parsers
+from protocol.control import RouteControl
+from protocol.signing import load_private_key, seal
 
 DAYOBS = "20261120"
 
@@ -106,6 +110,28 @@ async def test_a_refused_route_command_exits_4_with_the_summits_reason(make_clus
     answer = json.loads(applied.out)
     assert answer["applied"] is True and answer["policy"] == {"primary": "auto", "direct": "force"}
     assert [r["policy"] for r in answer["routes"]] == ["auto", "force"]
+
+
+async def test_the_route_control_endpoint_refuses_a_command_the_operator_did_not_sign(
+    make_cluster: MakeCluster,
+) -> None:
+    """``POST /v1/routes/control`` with the operator's login but a command signed by the base's key, or not
+    signed at all, answers 403 with the reason and leaves the policy automatic."""
+    cluster = await make_cluster()
+    body = RouteControl(control_id="ctl-forged-1", command="disable", route="primary", issued_by="operator",
+                        at=time.time()).to_json()  # fmt: skip
+    base_key = load_private_key(cluster.workdir / "base" / "state" / "signing.key")
+    forged = seal(body, kind="control", signer="base", key=base_key, to="summit")
+    url = json.loads((cluster.workdir / "cluster.json").read_text())["sites"]["summit"]["http"]
+    async with aiohttp.ClientSession(headers=operator_headers(cluster)) as session:
+        for payload, status in ((forged, 403), (body, 403)):
+            async with session.post(url + "/v1/routes/control", data=payload) as response:
+                answer = await response.json()
+                assert (response.status, answer["applied"]) == (status, False), answer
+                assert "signature refused" in answer["error"], answer
+        async with session.get(url + "/v1/status") as response:
+            routes = (await response.json())["routes"]
+    assert [r["policy"] for r in routes] == ["auto", "auto"]
 
 
 async def test_verify_shows_the_servers_message_and_exits_5_on_a_day_without_data(make_cluster: MakeCluster) -> None:
