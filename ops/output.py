@@ -3,7 +3,7 @@
 The conventions, for anyone adding a command (``ops/template_cli.py``, ``check``/``render``, ``rehearse``)::
 
     from ops import output
-    from ops.target import target_options
+    from ops.target import resolve, target_options
 
     def add_thing_commands(subparsers):
         p = subparsers.add_parser("thing", help="...", parents=[output.json_option(), target_options()])
@@ -11,13 +11,14 @@ The conventions, for anyone adding a command (``ops/template_cli.py``, ``check``
         p.set_defaults(func=cmd_thing)
 
     def cmd_thing(args) -> int:
-        rows = target.get_json(url)                      # ops.target: server's own message on refusal
+        target = resolve(args)                           # --workdir / --topology (CliError, exit 2, if neither works)
+        rows = target.request_json(target.http[target.archive] + "/v1/thing")  # refusal: exit 4, site's message
         if args.json:
             output.emit_json(rows)                       # exactly one JSON document on stdout
             return output.Exit.OK
         output.table(["name", "state"], [(r["name"], output.state(r["ok"], "ok", "DOWN")) for r in rows])
-        with output.progress("measuring", total=10) as step:   # a bar on stderr, only on a terminal
-            ...; step()
+        with output.progress("measuring", total=10) as step:   # a bar on stderr (a line per phase off a terminal)
+            ...; step(1, description="phase two")
         raise output.CliError("what went wrong and what to do", output.Exit.REFUSED)
 
 - **stdout** carries the answer only: a table (rich; colour and lines on a terminal, plain aligned text
@@ -26,11 +27,13 @@ The conventions, for anyone adding a command (``ops/template_cli.py``, ``check``
 - **Errors**: raise :class:`CliError` (or call :func:`fail`); :func:`run_command` prints
   ``skyrelay <command>: <message>`` on stderr and exits with its code. No tracebacks for expected failures.
 - **Exit codes**: :class:`Exit`, listed for ``--help`` by :data:`EXIT_CODES_HELP`; :func:`finish_parser`
-  puts that epilog (and a formatter that shows defaults) on every command of a parser tree.
+  puts that epilog (and a formatter that shows defaults) on every command of a parser tree; ``build_parser``
+  calls it once, so commands added with ``add_..._commands(subparsers)`` get it without doing anything.
+  ``tests/test_cli.py`` checks that every option has a help text and every command a ``--json``.
 - **A closed pipe** (``status | head -1``) ends the command quietly with status 141, as coreutils do
   (128 + SIGPIPE); Ctrl-C ends it quietly with 130.
 
-rich is imported on first use, not at start-up: the daemons (``skyrelay run``) never load it.
+rich is imported here on first use only (structlog, though, imports it whenever it is installed).
 """
 
 from __future__ import annotations
