@@ -12,9 +12,10 @@ from typing import Any
 import structlog
 
 from daemon.custody import CustodyRelay
+from daemon.logcontext import bound_file
 from daemon.receiving import Receiver
 from daemon.report import Reporter
-from daemon.sending.router import Router
+from daemon.sending.router import ControlOutcome, Router
 from daemon.sending.sender import Sender
 from daemon.trust import Trust
 from protocol import topics
@@ -62,22 +63,22 @@ class Dispatcher:
                     raise ProtocolError(f"{self.site} takes no offers", field="topic")
                 offer = Offer.from_json(body)
                 _signed_by(offer.sender, sealed.signer)
-                await self.receiver.on_offer(offer)
+                with bound_file(offer.name, transfer_id=offer.transfer_id):
+                    await self.receiver.on_offer(offer)
             elif kind == "ack":
                 ack = Ack.from_json(body)
                 _signed_by(ack.sender, sealed.signer)
-                await self.sender.on_ack(ack)
+                acked = self.sender.items.get(ack.transfer_id)
+                with bound_file(acked.name if acked is not None else None, transfer_id=ack.transfer_id):
+                    await self.sender.on_ack(ack)
             elif kind == "custody":
                 custody = Custody.from_json(body)
                 _signed_by(custody.sender, sealed.signer)
                 receipt = self.trust.open_receipt(custody.receipt)
-                await self.custody.on_custody(custody, receipt)
+                with bound_file(receipt.name):
+                    await self.custody.on_custody(custody, receipt)
             elif kind == "control":
-                if self.router is None:
-                    raise ProtocolError(f"route control goes to the summit, not {self.site}", field="command")
-                control = RouteControl.from_json(body)
-                _signed_by(control.issued_by, sealed.signer)
-                await self.router.control(control)
+                await self._control(body, sealed.signer)
         except SignatureError as exc:
             # Bytes that are no envelope at all are a bad message; a readable envelope that does not
             # verify, or comes from the wrong signer, is a bad signature.
@@ -85,6 +86,32 @@ class Dispatcher:
             await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind=problem, signer=exc.signer)
         except ProtocolError as exc:
             await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind="bad_message", field=exc.field)
+
+    async def control(self, payload: bytes) -> ControlOutcome:
+        """A sealed route command from the operator's HTTP endpoint, verified as one from the mailbox.
+
+        Raises:
+            SignatureError: unsigned, or not signed by an operator (reported as a problem).
+            ProtocolError: not a route command, or this site has no routes (reported as a problem).
+        """
+        topic = topics.site(self.site, "control")
+        try:
+            sealed = self.trust.open("control", payload)
+            return await self._control(sealed.body, sealed.signer)
+        except SignatureError as exc:
+            problem = "bad_message" if exc.reason == "malformed" else "bad_signature"
+            await self.rejected(topic, f"rejected control message: {exc}", payload, kind=problem, signer=exc.signer)
+            raise
+        except ProtocolError as exc:
+            await self.rejected(topic, f"rejected control message: {exc}", payload, kind="bad_message", field=exc.field)
+            raise
+
+    async def _control(self, body: bytes, signer: str) -> ControlOutcome:
+        if self.router is None:
+            raise ProtocolError(f"route control goes to the summit, not {self.site}", field="command")
+        control = RouteControl.from_json(body)
+        _signed_by(control.issued_by, signer)
+        return await self.router.control(control)
 
     async def rejected(
         self, topic: str, reason: str, payload: bytes, *, kind: str = "bad_signature", **details: Any

@@ -27,6 +27,7 @@ from daemon.fsutil import durable_rename
 from daemon.journal import Journal, new_id
 from daemon.journal import files as journal_files
 from daemon.journal import outbox as journal_outbox
+from daemon.logcontext import bound_file
 from daemon.mailbox import Mailbox
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
@@ -205,7 +206,7 @@ class Receiver:
             raise_if_cancelling()
             offer = await self.pulls.get()
             try:
-                with structlog.contextvars.bound_contextvars(transfer_id=offer.transfer_id, file=offer.name):
+                with bound_file(offer.name, transfer_id=offer.transfer_id):
                     await self._receive(offer)
             finally:
                 self.pulling.discard(offer.transfer_id)

@@ -32,7 +32,7 @@ from daemon.http.console import Console
 from daemon.http.dataserver import build_app, serve
 from daemon.http.metrics import SiteMetrics
 from daemon.http.notices import notice_routes
-from daemon.http.operator import archive_routes, operator_routes
+from daemon.http.operator import archive_routes, control_routes, operator_routes
 from daemon.http.status import SiteView
 from daemon.journal import Journal
 from daemon.journal import notices as journal_notices
@@ -271,6 +271,8 @@ class Site:
                 routes = operator_routes(self.view, self.metrics) + self.console.routes()
                 self.console.session = session
                 access = Access(self.topology, await asyncio.to_thread(_logins, cfg.accounts_file))
+                if self.router is not None and self.dispatcher is not None:
+                    routes += control_routes(self.dispatcher.control)
                 if self.completeness is not None and self.quarantine is not None:
                     routes += archive_routes(self.completeness, self.quarantine)
                     routes += notice_routes(self.journal, access.check)

@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,9 @@ import numpy as np
 from astropy.io import fits
 
 from daemon.journal.science import alert_payload
+from ops import output
+from ops.output import CliError, Exit
+from ops.target import target_options, workdir_of
 from protocol import ProtocolError, decode
 from protocol.alerts import AlertNotice
 
@@ -23,17 +25,36 @@ CUTOUTS = (("science", "cutoutScience"), ("template", "cutoutTemplate"), ("diffe
 
 def add_alerts_commands(subparsers: Any) -> None:
     """Add ``skyrelay alerts show``."""
-    alerts = subparsers.add_parser("alerts", help="difference-image alerts").add_subparsers(dest="verb", required=True)
-    p = alerts.add_parser("show", help="print an alert and write its cutouts as PNG")
+    alerts = subparsers.add_parser("alerts", help="difference-image alerts").add_subparsers(
+        dest="verb", required=True, metavar="ACTION"
+    )
+    p = alerts.add_parser(
+        "show",
+        help="print an alert as JSON (always) and write its cutouts as PNG; exit 5 when there is no such alert",
+        parents=[output.json_option(), target_options()],
+    )
     p.add_argument("alert_id", type=int, help="alertId (= diaSourceId)")
-    p.add_argument("--workdir", type=Path, required=True, help="a `skyrelay up` cluster (its archive's journal)")
     p.add_argument("--out", type=Path, required=True, help="directory for <ID>_{science,template,difference}.png")
     p.set_defaults(func=cmd_alerts_show)
 
 
-def find_alert(workdir: Path, alert_id: int) -> AlertNotice | None:
+def _archive_journal(args: argparse.Namespace) -> Path:
+    """The archive's journal: under ``--topology``'s archive state_dir, or a ``skyrelay up`` cluster's."""
+    if getattr(args, "topology", None):
+        from daemon.config import load_topology
+        from daemon.errors import TopologyError
+
+        try:
+            topology = load_topology(args.topology, check_dirs=False)
+        except TopologyError as exc:
+            raise CliError(str(exc), Exit.USAGE) from None
+        return topology.archive.state_dir / "journal.sqlite"
+    return workdir_of(args) / "archive" / "state" / "journal.sqlite"
+
+
+def find_alert(workdir: Path, alert_id: int, *, journal: Path | None = None) -> AlertNotice | None:
     """The alert's notice from the archive's journal (read only), or None when there is no such alert."""
-    path = workdir / "archive" / "state" / "journal.sqlite"
+    path = journal or workdir / "archive" / "state" / "journal.sqlite"
     if not path.is_file():
         raise FileNotFoundError(f"no archive journal at {path}")
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
@@ -74,14 +95,13 @@ def write_cutout_pngs(notice: AlertNotice, out: Path) -> list[Path]:
 
 def cmd_alerts_show(args: argparse.Namespace) -> int:
     """Print the alert (without its cutouts) as JSON and write the three PNG files."""
+    journal = _archive_journal(args)
     try:
-        notice = find_alert(args.workdir, args.alert_id)
+        notice = find_alert(journal.parent, args.alert_id, journal=journal)
     except (FileNotFoundError, sqlite3.Error, ProtocolError) as exc:
-        print(f"skyrelay alerts show: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc), Exit.USAGE) from None
     if notice is None:
-        print(f"skyrelay alerts show: no alert {args.alert_id} in the archive's notice log", file=sys.stderr)
-        return 1
+        raise CliError(f"no alert {args.alert_id} in the archive's notice log", Exit.NO_DATA)
     paths = write_cutout_pngs(notice, args.out)
     summary = {key: value for key, value in notice.alert.items() if not key.startswith("cutout")}
     print(json.dumps({"alert": summary, "visits": list(notice.visits), "position": notice.position,

@@ -505,8 +505,10 @@ def camera_main(args: argparse.Namespace) -> int:
         )
 
     try:
-        asyncio.run(main())
+        written = asyncio.run(main())
     except CameraError as exc:
         print(f"skyrelay simulate camera: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "json", False):
+        print(json.dumps({"inbox": str(inbox), "exposures": written, "instrument": args.instrument}))
     return 0

@@ -1,32 +1,36 @@
-"""The ``skyrelay`` command."""
+"""skyrelay: move telescope files summit -> base -> archive with custody, and watch them go.
+
+Operator commands talk to a running system: a `skyrelay up` cluster (--workdir, default
+skyrelay-demo) or a deployed one (--topology FILE). --workdir/--topology and --json may be given
+after any command (and, for command groups such as drill, before or after the sub-command).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
+import datetime
 import json
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from ops import logs
-from ops.target import Target, add_target_arguments, resolve
+from ops import logs, output
+from ops.output import CliError, Exit
+from ops.target import Target, resolve, server_message, target_options
 
 log = structlog.get_logger()
 
-
-def _http_get(target: Target, url: str) -> Any:
-    try:
-        with target.urlopen(url, timeout_s=10) as resp:
-            return json.loads(resp.read())
-    except (urllib.error.URLError, OSError) as exc:
-        raise SystemExit(f"skyrelay: cannot reach {url}: {exc}") from None
+STATUS_TIMEOUT_S = 2.0
+"""How long status and queue wait for each site (all asked at once): an unreachable one costs this, not more."""
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -39,17 +43,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         topology = load_topology(args.topology)
     except TopologyError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        log.error("topology_invalid", error=str(exc), topology=str(args.topology))
+        return Exit.USAGE
+    logs.PROCESS_FIELDS["site"] = args.site
     if args.site not in topology.sites:
-        print(f"skyrelay: unknown site {args.site!r}; the topology has {', '.join(topology.sites)}", file=sys.stderr)
-        return 2
+        reason = f"unknown site {args.site!r}; the topology has {', '.join(topology.sites)}"
+        log.error("unknown_site", error=reason)
+        return Exit.USAGE
     try:
         asyncio.run(run(topology, args.site))
     except (JournalError, SigningKeyError) as exc:
-        print(f"skyrelay: {args.site} cannot start: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        log.error("cannot_start", error=str(exc))
+        return Exit.USAGE
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        log.exception("daemon_crashed")
+        return Exit.FAILED
+    return Exit.OK
 
 
 def _retention_argument(value: str) -> tuple[str, float]:
@@ -71,11 +82,24 @@ def cmd_secure(args: argparse.Namespace) -> int:
     try:
         target = secure(Path(args.topology), Path(args.out), install_root=Path(args.install_root))
     except (SecureError, AccountsError) as exc:
-        print(f"skyrelay secure: {exc}", file=sys.stderr)
-        return 2
-    print(f"skyrelay secure: wrote {target} and each site's files under {args.out}/<site>/ (install them under "
-          f"{args.install_root}/<site>/ on that site's host; see systemd/README.md)")  # fmt: skip
-    return 0
+        raise CliError(str(exc), Exit.USAGE) from None
+    if args.json:
+        output.emit_json({"topology": str(target), "out": str(args.out), "install_root": str(args.install_root)})
+        return Exit.OK
+    output.say(
+        f"skyrelay secure: wrote {target} and each site's files under {args.out}/<site>/ (install them under "
+        f"{args.install_root}/<site>/ on that site's host; see systemd/README.md)"
+    )
+    return Exit.OK
+
+
+def _tell(args: argparse.Namespace, event: str, text: str, **fields: Any) -> None:
+    """A line of ``up``'s progress on stdout (a JSON line with --json); a reader gone away stops nothing."""
+    line = json.dumps({"event": event, **fields}) if args.json else text
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:  # `up | tee` and tee ended: keep running the cluster, stop writing
+        output._silence_stdout()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -83,7 +107,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     from ops.cluster import DEFAULT_ROUTES, Cluster
 
     workdir = Path(args.workdir).resolve()
-    routes = {name: DEFAULT_ROUTES[name] for name in args.routes.split(",")} if args.routes else None
+    try:
+        routes = {name: DEFAULT_ROUTES[name] for name in args.routes.split(",")} if args.routes else None
+    except KeyError as exc:
+        raise CliError(f"unknown route {exc}; choose from {','.join(DEFAULT_ROUTES)}", Exit.USAGE) from None
     corrections = [Path(p).resolve() for p in args.corrections]
     http_tls = None
     if args.https:
@@ -92,7 +119,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         try:
             http_tls = make_pki(workdir / "pki", "skyrelay up")
         except PkiError as exc:
-            raise SystemExit(f"skyrelay up: {exc}") from None
+            raise CliError(str(exc), Exit.USAGE) from None
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -108,7 +135,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             retention=dict(args.retention),
         )
         async with cluster:
-            print(f"skyrelay up: cluster ready, see {workdir / 'cluster.json'}", flush=True)
+            info = workdir / "cluster.json"
+            _tell(args, "ready", f"skyrelay up: cluster ready, see {info}", cluster=str(info))
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(cluster.supervise(stop), name="up.supervise")
                 if args.camera:
@@ -126,91 +154,219 @@ def cmd_up(args: argparse.Namespace) -> int:
                         name="up.camera",
                     )
                 await stop.wait()
-            print("skyrelay up: stopping", flush=True)
+            _tell(args, "stopping", "skyrelay up: stopping")
 
     asyncio.run(main())
-    return 0
+    return Exit.OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """Print the JSON Schemas of every message."""
+    """Print the JSON Schemas of every message (always JSON)."""
     from protocol import all_schemas
 
     schemas = all_schemas()
     if args.type:
         if args.type not in schemas:
-            print(f"skyrelay: unknown message type {args.type!r}; known: {', '.join(schemas)}", file=sys.stderr)
-            return 2
-        print(json.dumps(schemas[args.type], indent=2))
+            raise CliError(f"unknown message type {args.type!r}; known: {', '.join(schemas)}", Exit.USAGE)
+        output.emit_json(schemas[args.type])
     else:
-        print(json.dumps(schemas, indent=2))
-    return 0
+        output.emit_json(schemas)
+    return Exit.OK
+
+
+# ---- status and queue: every site at once, each with a short timeout ----------------------------
+
+
+def _ask_every_site(target: Target, path: str, timeout_s: float) -> dict[str, Any]:
+    """``GET path`` of every site at once; each site's answer, or the :class:`CliError` saying why not."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(target.http) or 1) as pool:
+        futures = {
+            name: pool.submit(target.request_json, url + path, timeout_s=timeout_s) for name, url in target.http.items()
+        }
+        answers: dict[str, Any] = {}
+        for name, future in futures.items():
+            try:
+                answers[name] = future.result()
+            except CliError as exc:
+                answers[name] = exc
+    return answers
+
+
+def _pairs(mapping: Any) -> str:
+    """``{'archived': 9, 'held': 1}`` as ``archived 9, held 1`` (``-`` when empty)."""
+    if not isinstance(mapping, dict) or not mapping:
+        return "-"
+    return ", ".join(f"{key} {value}" for key, value in mapping.items())
+
+
+def _age(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show each site's status."""
+    """Show each site's status; sites that do not answer within --timeout are named, the others still shown."""
     target = resolve(args)
-    result = {name: _http_get(target, url + "/v1/status") for name, url in target.http.items()}
+    answers = _ask_every_site(target, "/v1/status", args.timeout)
+    unreachable = {name: a for name, a in answers.items() if isinstance(a, CliError)}
+    code = Exit.UNREACHABLE if unreachable else Exit.OK
     if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    for name, st in result.items():
-        links = ", ".join(f"{p}:{'up' if v['connected'] else 'DOWN'}" for p, v in st["links"].items())
-        print(
-            f"{name:8} {st['role']:8} pid {st['pid']:<7} pending {st['pending']:<5} files {st['files']} "
-            f"links [{links}] problems {st['problems']}"
+        output.emit_json(
+            {
+                name: {"reachable": False, "error": a.message} if isinstance(a, CliError) else a
+                for name, a in answers.items()
+            }
         )
-        if "catalog" in st:
-            print(f"{'':8} catalog {st['catalog']}")
-    return 0
+        return code
+    rows: list[tuple[object, ...]] = []
+    for name, st in answers.items():
+        if isinstance(st, CliError):
+            rows.append((name, "", "", "", output.styled("UNREACHABLE", "bold red"), "", "", ""))
+            continue
+        links = output.styled("")
+        for peer, link in st.get("links", {}).items():
+            up = bool(link.get("connected"))
+            if len(links):
+                links.append(", ")
+            links.append(f"{peer} ")
+            links.append("up" if up else "DOWN", style="green" if up else "bold red")
+        problems = st.get("problems") or {}
+        rows.append(
+            (
+                name,
+                st.get("role", ""),
+                st.get("pid", ""),
+                _age(st.get("uptime_s")),
+                links,
+                st.get("pending", 0),
+                _pairs(st.get("files")),
+                output.styled(_pairs(problems), "yellow" if problems else None),
+            )
+        )
+    output.table(["site", "role", "pid", "up", "links", "pending", "files", "problems"], rows, right=["pid", "pending"])
+    for name, st in answers.items():
+        if not isinstance(st, CliError) and st.get("catalog"):
+            output.say(f"{name} catalog: {_pairs(st['catalog'])}")
+    for name, err in unreachable.items():
+        output.note(f"skyrelay status: {name} unreachable: {err.message}", "bold red")
+    return code
+
+
+def _queue_state(item: dict[str, Any]) -> Any:
+    from daemon.sending.router import HELD_ERROR
+
+    if item.get("inflight"):
+        return output.styled("in flight", "green")
+    if item.get("last_error") == HELD_ERROR:
+        return output.styled("held", "bold red")
+    return output.styled("retrying", "yellow") if item.get("failures") else output.styled("waiting")
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    """Show what each site still has to deliver."""
+    """Show what each site still has to deliver (the oldest first)."""
     target = resolve(args)
-    for name, url in target.http.items():
-        st = _http_get(target, url + "/v1/queue")
-        print(f"{name}: {len(st)} pending")
-        for item in st[: args.limit]:
-            print(
-                f"  {item['kind']:7} {item['file']:40} -> {item['peer']:8} route {item['route']} "
-                f"attempt {item['attempt']} failures {item['failures']} age {item['age_s']}s {item['last_error']}"
+    answers = _ask_every_site(target, "/v1/queue", args.timeout)
+    unreachable = {name: a for name, a in answers.items() if isinstance(a, CliError)}
+    code = Exit.UNREACHABLE if unreachable else Exit.OK
+    if args.json:
+        output.emit_json(
+            {
+                name: {"reachable": False, "error": a.message} if isinstance(a, CliError) else a
+                for name, a in answers.items()
+            }
+        )
+        return code
+    rows = []
+    for name, items in answers.items():
+        if isinstance(items, CliError):
+            continue
+        oldest = sorted(items, key=lambda i: -float(i.get("age_s") or 0))
+        for item in oldest[: args.limit]:
+            rows.append(
+                (
+                    name,
+                    item["kind"],
+                    item["file"],
+                    item["peer"],
+                    item.get("route") or "-",  # custody and acks go hop by hop, on no route
+                    _queue_state(item),
+                    item["attempt"],
+                    item["failures"],
+                    _age(item.get("age_s")),
+                    item.get("last_error") or "",
+                )
             )
-    return 0
+    output.table(
+        ["site", "kind", "file", "to", "route", "state", "attempt", "failures", "age", "last error"],
+        rows,
+        right=["attempt", "failures", "age"],
+    )
+    summary = ", ".join(f"{name} {len(items)}" for name, items in answers.items() if not isinstance(items, CliError))
+    output.say(f"pending: {summary}" + (f" (showing the oldest {args.limit} per site)" if rows else ""))
+    for name, err in unreachable.items():
+        output.note(f"skyrelay queue: {name} unreachable: {err.message}", "bold red")
+    return code
+
+
+# ---- routes -------------------------------------------------------------------------------------
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    """Show the summit's routes, or change their policy on a running cluster."""
+    """Show the summit's routes, or change their policy; a refused change exits 4 with the summit's reason."""
     target = resolve(args)
+    outcome: dict[str, Any] | None = None
     if args.action != "show":
         if args.action != "auto" and not args.route:
-            print(f"skyrelay: routes {args.action} needs a route name", file=sys.stderr)
-            return 2
-        asyncio.run(_send_route_control(target, args.action, args.route))
-    status = _http_get(target, target.http[target.summit] + "/v1/status")
+            raise CliError(f"routes {args.action} needs a route name", Exit.USAGE)
+        outcome = _route_control(target, args.action, args.route)
+    status = target.request_json(target.http[target.summit] + "/v1/status")
     routes = status.get("routes", [])
     if args.json:
-        print(json.dumps(routes, indent=2))
-        return 0
-    print(f"{'route':10} {'sites':28} {'policy':8} {'health':8} {'queued':>6}  evidence")
+        output.emit_json(routes if outcome is None else {**outcome, "routes": routes})
+        return Exit.OK
+    if outcome is not None:
+        output.note(f"skyrelay routes: {outcome.get('message') or 'sent'}", "green")
+    rows = []
     for route in routes:
         ev = route["evidence"]
-        health = "healthy" if route["healthy"] else "DOWN"
-        marker = "*" if ev.get("in_use") else " "
-        print(
-            f"{marker}{route['name']:9} {' -> '.join(route['sites']):28} {route['policy']:8} {health:8} "
-            f"{ev.get('queued', 0):>6}  next={ev['next_hop']} connected={ev['connected']} "
-            f"breaker={ev['breaker']} failures={ev['consecutive_failures']} degraded_for={ev['degraded_for_s']}s"
+        evidence = (
+            f"next={ev['next_hop']} connected={ev['connected']} breaker={ev['breaker']} "
+            f"failures={ev['consecutive_failures']} degraded_for={ev['degraded_for_s']}s"
             + (f" last='{ev['last_failure']}'" if ev.get("last_failure") else "")
         )
-    return 0
+        rows.append(
+            (
+                output.styled("*", "bold") if ev.get("in_use") else "",
+                route["name"],
+                " -> ".join(route["sites"]),
+                output.styled(route["policy"], None if route["policy"] == "auto" else "yellow"),
+                output.state(route["healthy"], "healthy", "DOWN"),
+                ev.get("queued", 0),
+                evidence,
+            )
+        )
+    output.table(["", "route", "sites", "policy", "health", "queued", "evidence"], rows, right=["queued"])
+    return Exit.OK
 
 
-async def _send_route_control(target: Target, command: str, route: str | None) -> None:
+def _route_control(target: Target, command: str, route: str | None) -> dict[str, Any]:
+    """Send a signed route command to the summit and return its answer.
+
+    The summit answers ``POST /v1/routes/control`` with the outcome; a summit without that endpoint
+    (404) gets the command in its mailbox over MQTT, as before, and no answer comes back.
+
+    Raises:
+        CliError: the summit refused the command (``Exit.REFUSED``, with its reason) or is unreachable.
+    """
     import time
     import uuid
 
-    from protocol import topics
     from protocol.control import RouteControl
 
     message = RouteControl(
@@ -221,36 +377,73 @@ async def _send_route_control(target: Target, command: str, route: str | None) -
         at=time.time(),
     )
     sealed = target.sign_control(message.to_json())
+    url = target.http[target.summit] + "/v1/routes/control"
+    request = urllib.request.Request(url, data=sealed, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with target.urlopen(request, timeout_s=30) as resp:
+            answer: dict[str, Any] = json.loads(resp.read())
+            return answer
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise CliError(f"routes {command} {route or ''}".strip() + f" refused: {server_message(exc)}",
+                           Exit.REFUSED) from None  # fmt: skip
+        exc.close()
+    except (urllib.error.URLError, OSError) as exc:
+        raise CliError(f"cannot reach the summit at {url}: {exc}", Exit.UNREACHABLE) from None
+    asyncio.run(_publish_route_control(target, sealed))
+    return {"applied": None, "message": "sent to the summit's mailbox (this summit gives no answer)"}
+
+
+async def _publish_route_control(target: Target, sealed: bytes) -> None:
+    from protocol import topics
+
     async with target.mqtt_client(target.summit) as client:
         await client.publish(topics.site(target.summit, "control"), sealed, qos=1)
 
 
-def _archive(args: argparse.Namespace) -> tuple[Target, str]:
-    target = resolve(args)
-    return target, target.http[target.archive]
+# ---- verify -------------------------------------------------------------------------------------
+
+
+def observing_day(moment: datetime.datetime | None = None) -> str:
+    """The observing day of ``moment`` (now by default): its date in UTC-12h, ``YYYYMMDD``.
+
+    Rubin's DAYOBS convention: a night's exposures, before and after midnight in Chile, share one day
+    that changes at 12:00 UTC (09:00 in Chile); the same rule the camera simulator stamps into DAYOBS.
+    """
+    when = moment or datetime.datetime.now(datetime.UTC)
+    return (when.astimezone(datetime.UTC) - datetime.timedelta(hours=12)).strftime("%Y%m%d")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Completeness of one observing day, and what the summit still has in flight.
 
     Exit 0 when nothing is missing, 1 when the archive misses something, 3 when any file registered at
-    the summit has been on its way longer than the topology's ``end_to_end_timeout_s`` (3 wins over 1).
+    the summit has been on its way longer than the topology's ``end_to_end_timeout_s`` (3 wins over 1),
+    5 when the archive has nothing at all for the day.
     """
     from daemon.config import Tuning
 
-    exit_missing, exit_overdue = 1, 3
-    target, http = _archive(args)
-    report = _http_get(target, f"{http}/v1/verify?dayobs={args.dayobs}")
+    target = resolve(args)
+    http = target.http[target.archive]
+    current = args.dayobs is None
+    dayobs = observing_day() if current else args.dayobs
+    if current:
+        output.note(
+            f"skyrelay verify: dayobs {dayobs}, the current observing day (the date at UTC-12h); "
+            "--dayobs YYYYMMDD for another"
+        )
+    report = target.request_json(f"{http}/v1/verify?dayobs={urllib.parse.quote(dayobs)}", timeout_s=30)
+    report["dayobs_is_current"] = current
     timeout_s = (target.topology.tuning if target.topology is not None else Tuning()).end_to_end_timeout_s
     summit = target.http[target.summit]
     in_flight: dict[str, Any] | None
     try:
-        status = _http_get(target, summit + "/v1/status")
+        status = target.request_json(summit + "/v1/status")
         in_flight = status.get("in_flight")
         if not isinstance(in_flight, dict):
             # A summit without the in_flight block: held files from its counts, overdue ones from the
             # ages in its queue (since queued, which a restart resets) and custody stuck beyond the held.
-            queue = _http_get(target, summit + "/v1/queue")
+            queue = target.request_json(summit + "/v1/queue")
             offers = [i for i in queue if i.get("kind") == "offer"]
             late = sorted(str(i["file"]) for i in offers if float(i["age_s"]) > timeout_s)
             custody = status.get("custody") or {}
@@ -263,35 +456,52 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 "overdue": len(late) + late_custody,
                 "overdue_examples": late[:10],
             }
-    except SystemExit as exc:  # the summit is unreachable: say so, and judge the archive alone
-        print(f"skyrelay verify: in-flight files unknown: {exc}", file=sys.stderr)
+    except CliError as exc:  # the summit is unreachable: say so, and judge the archive alone
+        output.note(f"skyrelay verify: in-flight files unknown: {exc.message}", "yellow")
         in_flight = None
     report["in_flight"] = in_flight
     overdue = bool(in_flight and in_flight.get("overdue"))
-    code = exit_overdue if overdue else 0 if report["ok"] else exit_missing
+    empty = not report["exposures"] and not report["quarantined"] and not report["gaps"]
+    report["no_data"] = empty
+    if overdue:
+        code = Exit.OVERDUE
+    elif not report["ok"]:
+        code = Exit.FAILED
+    else:
+        code = Exit.NO_DATA if empty else Exit.OK
     if args.json:
-        print(json.dumps(report, indent=2))
+        output.emit_json(report)
         return code
-    print(
-        f"dayobs {report['dayobs']}: {report['complete']} complete, {report['incomplete']} incomplete exposures"
+    output.say(
+        f"dayobs {report['dayobs']}{' (the current observing day)' if current else ''}: "
+        f"{report['complete']} complete, {report['incomplete']} incomplete exposures"
         + (f", {report['arriving']} still arriving" if report.get("arriving") else "")
     )
-    print(f"{'instrument':10} {'obsid':24} {'seq':>5} {'state':9} {'arrived':>9}  missing")
+    rows = []
     for exp in report["exposures"]:
         missing = ", ".join(exp["missing"][:12]) + (" ..." if len(exp["missing"]) > 12 else "")
         if missing and exp["state"] == "pending":
             missing = f"awaiting {missing}"
-        print(
-            f"{exp['instrument']:10} {exp['obsid']:24} {exp['seqnum'] or '':>5} {exp['state']:9} "
-            f"{exp['arrived']:>4}/{exp['expected']:<4}  {missing}"
+        ok = not exp["missing"]
+        rows.append(
+            (
+                exp["instrument"],
+                exp["obsid"],
+                exp["seqnum"] or "",
+                output.styled(exp["state"], "green" if ok else "yellow" if exp["state"] == "pending" else "red"),
+                f"{exp['arrived']}/{exp['expected']}",
+                missing,
+            )
         )
+    if rows:
+        output.table(["instrument", "obsid", "seq", "state", "arrived", "missing"], rows, right=["seq", "arrived"])
     for instrument, gap in report["gaps"].items():
-        print(f"sequence gap {instrument}: missing SEQNUM {', '.join(map(str, gap))}")
+        output.say(f"sequence gap {instrument}: missing SEQNUM {', '.join(map(str, gap))}", "red")
     for q in report["quarantined"]:
-        print(f"quarantined #{q['id']}: {q['name']} -> {q['archive_path']} ({q['reason']})")
+        output.say(f"quarantined #{q['id']}: {q['name']} -> {q['archive_path']} ({q['reason']})", "yellow")
     if in_flight is not None and in_flight.get("files"):
         oldest = in_flight.get("oldest_age_s")
-        print(
+        output.say(
             f"in flight: {in_flight['files']} file(s) registered at the summit, not yet archived"
             + (f" ({in_flight['held']} held for want of a usable route)" if in_flight.get("held") else "")
             + (f", the oldest {oldest:.0f}s ago" if oldest is not None else "")
@@ -299,42 +509,47 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if overdue:
         assert in_flight is not None
         examples = ", ".join(in_flight.get("overdue_examples") or [])
-        print(
+        output.say(
             f"OVERDUE: {in_flight['overdue']} file(s) on their way longer than {timeout_s:.0f}s"
-            + (f": {examples}" if examples else "")
+            + (f": {examples}" if examples else ""),
+            "bold red",
         )
+    elif empty and report["ok"]:
+        output.say(f"NO DATA: the archive has no exposure of dayobs {dayobs}", "bold yellow")
     elif report["ok"]:
-        print("OK: nothing missing")
+        output.say("OK: nothing missing", "bold green")
     if not report["ok"]:
-        print("MISSING: see above")
+        output.say("MISSING: see above", "bold red")
     return code
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     """List quarantined files, or release one for re-ingest."""
-    target, http = _archive(args)
+    target = resolve(args)
+    http = target.http[target.archive]
     if args.action == "list":
-        rows = _http_get(target, f"{http}/v1/quarantine")
+        rows = target.request_json(f"{http}/v1/quarantine")
         if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        for q in rows:
-            print(f"#{q['id']:<5} {q['name']:44} {q['archive_path']}\n       reason: {q['reason']}")
-        print(f"{len(rows)} file(s) in quarantine")
-        return 0
+            output.emit_json(rows)
+            return Exit.OK
+        output.table(
+            ["id", "name", "archive path", "reason"],
+            [(f"#{q['id']}", q["name"], q["archive_path"], q["reason"]) for q in rows],
+        )
+        output.say(f"{len(rows)} file(s) in quarantine")
+        return Exit.OK
     if args.id is None:
-        print("skyrelay: quarantine release needs an id (see `skyrelay quarantine list`)", file=sys.stderr)
-        return 2
+        raise CliError("quarantine release needs an id (see `skyrelay quarantine list`)", Exit.USAGE)
     request = urllib.request.Request(f"{http}/v1/quarantine/{args.id}/release", method="POST")
     try:
-        with target.urlopen(request, timeout_s=120) as resp:
-            result = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode(errors="replace")
-        print(f"skyrelay: release of #{args.id} refused ({exc.code}): {body}", file=sys.stderr)
-        return 1
-    print(f"released #{args.id} -> {result['archive_path']} ({len(result.get('fixes', []))} fix(es))")
-    return 0
+        result = target.request_json(request, timeout_s=120)
+    except CliError as exc:
+        raise CliError(f"release of #{args.id}: {exc.message}", exc.code) from None
+    if args.json:
+        output.emit_json(result)
+        return Exit.OK
+    output.say(f"released #{args.id} -> {result['archive_path']} ({len(result.get('fixes', []))} fix(es))")
+    return Exit.OK
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
@@ -349,15 +564,12 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     target = resolve(args)
     site = args.site or target.archive
     if site not in target.brokers:
-        print(f"skyrelay: unknown site {site!r}; sites: {', '.join(target.brokers)}", file=sys.stderr)
-        return 2
+        raise CliError(f"unknown site {site!r}; sites: {', '.join(target.brokers)}", Exit.USAGE)
     if args.since is not None:
         if site != target.archive:
-            print(f"skyrelay: --since replays the archive's notice log; {site!r} has none", file=sys.stderr)
-            return 2
+            raise CliError(f"--since replays the archive's notice log; {site!r} has none", Exit.USAGE)
         if args.since < 0 or not 1 <= args.page_size <= 10_000:
-            print("skyrelay: --since must be 0 or more, --page-size 1..10000", file=sys.stderr)
-            return 2
+            raise CliError("--since must be 0 or more, --page-size 1..10000", Exit.USAGE)
         follower = _NoticeFollower(target, args.topic, since=args.since, count=args.count, page_size=args.page_size)
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(follower.run())
@@ -488,11 +700,10 @@ class _NoticeFollower:
             try:
                 page = await asyncio.to_thread(fetch)
             except urllib.error.HTTPError as exc:
-                body = exc.read().decode(errors="replace")[:300]
-                raise SystemExit(f"skyrelay: {url} refused ({exc.code}): {body}") from None
+                raise CliError(f"{url} refused ({exc.code}): {server_message(exc)}", Exit.REFUSED) from None
             except (urllib.error.URLError, OSError) as exc:
                 if not self._reached_log:
-                    raise SystemExit(f"skyrelay: cannot reach {url}: {exc}") from None
+                    raise CliError(f"cannot reach {url}: {exc}", Exit.UNREACHABLE) from None
                 failures += 1
                 delay = backoff_delay(failures, initial_s=0.2, cap_s=10.0)
                 log.warning("notice_log_unreachable", error=str(exc), retry_in_s=round(delay, 2))
@@ -511,28 +722,45 @@ class _NoticeFollower:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``skyrelay``."""
     parser = argparse.ArgumentParser(prog="skyrelay", description=__doc__)
-    parser.add_argument("--log-level", default="info")
-    parser.add_argument("--json-logs", action="store_true", default=None, help="JSON log lines (default off a TTY)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    logs.add_log_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    json_opt = output.json_option()
+    target = target_options()
+    system = [json_opt, target]  # every command that talks to a running system
 
     p = sub.add_parser("run", help="run one site's daemon (what systemd starts)")
-    p.add_argument("--topology", required=True)
-    p.add_argument("--site", required=True)
+    p.add_argument("--topology", required=True, help="the topology file (e.g. /etc/skyrelay/topology.toml)")
+    p.add_argument("--site", required=True, help="which of the topology's sites this daemon is")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        dest="json_logs",
+        default=argparse.SUPPRESS,
+        help="JSON log lines (= --json-logs)",
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("secure", help="create broker accounts, ACLs and signing keys for a topology")
+    p = sub.add_parser(
+        "secure", help="create broker accounts, ACLs and signing keys for a topology", parents=[json_opt]
+    )
     p.add_argument("--topology", required=True, help="the topology file (one from before accounts and keys is fine)")
     p.add_argument("--out", required=True, help="folder for the new topology, keys and broker files")
     p.add_argument("--install-root", default="/etc/skyrelay", help="where each host keeps its site's files")
     p.set_defaults(func=cmd_secure)
 
-    p = sub.add_parser("up", help="run summit, base and archive with their brokers on this machine")
-    p.add_argument("--workdir", default="skyrelay-demo")
+    p = sub.add_parser(
+        "up",
+        help="run summit, base and archive with their brokers on this machine",
+        parents=[json_opt],
+        description="Run summit, base and archive with their brokers on this machine until Ctrl-C or SIGTERM. "
+        'With --json, progress is JSON lines ({"event": "ready", ...}).',
+    )
+    p.add_argument("--workdir", default="skyrelay-demo", help="directory of the cluster (cluster.json, logs, data)")
     p.add_argument("--camera", metavar="INSTRUMENT", help="also run the camera simulator (ComCam, LATISS, LSSTCam)")
     p.add_argument("--exposures", type=int, default=None, help="camera: stop after N exposures")
     p.add_argument("--cadence", type=float, default=15.0, help="camera: seconds between exposures")
     p.add_argument("--size-mb", type=float, default=4.0, help="camera: size of each file")
-    p.add_argument("--routes", help="comma-separated subset of primary,direct")
+    p.add_argument("--routes", help="comma-separated subset of primary,direct (default both)")
     p.add_argument("--drill", action="store_true", help="put every link behind the link simulator")
     p.add_argument("--https", action="store_true", help="data servers speak HTTPS (a throwaway CA in WORKDIR/pki)")
     p.add_argument("--corrections", action="append", default=[], help="header correction directory (repeatable)")
@@ -546,53 +774,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("schema", help="print the JSON Schemas of the messages")
-    p.add_argument("type", nargs="?")
+    p = sub.add_parser("schema", help="print the JSON Schemas of the messages (always JSON)", parents=[json_opt])
+    p.add_argument("type", nargs="?", help="one message type (e.g. offer); all of them when left out")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("status", help="status of a running cluster")
-    add_target_arguments(p)
-    p.add_argument("--json", action="store_true")
+    timeout_help = "seconds to wait for each site (all are asked at once)"
+    p = sub.add_parser("status", help="every site's status; names the sites that do not answer", parents=system)
+    p.add_argument("--timeout", type=float, default=STATUS_TIMEOUT_S, help=timeout_help)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("queue", help="pending deliveries of a running cluster")
-    add_target_arguments(p)
-    p.add_argument("--limit", type=int, default=20)
+    p = sub.add_parser("queue", help="pending deliveries of every site, the oldest first", parents=system)
+    p.add_argument("--limit", type=int, default=20, help="rows per site in the table (--json shows all)")
+    p.add_argument("--timeout", type=float, default=STATUS_TIMEOUT_S, help=timeout_help)
     p.set_defaults(func=cmd_queue)
 
-    p = sub.add_parser("routes", help="show or change the summit's routes on a running cluster")
-    p.add_argument("action", nargs="?", default="show", choices=["show", "force", "disable", "enable", "auto"])
-    p.add_argument("route", nargs="?")
-    add_target_arguments(p)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "routes",
+        help="show or change the summit's routes; a refused change exits 4 with the summit's reason",
+        parents=system,
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="show",
+        choices=["show", "force", "disable", "enable", "auto"],
+        help="show; force R (only R); disable R; enable R; auto (every route back to automatic choice)",
+    )
+    p.add_argument("route", nargs="?", help="the route's name (primary, direct, ...)")
     p.set_defaults(func=cmd_routes)
 
     p = sub.add_parser(
         "verify",
-        help="completeness of an observing day, and files still in flight from the summit "
-        "(exit 1 when anything is missing, 3 when a file is overdue: on its way longer than end_to_end_timeout_s)",
+        help="completeness of an observing day (default: the current one), and files still in flight",
+        parents=system,
         description="Completeness of an observing day at the archive, and the files registered at the summit that "
-        "are not yet archived (in flight). Exit status: 0 nothing missing; 1 the archive misses files; 3 a file "
-        "has been on its way longer than the topology's end_to_end_timeout_s (overdue; takes precedence over 1). "
-        "In-flight files that are not overdue do not fail verify.",
+        "are not yet archived (in flight). The observing day (DAYOBS) is the date at UTC-12h, Rubin's convention: "
+        "it changes at 12:00 UTC. Exit status: 0 nothing missing; 1 the archive misses files; 3 a file "
+        "has been on its way longer than the topology's end_to_end_timeout_s (overdue; takes precedence over 1); "
+        "5 the archive has no data for that day. In-flight files that are not overdue do not fail verify.",
     )
-    p.add_argument("--dayobs", required=True)
-    add_target_arguments(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--dayobs", default=None, help="YYYYMMDD (default: the current observing day, the date at UTC-12h)")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("quarantine", help="list quarantined files or release one after fixing its cause")
-    p.add_argument("action", choices=["list", "release"])
-    p.add_argument("id", nargs="?", type=int)
-    add_target_arguments(p)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "quarantine", help="list quarantined files or release one after fixing its cause", parents=system
+    )
+    p.add_argument("action", choices=["list", "release"], help="list them, or release one for re-ingest")
+    p.add_argument("id", nargs="?", type=int, help="release: the quarantine id (#N in the list)")
     p.set_defaults(func=cmd_quarantine)
 
-    p = sub.add_parser("subscribe", help="print notices from a site's broker as JSON lines")
-    add_target_arguments(p)
+    p = sub.add_parser(
+        "subscribe", help="print notices from a site's broker as JSON lines (always JSON)", parents=system
+    )
     p.add_argument("--site", default=None, help="whose broker (default: the archive)")
-    p.add_argument("--topic", default="skyrelay/v1/arrivals/#")
-    p.add_argument("--count", type=int, default=0, help="exit after N messages")
+    p.add_argument("--topic", default="skyrelay/v1/arrivals/#", help="MQTT topic filter")
+    p.add_argument("--count", type=int, default=0, help="exit after N messages (0: follow forever)")
     p.add_argument(
         "--since",
         type=int,
@@ -605,7 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ops.drill import add_drill_arguments, drill_main
 
-    p = sub.add_parser("drill", help="network failure drills on a cluster started with `up --drill`")
+    p = sub.add_parser(
+        "drill", help="network failure drills on a cluster started with `up --drill`", parents=[json_opt, target]
+    )
     add_drill_arguments(p)
     p.set_defaults(func=drill_main)
 
@@ -615,33 +853,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(p)
     p.set_defaults(func=bench_main)
 
-    simulate = sub.add_parser("simulate", help="simulators").add_subparsers(dest="what", required=True)
+    simulate = sub.add_parser("simulate", help="simulators that write into a cluster's summit inbox")
+    simulate_commands = simulate.add_subparsers(dest="what", required=True, metavar="SIMULATOR")
     from ops.camera import add_camera_arguments, camera_main
 
-    p = simulate.add_parser("camera", help="write FITS exposures into the summit inbox like a camera")
+    p = simulate_commands.add_parser(
+        "camera", help="write FITS exposures into the summit inbox like a camera", parents=[json_opt]
+    )
     add_camera_arguments(p)
     p.set_defaults(func=camera_main)
 
     from ops.products_cli import add_products_commands, add_simulate_calibs
 
-    add_simulate_calibs(simulate)
+    add_simulate_calibs(simulate_commands)
     add_products_commands(sub)
 
     from ops.alerts_cli import add_alerts_commands
     from ops.products_cli import add_simulate_night
 
-    add_simulate_night(simulate)
+    add_simulate_night(simulate_commands)
     add_alerts_commands(sub)
-    return parser
+    return output.finish_parser(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``skyrelay`` console script."""
+    """Entry point of the ``skyrelay`` console script (exit codes: :class:`ops.output.Exit`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure(args.log_level, json_logs=args.json_logs)
-    result: int = args.func(args)
-    return result
+    logs.configure(args.log_level, json_logs=args.json_logs, library_level=args.library_log_level)
+    return output.run_command(args.func, args, prog=f"skyrelay {args.command}")
 
 
 if __name__ == "__main__":

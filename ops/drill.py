@@ -19,7 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from ops import output
 from ops.linksim import LinkMode, link_name, resolve_link_name
+from ops.output import Exit
+from ops.target import target_options, workdir_of
 
 __all__ = [
     "DrillError",
@@ -31,8 +34,8 @@ __all__ = [
 ]
 
 HTTP_TIMEOUT_S: Final = 10.0
-EXIT_UNREACHABLE: Final = 1
-EXIT_USAGE: Final = 2
+EXIT_UNREACHABLE: Final = int(Exit.UNREACHABLE)
+EXIT_USAGE: Final = int(Exit.USAGE)
 
 _COMMAND_MODES: Final[Mapping[str, LinkMode]] = {
     "cut": LinkMode.CUT,
@@ -53,16 +56,20 @@ class DrillError(Exception):
 
 
 def add_drill_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the drill sub-commands and ``--workdir`` to the ``drill`` parser of the CLI.
+    """Add the drill sub-commands (and ``--workdir``/``--json``, unless ``parser`` has them) to ``parser``.
 
-    The chosen sub-command is stored in ``args.drill_command``; pass the namespace to `drill_main`.
+    ``--workdir`` and ``--json`` are accepted before and after the sub-command alike
+    (``drill --workdir D cut L`` and ``drill cut L --workdir D``). The chosen sub-command is stored
+    in ``args.drill_command``; pass the namespace to `drill_main`.
     """
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=argparse.SUPPRESS,  # keep a --workdir given to the parent parser (default ".")
-        help="drill cluster directory holding cluster.json (default: .)",
-    )
+    if "--workdir" not in parser._option_string_actions:
+        for action in target_options()._actions:
+            if action.option_strings:
+                parser._add_action(action)
+    if "--json" not in parser._option_string_actions:
+        parser._add_action(_json_suppressed())
+    common = argparse.ArgumentParser(add_help=False, parents=[target_options()])
+    common._add_action(_json_suppressed())
     commands = parser.add_subparsers(dest="drill_command", metavar="COMMAND", required=True)
     helps = {
         "cut": "reset every connection on the link and refuse new ones",
@@ -73,7 +80,7 @@ def add_drill_arguments(parser: argparse.ArgumentParser) -> None:
         "corrupt": "flip bits in HTTP response bodies crossing the link",
     }
     for command, help_text in helps.items():
-        sub = commands.add_parser(command, help=help_text, description=help_text)
+        sub = commands.add_parser(command, help=help_text, description=help_text, parents=[common])
         sub.add_argument("link", metavar="LINK", help="link name, sites in either order (summit-base)")
         if command == "slow":
             sub.add_argument("--mbps", type=float, required=True, help="bandwidth per direction, Mbit/s")
@@ -87,28 +94,42 @@ def add_drill_arguments(parser: argparse.ArgumentParser) -> None:
     measure = commands.add_parser(
         "measure",
         help="break a link under traffic and report failover and failback times",
-        description="Needs files flowing (e.g. `skyrelay up --drill --camera ComCam`).",
+        description="Needs files flowing (e.g. `skyrelay up --drill --camera ComCam`). Exit 1 when failover "
+        "or failback was not seen.",
+        parents=[common],
     )
-    measure.add_argument("link", metavar="LINK")
-    measure.add_argument("--mode", choices=["cut", "blackhole"], default="cut")
+    measure.add_argument("link", metavar="LINK", help="link name, sites in either order (summit-base)")
+    measure.add_argument("--mode", choices=["cut", "blackhole"], default="cut", help="how the link breaks")
     measure.add_argument("--duration", type=float, default=20.0, help="seconds the link stays broken")
     measure.add_argument("--baseline", type=float, default=10.0, help="seconds of normal traffic first")
-    measure.add_argument("--json", action="store_true")
-    status = commands.add_parser("status", help="show every link's mode and counters")
-    status.add_argument("--json", action="store_true", help="print the simulator's JSON as is")
+    commands.add_parser("status", help="show every link's mode and counters", parents=[common])
+
+
+def _json_suppressed() -> argparse.Action:
+    """``--json`` whose default is suppressed (so a sub-command does not reset the group's)."""
+    holder = argparse.ArgumentParser(add_help=False)
+    return holder.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON on stdout instead of a table"
+    )
 
 
 def drill_main(args: argparse.Namespace) -> int:
     """Run the drill sub-command in ``args``; print the result. Returns the process exit code.
 
     0 on success; 2 for an unknown link, a rejected parameter or a missing cluster.json / drill section;
-    1 when the link simulator cannot be reached.
+    6 when the link simulator cannot be reached; 1 when ``measure`` did not see failover and failback.
     """
+    as_json = bool(getattr(args, "json", False))
     try:
-        control = read_control_url(Path(getattr(args, "workdir", ".")))
+        if getattr(args, "topology", None):
+            raise DrillError("drills need a `skyrelay up --drill` cluster: pass its --workdir, not --topology")
+        control = read_control_url(_drill_workdir(args))
         links: dict[str, Any] = _request(control, "GET", "/links")["links"]
         if args.drill_command == "status":
-            print(json.dumps(links, indent=2) if args.json else format_status(links))
+            if as_json:
+                output.emit_json(links)
+            else:
+                _status_table(links)
             return 0
         name = resolve_link_name(args.link, list(links))
         if name is None:
@@ -118,11 +139,22 @@ def drill_main(args: argparse.Namespace) -> int:
         body = _mode_request(args)
         reply = _request(control, "POST", f"/links/{urllib.parse.quote(name, safe='')}", body)
     except DrillError as exc:
-        print(f"drill: {exc}", file=sys.stderr)
+        print(f"skyrelay drill: {exc}", file=sys.stderr)
         return exc.exit_code
     old = links[name]["state"]["mode"]
-    print(f"{name}: {old} -> {_describe(reply['state'])}")
+    if as_json:
+        output.emit_json({"link": name, "before": old, "now": reply["state"]})
+    else:
+        output.say(f"{name}: {old} -> {_describe(reply['state'])}")
     return 0
+
+
+def _drill_workdir(args: argparse.Namespace) -> Path:
+    """``--workdir``; without it the default of every command (skyrelay-demo), or ``.`` when that has no cluster."""
+    workdir = workdir_of(args)
+    if getattr(args, "workdir", None) is None and not (workdir / "cluster.json").exists():
+        return Path(".")
+    return workdir
 
 
 def _measure(args: argparse.Namespace, control: str, name: str) -> int:
@@ -131,18 +163,23 @@ def _measure(args: argparse.Namespace, control: str, name: str) -> int:
     def set_mode(link: str, mode: str) -> None:
         _request(control, "POST", f"/links/{urllib.parse.quote(link, safe='')}", {"mode": mode})
 
-    report = asyncio.run(
-        measure_outage(
-            Path(getattr(args, "workdir", ".")),
-            name,
-            set_mode,
-            mode=args.mode,
-            duration_s=args.duration,
-            baseline_s=args.baseline,
+    with output.progress(f"drill {args.mode} {name}: starting") as step:
+        report = asyncio.run(
+            measure_outage(
+                _drill_workdir(args),
+                name,
+                set_mode,
+                mode=args.mode,
+                duration_s=args.duration,
+                baseline_s=args.baseline,
+                phase=lambda text: step(0, description=f"drill {args.mode} {name}: {text}"),
+            )
         )
-    )
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 0 if report["failover_s"] is not None and report["failback_s"] is not None else 1
+    if getattr(args, "json", False):
+        output.emit_json(report)
+    else:
+        output.say(format_report(report))
+    return 0 if report["failover_s"] is not None and report["failback_s"] is not None else int(Exit.FAILED)
 
 
 def read_control_url(workdir: Path) -> str:
@@ -166,26 +203,38 @@ def read_control_url(workdir: Path) -> str:
 
 
 def format_status(links: Mapping[str, Any]) -> str:
-    """A table of every link's mode, parameters and counters (from the simulator's ``GET /links``)."""
-    header = ("LINK", "MODE", "SINCE", "CONNS", "RESETS", "CORRUPT", "BYTES")
-    rows = [header]
-    for name, link in links.items():
-        state, stats = link["state"], link["stats"]
-        rows.append(
-            (
-                name,
-                _describe(state),
-                time.strftime("%H:%M:%S", time.localtime(state["since"])),
-                f"{stats['connections_active']}/{stats['connections_total']}",
-                str(stats["resets"]),
-                str(stats["corrupted_chunks"]),
-                ", ".join(f"{flow} {_human_bytes(count)}" for flow, count in stats["bytes"].items()),
-            )
-        )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    """A plain table of every link's mode, parameters and counters (from the simulator's ``GET /links``)."""
+    rows = [_STATUS_HEADER, *(_status_row(name, link) for name, link in links.items())]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(_STATUS_HEADER))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     )
+
+
+_STATUS_HEADER: Final = ("LINK", "MODE", "SINCE", "CONNS", "RESETS", "CORRUPT", "BYTES")
+
+
+def _status_row(name: str, link: Mapping[str, Any]) -> tuple[str, ...]:
+    state, stats = link["state"], link["stats"]
+    return (
+        name,
+        _describe(state),
+        time.strftime("%H:%M:%S", time.localtime(state["since"])),
+        f"{stats['connections_active']}/{stats['connections_total']}",
+        str(stats["resets"]),
+        str(stats["corrupted_chunks"]),
+        ", ".join(f"{flow} {_human_bytes(count)}" for flow, count in stats["bytes"].items()),
+    )
+
+
+def _status_table(links: Mapping[str, Any]) -> None:
+    rows = []
+    for name, link in links.items():
+        cells: list[object] = list(_status_row(name, link))
+        mode = link["state"]["mode"]
+        cells[1] = output.styled(cells[1], "green" if mode == LinkMode.UP else "bold red")
+        rows.append(cells)
+    output.table([h.lower() for h in _STATUS_HEADER], rows, right=["conns", "resets", "corrupt"])
 
 
 def _mode_request(args: argparse.Namespace) -> dict[str, Any]:

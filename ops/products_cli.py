@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ops.target import Target, add_target_arguments, resolve
+from ops import output
+from ops.output import CliError, Exit
+from ops.target import Target, resolve, target_options
 
 KINDS = ("bias", "dark", "flat")
 
@@ -25,36 +25,28 @@ def add_products_commands(subparsers: Any) -> None:
     Args:
         subparsers: ``skyrelay``'s sub-command parsers (from ``add_subparsers``).
     """
+    common = [output.json_option(), target_options()]
     products = subparsers.add_parser("products", help="the archive's master calibrations: list, show, reprocess")
-    actions = products.add_subparsers(dest="action", required=True)
-    p = actions.add_parser("list", help="products, newest first")
-    p.add_argument("--kind", choices=KINDS)
-    p.add_argument("--json", action="store_true")
-    add_target_arguments(p)
+    actions = products.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("list", help="products, newest first", parents=common)
+    p.add_argument("--kind", choices=KINDS, help="only this kind")
     p.set_defaults(func=cmd_products_list)
-    p = actions.add_parser("show", help="one product: inputs with checksums, parameters, statistics, frames left out")
-    p.add_argument("product_id")
-    p.add_argument("--json", action="store_true")
-    add_target_arguments(p)
+    p = actions.add_parser(
+        "show", help="one product: inputs with checksums, parameters, statistics, frames left out", parents=common
+    )
+    p.add_argument("product_id", help="the product's id (from products list)")
     p.set_defaults(func=cmd_products_show)
     p = actions.add_parser(
-        "reprocess", help="rebuild a product from its provenance; exit 0 when the checksum equals the recorded one"
+        "reprocess",
+        help="rebuild a product from its provenance; exit 0 when the checksum equals the recorded one, 1 if not",
+        parents=common,
     )
-    p.add_argument("product_id")
-    p.add_argument("--json", action="store_true")
-    add_target_arguments(p)
+    p.add_argument("product_id", help="the product's id (from products list)")
     p.set_defaults(func=cmd_products_reprocess)
 
 
 def _request(target: Target, request: urllib.request.Request, timeout_s: float) -> Any:
-    try:
-        with target.urlopen(request, timeout_s=timeout_s) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode(errors="replace")[:500]
-        raise SystemExit(f"skyrelay: {request.full_url} refused ({exc.code}): {body}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise SystemExit(f"skyrelay: cannot reach {request.full_url}: {exc}") from None
+    return target.request_json(request, timeout_s=timeout_s)
 
 
 def _archive(args: argparse.Namespace) -> tuple[Target, str]:
@@ -68,16 +60,25 @@ def cmd_products_list(args: argparse.Namespace) -> int:
     url = f"{http}/v1/products" + (f"?kind={args.kind}" if args.kind else "")
     rows = _request(target, urllib.request.Request(url), 30)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        output.emit_json(rows)
         return 0
-    print(f"{'product':44} {'kind':5} {'instrument':10} {'detector':9} {'filter':6} {'frames':>6}  created")
-    for row in rows:
-        created = datetime.datetime.fromtimestamp(row["created_at"], datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        print(
-            f"{row['product_id']:44} {row['kind']:5} {row['instrument']:10} {row['detector']:9} "
-            f"{row['filter'] or '':6} {row['frames_used']:>6}  {created}"
-        )
-    print(f"{len(rows)} product(s)")
+    output.table(
+        ["product", "kind", "instrument", "detector", "filter", "frames", "created (UTC)"],
+        [
+            (
+                row["product_id"],
+                row["kind"],
+                row["instrument"],
+                row["detector"],
+                row["filter"] or "",
+                row["frames_used"],
+                datetime.datetime.fromtimestamp(row["created_at"], datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            )
+            for row in rows
+        ],
+        right=["frames"],
+    )
+    output.say(f"{len(rows)} product(s)")
     return 0
 
 
@@ -86,7 +87,7 @@ def cmd_products_show(args: argparse.Namespace) -> int:
     target, http = _archive(args)
     product = _request(target, urllib.request.Request(f"{http}/v1/products/{args.product_id}"), 30)
     if args.json:
-        print(json.dumps(product, indent=2))
+        output.emit_json(product)
         return 0
     prov = product["provenance"]
     print(f"product   {product['product_id']} ({product['kind']}, {product['instrument']} {product['detector']})")
@@ -120,13 +121,13 @@ def cmd_products_reprocess(args: argparse.Namespace) -> int:
     request = urllib.request.Request(f"{http}/v1/products/{args.product_id}/reprocess", method="POST")
     result = _request(target, request, 600)
     if args.json:
-        print(json.dumps(result, indent=2))
+        output.emit_json(result)
     else:
         verdict = "SAME: the rebuild is byte-identical" if result["same"] else "DIFFERENT: the rebuild differs"
         print(f"{result['product_id']}: recorded {result['recorded_checksum']}")
         print(f"{'':{len(result['product_id'])}}  rebuilt  {result['checksum']}")
         print(verdict)
-    return 0 if result["same"] else 1
+    return Exit.OK if result["same"] else Exit.FAILED
 
 
 def add_simulate_calibs(simulate_subparsers: Any) -> None:
@@ -135,18 +136,20 @@ def add_simulate_calibs(simulate_subparsers: Any) -> None:
     Args:
         simulate_subparsers: the ``simulate`` command's sub-command parsers.
     """
-    p = simulate_subparsers.add_parser("calibs", help="write bias, dark and flat sequences into the summit inbox")
+    p = simulate_subparsers.add_parser(
+        "calibs", help="write bias, dark and flat sequences into the summit inbox", parents=[output.json_option()]
+    )
     p.add_argument("--workdir", type=Path, required=True, help="a `skyrelay up` cluster (its summit inbox)")
-    p.add_argument("--instrument", default="ComCam")
-    p.add_argument("--detector", default="R22_S11")
+    p.add_argument("--instrument", default="ComCam", help="instrument name in the headers")
+    p.add_argument("--detector", default="R22_S11", help="detector name in the headers")
     p.add_argument("--dayobs", default=None, help="YYYYMMDD (default today, UTC)")
-    p.add_argument("--bias", type=int, default=0, metavar="N")
-    p.add_argument("--dark", type=int, default=0, metavar="N")
-    p.add_argument("--flat", type=int, default=0, metavar="N")
+    p.add_argument("--bias", type=int, default=0, metavar="N", help="bias frames")
+    p.add_argument("--dark", type=int, default=0, metavar="N", help="dark frames")
+    p.add_argument("--flat", type=int, default=0, metavar="N", help="flat frames")
     p.add_argument("--lamp-change-at", type=int, default=None, metavar="K", help="flats from CURINDEX K on")
     p.add_argument("--lamp-factor", type=float, default=1.0, metavar="F", help="lamp level after the change")
     p.add_argument("--interrupt-at", type=int, default=None, metavar="K", help="stop the flats after frame K-1")
-    p.add_argument("--seq-start", type=int, default=1)
+    p.add_argument("--seq-start", type=int, default=1, help="first SEQNUM")
     p.add_argument("--small", action="store_true", help="small test detectors (2 x 4 amplifiers of 32 x 64 px)")
     p.add_argument("--compress", action="store_true", help="Rice tile-compressed amplifiers, as real raws are")
     p.set_defaults(func=cmd_simulate_calibs)
@@ -160,8 +163,7 @@ def cmd_simulate_calibs(args: argparse.Namespace) -> int:
     try:
         inbox = _inbox_from_workdir(args.workdir)
     except CameraError as exc:
-        print(f"skyrelay simulate calibs: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc), Exit.USAGE) from None
     dayobs = args.dayobs or datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
     truths = write_calib_day(
         inbox,
@@ -178,20 +180,25 @@ def cmd_simulate_calibs(args: argparse.Namespace) -> int:
         spec=DetectorSpec.small() if args.small else None,
         compress=args.compress,
     )
+    if args.json:
+        output.emit_json([{"kind": t.kind, "groupid": t.groupid, "files": [str(p) for p in t.paths]} for t in truths])
+        return 0
     for truth in truths:
-        print(f"{truth.kind:5} {truth.groupid}: {len(truth.paths)} frame(s) into {inbox}")
+        output.say(f"{truth.kind:5} {truth.groupid}: {len(truth.paths)} frame(s) into {inbox}")
     return 0
 
 
 def add_simulate_night(simulate_subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``skyrelay simulate night`` to the ``simulate`` subcommands."""
-    p = simulate_subparsers.add_parser("night", help="write science quads of one detector into the summit inbox")
+    p = simulate_subparsers.add_parser(
+        "night", help="write science quads of one detector into the summit inbox", parents=[output.json_option()]
+    )
     p.add_argument("--workdir", type=Path, required=True, help="a `skyrelay up` cluster (its summit inbox)")
     p.add_argument("--fields", type=int, default=1, help="fields, one quad each")
-    p.add_argument("--instrument", default="ComCam")
-    p.add_argument("--detector", default="R22_S11")
+    p.add_argument("--instrument", default="ComCam", help="instrument name in the headers")
+    p.add_argument("--detector", default="R22_S11", help="detector name in the headers")
     p.add_argument("--dayobs", default=None, help="YYYYMMDD (today, UTC, by default)")
-    p.add_argument("--seq-start", type=int, default=100)
+    p.add_argument("--seq-start", type=int, default=100, help="first SEQNUM")
     p.add_argument("--lose", action="append", default=[], help="a visit never written: v3, or F01:v3")
     p.add_argument("--bad-seeing", action="append", default=[], help="a visit in 2.4 arcsec seeing: v2, or F01:v2")
     p.add_argument("--snr", type=float, default=20.0, help="difference SNR of each field's transient")
@@ -208,8 +215,7 @@ def cmd_simulate_night(args: argparse.Namespace) -> int:
     try:
         inbox = _inbox_from_workdir(args.workdir)
     except CameraError as exc:
-        print(f"skyrelay simulate night: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc), Exit.USAGE) from None
     dayobs = args.dayobs or datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
     from ops.simulate.night import write_night
 
@@ -225,6 +231,11 @@ def cmd_simulate_night(args: argparse.Namespace) -> int:
         seq_start=args.seq_start,
         transient_snr=args.snr,
     )
+    if args.json:
+        output.emit_json(
+            [{"obsid": v.obsid, "group_id": v.group_id, "curindex": v.curindex, "file": str(v.path)} for v in visits]
+        )
+        return 0
     for v in visits:
-        print(f"{v.obsid} {v.group_id} v{v.curindex}: {v.path.name}")
+        output.say(f"{v.obsid} {v.group_id} v{v.curindex}: {v.path.name}")
     return 0

@@ -15,7 +15,7 @@ import json
 import statistics
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,11 +107,14 @@ async def measure_outage(
     duration_s: float = 20.0,
     baseline_s: float = 10.0,
     failback_timeout_s: float = 120.0,
+    phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Break ``link`` for ``duration_s`` under traffic and measure failover and failback.
 
-    ``set_mode(link, mode)`` performs the drill's control call (a blocking function).
+    ``set_mode(link, mode)`` performs the drill's control call (a blocking function); ``phase(text)``,
+    when given, is told what the measurement is waiting for (for a progress display).
     """
+    tell = phase or (lambda text: None)
     cluster, topology = await asyncio.to_thread(load_cluster, workdir)
     tuning = topology.get("tuning", {})
     ack_timeout = float(tuning.get("ack_timeout_s", 5.0))
@@ -130,19 +133,23 @@ async def measure_outage(
             name="drill.watch",
         )
         await ready.wait()
+        tell(f"{baseline_s:g}s of normal traffic")
         await asyncio.sleep(baseline_s)  # collect normal traffic: a measurement window, not a wait for a condition
         baseline = [x.latency_s for x in watch.arrivals]
         in_use = {x.route for x in watch.arrivals}
         t_break = time.time()
         await asyncio.to_thread(set_mode, link, mode)
+        tell(f"link {mode}: waiting for a file by another route")
         failover = await _wait_for(
             watch, lambda x: x.received > t_break and x.route not in affected, max(duration_s, 4 * ack_timeout)
         )
         remaining = t_break + duration_s - time.time()
         if remaining > 0:
+            tell(f"failover {'seen' if failover else 'NOT seen'}; link stays broken {remaining:.0f}s more")
             await asyncio.sleep(remaining)  # keep the link broken for the drill's duration
         t_restore = time.time()
         await asyncio.to_thread(set_mode, link, "up")
+        tell("link restored: waiting for a file by the preferred route")
         failback = await _wait_for(watch, lambda x: x.closed_at > t_restore and x.route in affected, failback_timeout_s)
         during = [x.latency_s for x in watch.arrivals if t_break - 1 <= x.closed_at <= t_restore]
         watcher.cancel()

@@ -13,7 +13,9 @@ import argparse
 import base64
 import dataclasses
 import json
+import socket
 import ssl
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.config import Topology, load_topology
 from daemon.errors import TopologyError
+from ops.output import CliError, Exit
 from protocol.errors import ProtocolError
 from protocol.signing import load_private_key, seal
 
@@ -63,14 +66,41 @@ class Target:
         context = self.topology.http_tls_context() if self.topology is not None else None
         return urllib.request.urlopen(request, timeout=timeout_s, context=context)
 
+    def request_json(
+        self,
+        request: str | urllib.request.Request,
+        *,
+        timeout_s: float = 10.0,
+        role: Role = "operator",
+    ) -> Any:
+        """A site's JSON answer to ``request``.
+
+        Raises:
+            CliError: the site refused (``Exit.REFUSED``, with the site's own message: ``dayobs must be
+                YYYYMMDD``, not ``HTTP Error 400``) or could not be reached in time (``Exit.UNREACHABLE``).
+        """
+        url = request if isinstance(request, str) else request.full_url
+        try:
+            with self.urlopen(request, timeout_s=timeout_s, role=role) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise CliError(f"{url} refused ({exc.code}): {server_message(exc)}", Exit.REFUSED) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(reason, socket.timeout | TimeoutError):
+                reason = f"no answer within {timeout_s:g}s"
+            raise CliError(f"cannot reach {url}: {reason}", Exit.UNREACHABLE) from None
+        except ValueError as exc:
+            raise CliError(f"{url} answered with something that is not JSON: {exc}", Exit.FAILED) from None
+
     def sign_control(self, body: bytes) -> bytes:
         """A control message sealed with the operator's key, for the summit's mailbox."""
         if self.operator_key_file is None:
-            raise SystemExit("skyrelay: no operator signing key (operator_key_file in the topology's [security])")
+            raise CliError("no operator signing key (operator_key_file in the topology's [security])", Exit.USAGE)
         try:
             key: Ed25519PrivateKey = load_private_key(self.operator_key_file)
         except (OSError, ProtocolError) as exc:
-            raise SystemExit(f"skyrelay: cannot load the operator key {self.operator_key_file}: {exc}") from None
+            raise CliError(f"cannot load the operator key {self.operator_key_file}: {exc}", Exit.USAGE) from None
         return seal(body, kind="control", signer=self.operator, key=key, to=self.summit)
 
     def mqtt_client(self, site: str, role: Role = "operator") -> aiomqtt.Client:
@@ -90,20 +120,73 @@ class Target:
         )
 
 
+DEFAULT_WORKDIR = "skyrelay-demo"
+
+
+def server_message(exc: urllib.error.HTTPError) -> str:
+    """What a site said when it refused a request: its ``error`` field, or its text, not ``HTTP Error 400``."""
+    with exc:
+        try:
+            body = exc.read().decode("utf-8", "replace").strip()
+        except OSError:
+            body = ""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("error", "reason", "message"):
+            if isinstance(data.get(key), str):
+                return str(data[key])
+    return body[:500] or f"{exc.reason}"
+
+
+def target_options() -> argparse.ArgumentParser:
+    """A parent parser with ``--workdir`` / ``--topology`` (pass it in ``parents=[...]``).
+
+    Their defaults are suppressed, so the options can be given to a command group and to its
+    sub-command alike (``drill --workdir D cut L`` and ``drill cut L --workdir D``); :func:`resolve`
+    and :func:`workdir_of` apply the default.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--workdir",
+        default=argparse.SUPPRESS,
+        help=f"a `skyrelay up` cluster's directory, read from its cluster.json (default: {DEFAULT_WORKDIR})",
+    )
+    parent.add_argument(
+        "--topology",
+        default=argparse.SUPPRESS,
+        help="a deployed system's topology file instead (e.g. /etc/skyrelay/topology.toml)",
+    )
+    return parent
+
+
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--workdir`` (a ``skyrelay up`` cluster, the default) or ``--topology`` (a deployed system)."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--workdir", default="skyrelay-demo", help="a `skyrelay up` cluster (reads cluster.json)")
-    group.add_argument("--topology", help="a deployed system's topology file (e.g. /etc/skyrelay/topology.toml)")
+    """Add ``--workdir`` (a ``skyrelay up`` cluster, the default) or ``--topology`` (a deployed system)."""
+    for action in target_options()._actions:
+        if action.option_strings:
+            parser._add_action(action)
+
+
+def workdir_of(args: argparse.Namespace) -> Path:
+    """The ``--workdir`` given, or the default."""
+    return Path(getattr(args, "workdir", None) or DEFAULT_WORKDIR)
 
 
 def resolve(args: argparse.Namespace) -> Target:
-    """The target named by ``--topology`` or ``--workdir``; exits with a clear message when missing."""
+    """The target named by ``--topology`` or ``--workdir``.
+
+    Raises:
+        CliError: both given, the topology is invalid, or the workdir has no ``cluster.json`` (``Exit.USAGE``).
+    """
+    if getattr(args, "topology", None) and getattr(args, "workdir", None):
+        raise CliError("give --workdir or --topology, not both", Exit.USAGE)
     if getattr(args, "topology", None):
         try:
             topology = load_topology(args.topology, check_dirs=False)
         except TopologyError as exc:
-            raise SystemExit(f"skyrelay: {exc}") from None
+            raise CliError(str(exc), Exit.USAGE) from None
         return Target(
             http={name: site.http_url for name, site in topology.sites.items()},
             brokers={
@@ -118,22 +201,25 @@ def resolve(args: argparse.Namespace) -> Target:
             operator=next(iter(topology.operators), "operator"),
             operator_key_file=topology.operator_key_file,
         )
-    path = Path(args.workdir) / "cluster.json"
+    workdir = workdir_of(args)
+    path = workdir / "cluster.json"
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(
-            f"skyrelay: no {path}: is `skyrelay up --workdir {args.workdir}` running? "
-            "(for a deployed system pass --topology)"
+        raise CliError(
+            f"no {path}: is `skyrelay up --workdir {workdir}` running? (for a deployed system pass --topology)",
+            Exit.USAGE,
         ) from None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {path}: {exc}", Exit.USAGE) from None
     sites = info["sites"]
     generated_topology: Topology | None = None
-    generated = Path(info.get("topology") or Path(args.workdir) / "topology.toml")
+    generated = Path(info.get("topology") or workdir / "topology.toml")
     if generated.is_file():  # written by `skyrelay up`: its CA for HTTPS and MQTT over TLS
         try:
             generated_topology = load_topology(generated, check_dirs=False)
         except TopologyError as exc:
-            raise SystemExit(f"skyrelay: {exc}") from None
+            raise CliError(str(exc), Exit.USAGE) from None
     return Target(
         http={name: site["http"] for name, site in sites.items()},
         brokers={name: site["broker"] for name, site in sites.items()},

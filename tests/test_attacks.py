@@ -501,24 +501,23 @@ async def test_a_replayed_or_stale_operator_command_is_refused(make_cluster: Mak
     cluster = await started(make_cluster)
     workdir = str(cluster.workdir)
     topic = topics.site("summit", "control")
-    captured = await subscribe(cluster, "summit", topic)
     problems = await subscribe(cluster, "summit", topics.problems("summit"))
     events = await subscribe(cluster, "summit", topics.events("summit"))
 
     def policy_events() -> int:
         return len([e for e in events.of_type("event") if e["kind"] == "route_policy"])
 
-    await cli_ok("routes", "disable", "direct", "--workdir", workdir)
+    # The CLI sends its commands over HTTP now; a genuine operator command on the broker, as one captured there:
+    operator_key = load_private_key(cluster.workdir / "operator.key")
+    genuine = seal(control("disable", "direct"), kind="control", signer="operator", key=operator_key, to="summit")
+    await inject(cluster, "summit", "operator", topic, genuine)
     await events.wait_for(lambda _: policy_events() == 1, timeout_s=15)
-    genuine = captured.messages[0].payload
-    assert captured.messages[0].signer == "operator"
     await cli_ok("routes", "enable", "direct", "--workdir", workdir)
     await events.wait_for(lambda _: policy_events() == 2, timeout_s=15)
 
     await inject(cluster, "summit", "operator", topic, genuine)
     [replay] = await wait_problems(problems, "stale_control", 1)
     assert "replay" in replay["reason"], replay
-    operator_key = load_private_key(cluster.workdir / "operator.key")
     ten_minutes_old = control("disable", "primary", at=time.time() - 600)
     old = seal(ten_minutes_old, kind="control", signer="operator", key=operator_key, to="summit")
     await inject(cluster, "summit", "operator", topic, old)

@@ -27,6 +27,7 @@ from daemon.journal import catalog as journal_catalog
 from daemon.journal import files as journal_files
 from daemon.journal import notices as journal_notices
 from daemon.journal import outbox as journal_outbox
+from daemon.logcontext import bound_obsid
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
 from daemon.sending.sender import Outgoing, Sender
@@ -111,6 +112,10 @@ class Archivist:
     async def ingest(self, offer: Offer, tmp: Path, computed: str) -> None:
         """Verify and fix the header, place the file, and commit catalog, notice and custody."""
         prepared = await self.prepare(tmp, offer.name, computed)
+        with bound_obsid(prepared.summary.get("obsid")):  # the header's word over the name's
+            await self._place(offer, prepared, tmp, computed)
+
+    async def _place(self, offer: Offer, prepared: placing.Prepared, tmp: Path, computed: str) -> None:
         async with self.path_lock(prepared.archive_path):
             prepared = await self.claim_path(prepared, tmp, computed, offer.identity.key)
             prepared = await asyncio.to_thread(placing.place, prepared, tmp, self.root, computed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 import stat
@@ -103,7 +104,8 @@ async def serve(
     app: web.Application, endpoint: Endpoint, ready: asyncio.Event, tls: ssl.SSLContext | None = None
 ) -> None:
     """Serve ``app`` on ``endpoint`` (HTTPS when ``tls`` is given) until cancelled."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # An access log line per request at info: shown with `--library-log-level info` (off by default, and then cheap).
+    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access"), handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True, ssl_context=tls)

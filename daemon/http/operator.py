@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from daemon.archive.exposures import Completeness
@@ -9,6 +11,9 @@ from daemon.archive.quarantine import Quarantine
 from daemon.http.metrics import SiteMetrics
 from daemon.http.page import PAGE
 from daemon.http.status import SiteView
+from daemon.sending.router import ControlOutcome
+from protocol.errors import ProtocolError
+from protocol.signing import SignatureError
 
 
 def operator_routes(view: SiteView, metrics: SiteMetrics) -> list[web.RouteDef]:
@@ -58,3 +63,26 @@ def archive_routes(completeness: Completeness, quarantine: Quarantine) -> list[w
         web.get("/v1/quarantine", quarantined),
         web.post("/v1/quarantine/{qid}/release", release),
     ]
+
+
+def control_routes(apply: Callable[[bytes], Awaitable[ControlOutcome]]) -> list[web.RouteDef]:
+    """``POST /v1/routes/control`` at the summit: a sealed route command (the same envelope as on MQTT), answered.
+
+    200 ``{"applied": true, ...}`` when applied; 409 with the router's reason when refused (unknown route,
+    stale or replayed command); 403 when the signature does not verify; 400 when it is no route command.
+    The body carries ``policy``, the route policy now in force.
+    """
+
+    async def control(request: web.Request) -> web.Response:
+        payload = await request.read()
+        try:
+            outcome = await apply(payload)
+        except SignatureError as exc:
+            return web.json_response({"applied": False, "error": f"signature refused: {exc}"}, status=403)
+        except ProtocolError as exc:
+            return web.json_response({"applied": False, "error": str(exc)}, status=400)
+        body = {"applied": outcome.applied, "policy": outcome.policy}
+        body["message" if outcome.applied else "error"] = outcome.reason
+        return web.json_response(body, status=200 if outcome.applied else 409)
+
+    return [web.post("/v1/routes/control", control)]

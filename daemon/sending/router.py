@@ -38,7 +38,7 @@ from daemon.config import Route, Topology
 from daemon.journal import FileRow, Journal, TransferRow, new_id
 from daemon.journal import files as journal_files
 from daemon.report import Reporter
-from daemon.sending.routes import RouteTable, StaleControl
+from daemon.sending.routes import Policy, RouteTable, StaleControl
 from daemon.sending.sender import Outgoing, Sender
 from protocol.control import RouteControl
 
@@ -492,27 +492,38 @@ class Router:
 
     # ---- operator control --------------------------------------------------------------------
 
-    async def control(self, command: RouteControl) -> None:
-        """Apply an operator's route command, persist it, and report it as an event."""
+    async def control(self, command: RouteControl) -> ControlOutcome:
+        """Apply an operator's route command, persist it, report it as an event, and say what came of it."""
         try:
             policy = await self.routes.policy.apply(self.journal, command.command, command.route, issued_at=command.at)
         except KeyError:
             names = ", ".join(r.name for r in self.routes.routes)
-            await self.reporter.problem("bad_control", f"unknown route {command.route!r}; routes: {names}")
-            return
+            reason = f"unknown route {command.route!r}; routes: {names}"
+            await self.reporter.problem("bad_control", reason, control_id=command.control_id)
+            return ControlOutcome(applied=False, reason=reason, policy=self.routes.policy.as_dict())
         except StaleControl as exc:
-            await self.reporter.problem(
-                "stale_control", f"operator command refused: {exc}", control_id=command.control_id
-            )
-            return
+            reason = f"operator command refused: {exc}"
+            await self.reporter.problem("stale_control", reason, control_id=command.control_id)
+            return ControlOutcome(applied=False, reason=reason, policy=self.routes.policy.as_dict())
+        message = f"operator {command.issued_by}: routes {command.command} {command.route or ''}".strip()
         await self.reporter.event(
             "route_policy",
-            f"operator {command.issued_by}: routes {command.command} {command.route or ''}".strip(),
+            message,
             command=command.command,
             route=command.route,
             policy=policy,
         )
         self.wake.set()
+        return ControlOutcome(applied=True, reason=message, policy=dict(policy))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ControlOutcome:
+    """What became of an operator's route command: applied or refused (and why), and the policy now."""
+
+    applied: bool
+    reason: str
+    policy: dict[str, Policy]
 
 
 def _supersede_and_insert(

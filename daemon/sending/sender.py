@@ -25,6 +25,7 @@ from daemon.backoff import backoff_delay
 from daemon.config import Topology
 from daemon.counters import SiteCounters
 from daemon.errors import PeerUnreachable
+from daemon.logcontext import bound_file
 from daemon.mailbox import Mailbox
 from daemon.report import Reporter
 from daemon.sending.routes import RouteTable
@@ -248,6 +249,10 @@ class Sender:
 
     async def failed(self, item: Outgoing, reason: str) -> None:
         """One delivery attempt failed: back off and retry, feeding the hop's breaker."""
+        with bound_file(item.name):
+            await self._failed(item, reason)
+
+    async def _failed(self, item: Outgoing, reason: str) -> None:
         channel = self.channels[item.peer]
         channel.inflight.discard(item.msg_id)
         item.failures += 1

@@ -24,6 +24,7 @@ from daemon.counters import SiteCounters
 from daemon.fitsfile import read_primary_header
 from daemon.journal import FileRow, Journal, TransferRow, new_id
 from daemon.journal import files as journal_files
+from daemon.logcontext import bound_file
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
 from daemon.sending.router import Router
@@ -112,7 +113,7 @@ class Registrar:
                     "bad_name", f"inbox file cannot travel under this name: {exc.reason}", name=relative
                 )
                 continue
-            with structlog.contextvars.bound_contextvars(file=relative):
+            with bound_file(relative):
                 await self._register(path, relative, st)
 
     async def _refuse(self, relative: str, st: os.stat_result, what: str) -> None:

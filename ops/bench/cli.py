@@ -116,8 +116,11 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.suite == "processing":
         return _processing_main(args)
     config = config_from_args(args)
+    from ops import output
+
     try:
-        report = asyncio.run(run_bench(config))
+        with output.progress("bench: starting") as step:
+            report = asyncio.run(run_bench(config, on_step=lambda name: step(0, description=f"bench: {name}")))
     except (BenchError, OSError) as exc:
         print(f"skyrelay bench: {exc}", file=sys.stderr)
         return 2

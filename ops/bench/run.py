@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,11 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 3) if numerator and denominator else None
 
 
-async def run_bench(config: BenchConfig) -> dict[str, Any]:
-    """Run the selected workloads and baselines; return the report (see the module docstring)."""
+async def run_bench(config: BenchConfig, *, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the selected workloads and baselines; return the report (see the module docstring).
+
+    ``on_step(name)`` is called as each workload or baseline starts (for a progress display).
+    """
     run_dir = await asyncio.to_thread(make_run_dir, config.parent)
     fs_type = await asyncio.to_thread(filesystem_type, run_dir)
     if fs_type in {"tmpfs", "ramfs"}:
@@ -69,7 +72,7 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
         "errors": [],
     }
     try:
-        await _run_all(config, run_dir, report)
+        await _run_all(config, run_dir, report, on_step or (lambda name: None))
     finally:
         if not config.keep:
             await asyncio.to_thread(shutil.rmtree, run_dir, True)
@@ -79,7 +82,7 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
     return report
 
 
-async def _run_all(config: BenchConfig, run_dir: Path, report: dict[str, Any]) -> None:
+async def _run_all(config: BenchConfig, run_dir: Path, report: dict[str, Any], on_step: Callable[[str], None]) -> None:
     selected = set(config.workloads)
     exposure = selected & {"direct", "primary", "https"}
     pregen_count = max(config.files if exposure else 0, config.idle_files if "idle" in selected else 0)
@@ -102,6 +105,7 @@ async def _run_all(config: BenchConfig, run_dir: Path, report: dict[str, Any]) -
 
     async def attempt(key: str, section: dict[str, Any], step: Awaitable[dict[str, Any]]) -> None:
         log.info("bench_step", step=key)
+        on_step(key)
         try:
             section[key] = await step
         except (
