@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime
+import itertools
 import json
 import signal
 import sys
@@ -317,6 +318,10 @@ def cmd_queue(args: argparse.Namespace) -> int:
 # ---- routes -------------------------------------------------------------------------------------
 
 
+ROUTES_TIMEOUT_S = 2.0
+"""How long ``routes`` waits for each site's judgement of its own hop."""
+
+
 def cmd_routes(args: argparse.Namespace) -> int:
     """Show the summit's routes, or change their policy; a refused change exits 4 with the summit's reason."""
     target = resolve(args)
@@ -325,8 +330,25 @@ def cmd_routes(args: argparse.Namespace) -> int:
         if args.action != "auto" and not args.route:
             raise CliError(f"routes {args.action} needs a route name", Exit.USAGE)
         outcome = _route_control(target, args.action, args.route)
-    status = target.request_json(target.http[target.summit] + "/v1/status")
-    routes = status.get("routes", [])
+    from daemon.http.console import hop_judgement
+
+    statuses = _ask_every_site(target, "/v1/status", ROUTES_TIMEOUT_S)
+    summit = statuses[target.summit]
+    if isinstance(summit, CliError):
+        raise summit
+    routes = summit.get("routes", [])
+    for route in routes:
+        # Each hop as the site at its start judges it (the same judgement as the console page), so that a
+        # frozen archive shows as "base -> archive DOWN" here too while the summit still counts the route up.
+        sites = route["sites"]
+        route["hops"] = [
+            {
+                "from": a,
+                "to": b,
+                **hop_judgement(None if isinstance(statuses.get(a), CliError) else statuses.get(a), route["name"], b),
+            }
+            for a, b in itertools.pairwise(sites)
+        ]
     if args.json:
         output.emit_json(routes if outcome is None else {**outcome, "routes": routes})
         return Exit.OK
@@ -340,6 +362,11 @@ def cmd_routes(args: argparse.Namespace) -> int:
             f"failures={ev['consecutive_failures']} degraded_for={ev['degraded_for_s']}s"
             + (f" last='{ev['last_failure']}'" if ev.get("last_failure") else "")
         )
+        hops = "  ".join(
+            f"{h['from']}->{h['to']} "
+            + ("?" if h["healthy"] is None else "ok" if h["healthy"] else f"DOWN ({h['reason']})")
+            for h in route["hops"]
+        )
         rows.append(
             (
                 output.styled("*", "bold") if ev.get("in_use") else "",
@@ -348,10 +375,12 @@ def cmd_routes(args: argparse.Namespace) -> int:
                 output.styled(route["policy"], None if route["policy"] == "auto" else "yellow"),
                 output.state(route["healthy"], "healthy", "DOWN"),
                 ev.get("queued", 0),
+                hops,
                 evidence,
             )
         )
-    output.table(["", "route", "sites", "policy", "health", "queued", "evidence"], rows, right=["queued"])
+    headers = ["", "route", "sites", "policy", "health", "queued", "hops (as each judges)", "evidence"]
+    output.table(headers, rows, right=["queued"])
     return Exit.OK
 
 

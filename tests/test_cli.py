@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from conftest import REPO, MakeCluster, operator_headers, run_cli, wait_settled
+from conftest import REPO, MakeCluster, Subscribe, cli_ok, operator_headers, run_cli, wait_settled
 
 from ops.camera import write_exposure
 from ops.cli import build_parser, observing_day
@@ -203,18 +203,24 @@ async def test_up_keeps_running_when_its_output_pipe_closes_and_stops_cleanly(tm
     assert "Traceback" not in text and "BrokenPipe" not in text, text[-3000:]
 
 
-async def test_status_with_one_site_frozen_shows_the_others_and_names_it(make_cluster: MakeCluster) -> None:
+async def test_status_with_one_site_frozen_shows_the_others_and_names_it(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
     """With the archive stopped by SIGSTOP, status still shows summit and base, says the archive is
-    unreachable, and exits 6."""
+    unreachable, and exits 6; ``routes`` shows the base's hop to the archive DOWN, as the page does."""
     cluster = await make_cluster()
     archive = cluster.daemons["archive"].proc
     assert archive is not None
+    presence = await subscribe(cluster, "base", "skyrelay/v1/presence/archive")
     archive.send_signal(signal.SIGSTOP)
     try:
         table, as_json = await asyncio.gather(
             run_cli("status", "--workdir", str(cluster.workdir), "--timeout", "2", timeout_s=30),
             run_cli("status", "--workdir", str(cluster.workdir), "--timeout", "2", "--json", timeout_s=30),
         )
+        # The archive's last will reaches the base's broker once its keepalive lapses.
+        await presence.wait_for(lambda ms: any((m.data or {}).get("state") == "offline" for m in ms), timeout_s=30)
+        routes = json.loads(await cli_ok("routes", "--workdir", str(cluster.workdir), "--json", timeout_s=30))
     finally:
         archive.send_signal(signal.SIGCONT)
     assert table.code == as_json.code == Exit.UNREACHABLE, (table, as_json)
@@ -225,3 +231,6 @@ async def test_status_with_one_site_frozen_shows_the_others_and_names_it(make_cl
     report = json.loads(as_json.out)
     assert report["archive"]["reachable"] is False and report["summit"]["role"] == "summit"
     assert report["base"]["role"] == "relay"
+    primary = next(r for r in routes if r["name"] == "primary")
+    hop = next(h for h in primary["hops"] if h["from"] == "base")
+    assert hop["to"] == "archive" and hop["healthy"] is False and "archive is offline" in hop["reason"], primary

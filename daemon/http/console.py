@@ -247,7 +247,7 @@ class Console:
 # ---- the system view ---------------------------------------------------------------------------
 
 
-def _hop_judgement(status: dict[str, Any] | None, route: str, peer: str) -> dict[str, Any]:
+def hop_judgement(status: dict[str, Any] | None, route: str, peer: str) -> dict[str, Any]:
     """How the site at the start of a hop judges it (None: that site cannot be read from here)."""
     if status is None:
         return {"healthy": None, "reason": "not readable from here"}
@@ -328,7 +328,7 @@ def system_view(here: str, topology: Topology, own: dict[str, Any], feeds: dict[
         owned = next((r for r in (origin or {}).get("routes") or [] if r.get("name") == route.name), None)
         hops = []
         for a, b in zip(route.sites, route.sites[1:], strict=False):
-            hops.append({"from": a, "to": b, **_hop_judgement(statuses.get(a), route.name, b)})
+            hops.append({"from": a, "to": b, **hop_judgement(statuses.get(a), route.name, b)})
         known = [h["healthy"] for h in hops if h["healthy"] is not None]
         healthy = bool(owned and owned.get("healthy")) and all(known)
         down = [h for h in hops if h["healthy"] is False]
