@@ -231,6 +231,9 @@ class Site:
     def _peer_usable(self, peer: str) -> bool:
         return self.mailbox.connected(peer) and self.mailbox.peer_online.get(peer, False)
 
+    def _served(self, peer: str, size: int) -> None:
+        self.counters.moved("out", peer, size)
+
     def _stop_offering(self, file_key: str) -> None:
         """A file reached custody or was replaced: drop its offers and stop tracking its custody."""
         self.sender.drop_offers(file_key)
@@ -269,7 +272,9 @@ class Site:
                     from daemon.processing.http import product_routes
 
                     routes += product_routes(self.journal, self.scheduler)
-                app = build_app(self.journal, access, self.trust, self.view.status, routes)
+                app = build_app(
+                    self.journal, access, self.trust, self.view.status, routes, served=self._served
+                )
                 server = serve(app, cfg.http_listen, http_ready, cfg.http_server_tls_context())
                 tg.create_task(server, name=f"{self.name}.http")
                 tg.create_task(self.reports.run(), name=f"{self.name}.reports")

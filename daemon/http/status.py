@@ -47,6 +47,8 @@ class SiteView:
         self.routes = routes
         self.router = router
         self.started = time.time()
+        self.version = VERSION
+        self._catalog_counts: dict[str, int] | None = None
 
     # ---- what metrics read (daemon.http.metrics.MetricsSource) --------------------------------
 
@@ -76,6 +78,35 @@ class SiteView:
     def custody(self) -> dict[str, int] | None:
         """Summit files awaiting custody, and those stuck with no usable route (None elsewhere)."""
         return self.router.custody_summary() if self.router is not None else None
+
+    def routes_in_use(self) -> Iterator[tuple[str, bool, bool]]:
+        """(route, new files take it now, first route of the topology) for each route the summit starts."""
+        if self.routes is not None and self.router is not None:
+            for i, route in enumerate(self.routes.routes):
+                yield route.name, route.name == self.routes.current, i == 0
+
+    def breakers(self) -> Iterator[tuple[str, str]]:
+        """(peer, breaker state) of the hop into each next hop of this site's routes."""
+        if self.routes is not None:
+            for peer in dict.fromkeys(self.routes.next_hop(r) for r in self.routes.routes):
+                breaker = self.routes.breakers.get(peer)
+                yield peer, breaker.state if breaker is not None else "closed"
+
+    def held(self) -> tuple[int, float] | None:
+        """(files held for want of a usable route, age of the oldest in seconds) at the summit."""
+        if self.router is None:
+            return None
+        ages = [age for _, _, age in self.router.held_pending()]
+        return len(ages), max(ages, default=0.0)
+
+    def catalog_counts(self) -> dict[str, int] | None:
+        """The archive's catalog by status, as of the last :meth:`refresh` (None elsewhere)."""
+        return self._catalog_counts
+
+    async def refresh(self) -> None:
+        """Read the journal-backed values metrics show (the archive's catalog counts)."""
+        if self.role == "archive":
+            self._catalog_counts = await self.journal.read(journal_catalog.status_counts)
 
     # ---- operators ---------------------------------------------------------------------------
 
