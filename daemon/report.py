@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -31,6 +32,8 @@ class Reporter:
         self.journal = journal
         self.counters = counters
         self.publisher: LogPublisher[journal_reports.ReportRow] | None = None
+        self.listeners: list[Callable[[], None]] = []
+        """Called after each problem or event is journaled (e.g. systemd's status line re-reads then)."""
 
     async def problem(
         self,
@@ -74,6 +77,8 @@ class Reporter:
         await self.journal.write(journal_reports.insert, stream=stream, kind=kind, topic=topic, payload=payload, at=at)
         if self.publisher is not None:
             self.publisher.wake.set()
+        for listener in self.listeners:
+            listener()
 
     async def recent(self, stream: str, limit: int = 10) -> list[dict[str, Any]]:
         """The newest problems or events, oldest first, as published."""

@@ -40,7 +40,7 @@ from daemon.mailbox import Account, Mailbox, daemon_account
 from daemon.publisher import E, LogPublisher
 from daemon.receiving import Receiver, RelayStore, Store
 from daemon.report import Reporter
-from daemon.sdnotify import notify, watchdog_interval_s
+from daemon.sdnotify import StatusLine, notify, watchdog_interval_s
 from daemon.sending.items import ItemFactory
 from daemon.sending.router import Router
 from daemon.sending.routes import RouteTable
@@ -108,6 +108,11 @@ class Site:
             router=self.router,
         )
         self.metrics = SiteMetrics(self.view)
+        self.status_line = StatusLine(self.view.status_line)
+        self.sender.queue_listeners.append(self.status_line.wake)
+        self.sender.health_listeners.append(self.status_line.wake)
+        self.reporter.listeners.append(self.status_line.wake)
+        self.mailbox.add_peer_listener(lambda peer, up: self.status_line.wake())
         self.archivist: Archivist | None = None
         self.completeness: Completeness | None = None
         self.quarantine: Quarantine | None = None
@@ -297,7 +302,9 @@ class Site:
                     tg.create_task(self.completeness.run(), name=f"{self.name}.completeness")
                 if self.scheduler is not None:
                     tg.create_task(self.scheduler.run(), name=f"{self.name}.processing")
-                tg.create_task(self._readiness(http_ready, watcher_ready), name=f"{self.name}.ready")
+                ready = asyncio.Event()
+                tg.create_task(self._readiness(http_ready, watcher_ready, ready), name=f"{self.name}.ready")
+                tg.create_task(self.status_line.run(ready), name=f"{self.name}.status-line")
                 if stop is not None:
                     await stop.wait()
                     log.info("site_stopping")
@@ -325,12 +332,13 @@ class Site:
         if items:
             log.info("journal_restored", items=len(items))
 
-    async def _readiness(self, http_ready: asyncio.Event, watcher_ready: asyncio.Event) -> None:
+    async def _readiness(self, http_ready: asyncio.Event, watcher_ready: asyncio.Event, ready: asyncio.Event) -> None:
         await http_ready.wait()
         await self.mailbox.wait_local()
         await watcher_ready.wait()
         log.info("site_ready", http=self.cfg.http_url)
         notify(f"READY=1\nSTATUS=skyrelay {self.name} ({self.role}) ready")
+        ready.set()
         interval = watchdog_interval_s()
         if interval is None:
             return

@@ -108,6 +108,21 @@ class SiteView:
         if self.role == "archive":
             self._catalog_counts = await self.journal.read(journal_catalog.status_counts)
 
+    def status_line(self) -> str:
+        """One line for systemd's ``STATUS=``: queue depth, held files, route in use, links that are down."""
+        held = self.router.held_count() if self.router is not None else 0
+        parts = [f"{self.role} {self.name}: {len(self.sender.items) + held} pending"]
+        if self.router is not None:
+            parts[0] += f" ({held} held)"
+        if self.routes is not None and self.router is not None:
+            parts.append(f"route {self.routes.current or 'none yet'}")
+        down = [p for p in self.mailbox.peers if not self.mailbox.connected(p)]
+        offline = [p for p in self.mailbox.peers if p not in down and not self.mailbox.peer_online.get(p)]
+        parts.append(f"links down: {', '.join(down)}" if down else "links up")
+        if offline:
+            parts.append(f"offline: {', '.join(offline)}")
+        return "; ".join(parts)
+
     # ---- operators ---------------------------------------------------------------------------
 
     def queue(self) -> list[dict[str, object]]:

@@ -158,6 +158,8 @@ class Sender:
         self.items: dict[str, Outgoing] = {}
         self.channels: dict[str, Channel] = {p: Channel(self, p) for p in mailbox.peers}
         self.health_listeners: list[Callable[[], None]] = []
+        self.queue_listeners: list[Callable[[], None]] = []
+        """Called when an item is added or removed (the queue depth changed)."""
         mailbox.add_peer_listener(self._on_peer_change)
 
     async def run(self, tg: asyncio.TaskGroup) -> None:
@@ -185,6 +187,8 @@ class Sender:
         self.items[item.msg_id] = item
         channel.ready.append(item.msg_id)
         channel.wake.set()
+        for listener in self.queue_listeners:
+            listener()
 
     def remove(self, msg_id: str) -> Outgoing | None:
         """Stop delivering an item (its file reached custody, or it was re-routed)."""
@@ -194,6 +198,8 @@ class Sender:
             channel.inflight.discard(msg_id)
             channel.waiting.discard(msg_id)
             channel.wake.set()
+            for listener in self.queue_listeners:
+                listener()
         return item
 
     def drop_offers(self, file_key: str) -> None:
