@@ -40,6 +40,7 @@ from daemon.mailbox import Account, Mailbox, daemon_account
 from daemon.publisher import E, LogPublisher
 from daemon.receiving import Receiver, RelayStore, Store
 from daemon.report import Reporter
+from daemon.retention import SiteRetention
 from daemon.sdnotify import StatusLine, notify, watchdog_interval_s
 from daemon.sending.items import ItemFactory
 from daemon.sending.router import Router
@@ -96,6 +97,18 @@ class Site:
             self._stop_offering,
             self.relay_dir,
         )
+        self.retention = SiteRetention(
+            site=name,
+            role=self.role,
+            retention_s=cfg.retention_s,
+            retention=topology.retention,
+            journal=self.journal,
+            reporter=self.reporter,
+            counters=self.counters,
+            custody_wake=self.custody.expiry_wake,
+            relay_dir=self.relay_dir,
+            archive_root=cfg.archive_root,
+        )
         self.view = SiteView(
             name=name,
             role=self.role,
@@ -107,6 +120,7 @@ class Site:
             routes=self.routes,
             router=self.router,
         )
+        self.view.retention = self.retention
         self.metrics = SiteMetrics(self.view)
         self.status_line = StatusLine(self.view.status_line)
         self.sender.queue_listeners.append(self.status_line.wake)
@@ -294,8 +308,7 @@ class Site:
                         tg.create_task(self.registrar.run(), name=f"{self.name}.registrar-{i}")
                 if self.router is not None:
                     tg.create_task(self.router.run(), name=f"{self.name}.router")
-                if cfg.retention_s is not None:
-                    tg.create_task(self.custody.expiry_loop(cfg.retention_s), name=f"{self.name}.expiry")
+                self.retention.start(tg)
                 if self.notices is not None:
                     tg.create_task(self.notices.run(), name=f"{self.name}.notices")
                 if self.completeness is not None:

@@ -14,6 +14,7 @@ from daemon.journal import catalog as journal_catalog
 from daemon.journal import files as journal_files
 from daemon.mailbox import Mailbox
 from daemon.report import Reporter
+from daemon.retention import SiteRetention
 from daemon.sending.router import Router
 from daemon.sending.routes import RouteTable
 from daemon.sending.sender import Sender
@@ -48,6 +49,7 @@ class SiteView:
         self.router = router
         self.started = time.time()
         self.version = VERSION
+        self.retention: SiteRetention | None = None
         self._catalog_counts: dict[str, int] | None = None
 
     # ---- what metrics read (daemon.http.metrics.MetricsSource) --------------------------------
@@ -155,4 +157,6 @@ class SiteView:
             out["in_flight"] = await self.router.in_flight()
         if self.role == "archive":
             out["catalog"] = await self.journal.read(journal_catalog.status_counts)
+        if self.retention is not None:
+            out["retention"] = await self.retention.status()
         return out
