@@ -269,3 +269,52 @@ async def test_a_daemon_tells_systemd_its_queue_and_route_as_they_change(make_cl
         log.close()
     line = next(s for s in statuses if "route direct" in s)
     assert line.startswith("STATUS=summit summit: ") and "pending" in line and "offline: base" in line
+
+
+def _system_service_calls(analyze: str) -> set[str]:
+    """``@system-service`` expanded into system call names, as systemd-analyze lists them."""
+
+    def expand(group: str, seen: set[str]) -> set[str]:
+        listing = subprocess.run([analyze, "syscall-filter", group], capture_output=True, text=True, timeout=30)
+        names: set[str] = set()
+        for line in (line.strip() for line in listing.stdout.splitlines()[1:]):
+            if line.startswith("@") and line not in seen:
+                seen.add(line)
+                names |= expand(line, seen)
+            elif line and not line.startswith(("#", "@")):
+                names.add(line)
+        return names
+
+    return expand("@system-service", set())
+
+
+async def test_the_daemons_work_confined_as_the_unit_confines_them(
+    make_cluster: MakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every daemon of a cluster runs under a seccomp filter of ``@system-service`` whose other calls kill the
+    process (stricter than the unit's EPERM) and with umask 0027: an exposure is archived and custody comes
+    back, no daemon died, and what the archive wrote is not readable by others."""
+    analyze = _needs("systemd-analyze")
+    import ctypes.util
+
+    if ctypes.util.find_library("seccomp") is None:
+        pytest.skip("libseccomp is not installed")
+    calls = _system_service_calls(analyze)
+    assert {"inotify_add_watch", "epoll_wait", "fdatasync", "sendfile", "clone"} <= calls
+    listing = tmp_path / "system-service.txt"
+    listing.write_text("\n".join(sorted(calls)) + "\n")
+    monkeypatch.setenv("SKYRELAY_TEST_SYSCALLS", str(listing))
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests" / "seccomp"))
+    cluster = await make_cluster()
+    for site, daemon in cluster.daemons.items():
+        status = await asyncio.to_thread(Path(f"/proc/{daemon.pid}/status").read_text)
+        assert "Seccomp:\t2" in status, f"{site} is not confined"
+    paths = await write_files(cluster, seqnum=1, size_bytes=64 * 1024, detectors=["R22_S00", "R22_S01"])
+    from conftest import assert_daemons_alive, wait_settled
+
+    await wait_settled(cluster, archived=len(paths))
+    assert_daemons_alive(cluster)
+    written = [p for p in (cluster.archive_root / "raw").rglob("*") if p.is_file()]
+    assert len(written) == len(paths)
+    journal = cluster.workdir / "archive" / "state" / "journal.sqlite"
+    assert all(p.stat().st_mode & 0o007 == 0 for p in [*written, journal])
