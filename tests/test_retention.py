@@ -230,9 +230,7 @@ def test_the_retention_section_is_read_and_every_mistake_reported(tmp_path: Path
         load_topology(good, check_dirs=False)
     assert all("public_key" in p for p in loaded.value.problems)
     bad = tmp_path / "bad.toml"
-    bad.write_text(
-        base + "\n[retention]\ndiff_s = -1\ncalexp_s = 60\nmaster_s = 5\ncache_min_free_fraction = 1.5\n"
-    )
+    bad.write_text(base + "\n[retention]\ndiff_s = -1\ncalexp_s = 60\nmaster_s = 5\ncache_min_free_fraction = 1.5\n")
     with pytest.raises(TopologyError) as failed:
         load_topology(bad, check_dirs=False)
     text = "\n".join(failed.value.problems)
