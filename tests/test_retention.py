@@ -218,6 +218,33 @@ async def test_a_product_that_a_pending_job_reads_stays_until_the_job_is_done(jo
     assert not calexp.exists()
 
 
+async def test_a_calexp_stays_while_its_quad_is_still_arriving(journal: Journal, tmp_path: Path) -> None:
+    """A calexp older than calexp_s stays while a later frame of its quad arrived within calexp_s (the
+    scheduler may still pair it); once that frame is older too, it is deleted."""
+    from daemon.journal import catalog as journal_catalog
+
+    root = tmp_path / "archive"
+    calexp = await _product(journal, root, "calexp-v1", "calexp", age_s=3 * DAY_S)
+    await journal.write(
+        lambda db: db.execute(
+            "UPDATE products SET provenance = ? WHERE product_id = 'calexp-v1'", (json.dumps({"groupid": "Q1"}),)
+        )
+    )
+    summary = {"instrument": "ComCam", "detector": "R22_S11", "groupid": "Q1", "imgtype": "OBJECT"}
+    await journal.write(
+        journal_catalog.insert,
+        file_key="k4", name="v4.fits", size=1, checksum="c", archived_checksum="c", archived_size=1,
+        archive_path="raw/v4.fits", status="archived", reason=None, summary=summary, fixes=[], proof_path=None,
+        findings=[], closed_at=time.time(), arrived_at=time.time() - 60, route="primary", sender="base",
+    )  # fmt: skip
+    expiry, _ = _products(journal, root, Retention(products_s={"calexp": DAY_S}))
+    await expiry.sweep()
+    assert calexp.exists()
+    await journal.write(lambda db: db.execute("UPDATE catalog SET arrived_at = ?", (time.time() - 2 * DAY_S,)))
+    await expiry.sweep()
+    assert not calexp.exists()
+
+
 def test_the_retention_section_is_read_and_every_mistake_reported(tmp_path: Path) -> None:
     """``[retention] diff_s = 86400`` loads (other kinds kept for ever); unknown keys, non-positive times, a
     calexp kept shorter than its chunk and a watermark outside 0..1 are all reported at once."""

@@ -59,7 +59,8 @@ def mark_copies_expired(db: sqlite3.Connection, file_keys: Iterable[str]) -> Non
 
 def expirable_products(db: sqlite3.Connection, cutoffs: Mapping[str, float], limit: int) -> list[ProductRow]:
     """Products created before their kind's cutoff, not yet expired, not read by a queued or running job,
-    and not the newest master of their detector (and filter, for flats); oldest first."""
+    not the newest master of their detector (and filter, for flats), and for a calexp not of a quad with a
+    frame newer than the cutoff; oldest first."""
     out: list[ProductRow] = []
     for kind, cutoff in cutoffs.items():
         rows = db.execute(
@@ -70,9 +71,27 @@ def expirable_products(db: sqlite3.Connection, cutoffs: Mapping[str, float], lim
         ).fetchall()
         for row in rows:
             product = _product(row)
-            if not _in_use(db, product) and not _newest_master(db, product):
-                out.append(product)
+            if _in_use(db, product) or _newest_master(db, product):
+                continue
+            if kind == "calexp" and _quad_recent(db, product, cutoff):
+                continue
+            out.append(product)
     return out[:limit]
+
+
+def _quad_recent(db: sqlite3.Connection, product: ProductRow, cutoff: float) -> bool:
+    """Whether a frame of the calexp's quad (its GROUPID on its detector) arrived after ``cutoff``: the
+    scheduler may still pair the visit (up to the chunk's end), so the calexp is kept as long after the
+    quad's last frame as after its own creation."""
+    groupid = product.provenance.get("groupid")
+    if not isinstance(groupid, str):
+        return False
+    row = db.execute(
+        "SELECT 1 FROM catalog WHERE instrument = ? AND detector = ? AND json_extract(summary, '$.groupid') = ?"
+        " AND arrived_at > ? LIMIT 1",
+        (product.instrument, product.detector, groupid, cutoff),
+    ).fetchone()
+    return row is not None
 
 
 def _in_use(db: sqlite3.Connection, product: ProductRow) -> bool:
