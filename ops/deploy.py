@@ -188,7 +188,7 @@ def render(
         )
     )
     systemd = out / "etc" / "systemd" / "system"
-    units = _write_units(systemd, units_dir or _shipped_units(), prefix)
+    units = _write_units(systemd, units_dir or _shipped_units(), prefix, install_root)
     dropin = systemd / f"skyrelay@{site}.service.d" / "10-directories.conf"
     dropin.parent.mkdir(parents=True, exist_ok=True)
     dropin.write_text(directories_dropin(cfg))
@@ -236,7 +236,8 @@ def _shipped_units() -> Path:
     return here
 
 
-def _write_units(systemd: Path, units_dir: Path, prefix: Path) -> tuple[Path, ...]:
+def _write_units(systemd: Path, units_dir: Path, prefix: Path, install_root: Path) -> tuple[Path, ...]:
+    """The shipped units with the program's ``prefix`` and the configuration folder ``install_root``."""
     systemd.mkdir(parents=True, exist_ok=True)
     written = []
     for name in UNITS:
@@ -245,7 +246,8 @@ def _write_units(systemd: Path, units_dir: Path, prefix: Path) -> tuple[Path, ..
         except OSError as exc:
             raise RenderError(f"cannot read the unit {units_dir / name}: {exc.strerror}") from exc
         target = systemd / name
-        target.write_text(text.replace(SHIPPED_PREFIX, str(prefix).rstrip("/")))
+        text = text.replace(SHIPPED_PREFIX, str(prefix).rstrip("/"))
+        target.write_text(text.replace(str(INSTALL_ROOT) + "/", str(install_root).rstrip("/") + "/"))
         written.append(target)
     return tuple(written)
 

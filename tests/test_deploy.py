@@ -148,9 +148,9 @@ def test_the_shipped_mosquitto_configs_are_what_render_writes(tmp_path: Path) ->
 
 
 async def test_render_output_starts_a_broker_that_takes_the_sites_daemon_and_refuses_others(tmp_path: Path) -> None:
-    """The rendered mosquitto config, password and ACL files, used in place, run a real mosquitto on the
-    topology's port: the site's daemon logs in with its rendered password; an unknown account and a known one
-    with a wrong password are refused."""
+    """The rendered mosquitto config, password and ACL files, used in place (the broker's unit names that
+    config), run a real mosquitto on the topology's port: the site's daemon logs in with its rendered password;
+    an unknown account and a known one with a wrong password are refused."""
     host = tmp_path / "host"
     etc = host / "etc" / "skyrelay"
     secured = secure(_topology(tmp_path), tmp_path / "secrets", install_root=etc)
@@ -159,6 +159,8 @@ async def test_render_output_starts_a_broker_that_takes_the_sites_daemon_and_ref
         "--secrets", str(tmp_path / "secrets"), "--install-root", str(etc), "--broker-state", str(host / "var"),
     )  # fmt: skip
     assert code.code == 0, code
+    broker_unit = (host / "etc" / "systemd" / "system" / "mosquitto-skyrelay@.service").read_text()
+    assert f"ExecStart=/usr/sbin/mosquitto -c {etc}/mosquitto-%i.conf" in broker_unit
     (host / "var" / "base").mkdir(parents=True)
     password = (etc / "base" / "mqtt.password").read_text().strip()
     conf = (etc / "mosquitto-base.conf").read_text().splitlines()
