@@ -74,8 +74,9 @@ class StatusLine:
         while True:
             self.changed.clear()
             text = self.describe()
-            if text != self.sent and notify(f"STATUS={text}"):
-                self.sent = text
+            if text != self.sent:
+                if notify(f"STATUS={text}"):
+                    self.sent = text
                 await asyncio.sleep(self.min_interval_s)  # the rate limit, not a poll: changes meanwhile set `changed`
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.refresh_s):

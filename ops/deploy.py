@@ -173,8 +173,9 @@ def render(
         own = plan.daemons[site]
         write_secret(_under(out, cfg.mqtt_password_file or site_etc / "mqtt.password"), own.password + "\n")
         key = secrets / site / "signing.key"
-        if key.is_file():
-            _copy_private(key, _under(out, cfg.key_file))
+        if not key.is_file():
+            raise RenderError(f"{key} is missing: run skyrelay secure --topology T --out {secrets} first")
+        _copy_private(key, _under(out, cfg.key_file))
     conf = etc / f"mosquitto-{site}.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(

@@ -4,6 +4,7 @@ systemd's STATUS= lines, and the shipped Prometheus rules."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import shutil
 import socket
@@ -37,8 +38,9 @@ def _needs(tool: str) -> str:
     return found
 
 
-def _topology(tmp_path: Path, *, ports: dict[str, int] | None = None) -> Path:
-    """A three-site topology on this machine (not yet secured), with its token in a file."""
+def _topology(tmp_path: Path, *, ports: dict[str, int] | None = None, ca: Path | None = None) -> Path:
+    """A three-site topology on this machine (not yet secured), with its token in a file; with ``ca``, the base's
+    broker speaks TLS (``mqtts://``) and that CA verifies it."""
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     ports = ports or {f"{s}.{k}": free_port() for s in SITES for k in ("broker", "http")}
@@ -48,7 +50,7 @@ def _topology(tmp_path: Path, *, ports: dict[str, int] | None = None) -> Path:
         lines += [
             f"[sites.{site}]",
             f'role = "{role}"',
-            f'broker = "mqtt://127.0.0.1:{ports[f"{site}.broker"]}"',
+            f'broker = "{"mqtts" if ca and site == "base" else "mqtt"}://127.0.0.1:{ports[f"{site}.broker"]}"',
             f'http_listen = "127.0.0.1:{ports[f"{site}.http"]}"',
             f'state_dir = "{tmp_path / site / "state"}"',
         ]
@@ -64,6 +66,7 @@ def _topology(tmp_path: Path, *, ports: dict[str, int] | None = None) -> Path:
         "",
         "[security]",
         f'token_file = "{token}"',
+        *([f'mqtt_ca_file = "{ca}"'] if ca else []),
     ]
     path = tmp_path / "topology.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -147,13 +150,20 @@ def test_the_shipped_mosquitto_configs_are_what_render_writes(tmp_path: Path) ->
         assert rendered.mosquitto_conf.read_text() == (SYSTEMD / f"mosquitto-{site}.conf").read_text(), site
 
 
-async def test_render_output_starts_a_broker_that_takes_the_sites_daemon_and_refuses_others(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["mqtt", "mqtts"])
+async def test_render_output_starts_a_broker_that_takes_the_sites_daemon_and_refuses_others(
+    tmp_path: Path, scheme: str
+) -> None:
     """The rendered mosquitto config, password and ACL files, used in place (the broker's unit names that
-    config), run a real mosquitto on the topology's port: the site's daemon logs in with its rendered password;
-    an unknown account and a known one with a wrong password are refused."""
+    config), run a real mosquitto on the topology's port, over TLS when the topology says mqtts:// (with the
+    certificate installed where INSTALL.md says): the site's daemon logs in with its rendered password; an
+    unknown account and a known one with a wrong password are refused."""
+    from ops.pki import make_pki
+
     host = tmp_path / "host"
     etc = host / "etc" / "skyrelay"
-    secured = secure(_topology(tmp_path), tmp_path / "secrets", install_root=etc)
+    ca, cert, key = make_pki(tmp_path / "pki", "deploy test") if scheme == "mqtts" else (None, None, None)
+    secured = secure(_topology(tmp_path, ca=ca), tmp_path / "secrets", install_root=etc)
     code = await run_cli(
         "render", "--topology", str(secured), "--site", "base", "--out", str(host),
         "--secrets", str(tmp_path / "secrets"), "--install-root", str(etc), "--broker-state", str(host / "var"),
@@ -162,12 +172,20 @@ async def test_render_output_starts_a_broker_that_takes_the_sites_daemon_and_ref
     broker_unit = (host / "etc" / "systemd" / "system" / "mosquitto-skyrelay@.service").read_text()
     assert f"ExecStart=/usr/sbin/mosquitto -c {etc}/mosquitto-%i.conf" in broker_unit
     (host / "var" / "base").mkdir(parents=True)
+    tls = None
+    if ca is not None and cert is not None and key is not None:
+        notes = (host / "INSTALL.md").read_text()
+        assert f"{etc}/tls/base.crt" in notes and f"{etc}/tls/base.key" in notes
+        (etc / "tls").mkdir()
+        shutil.copy(cert, etc / "tls" / "base.crt")
+        shutil.copy(key, etc / "tls" / "base.key")
+        tls = aiomqtt.TLSParameters(ca_certs=str(ca))
     password = (etc / "base" / "mqtt.password").read_text().strip()
     conf = (etc / "mosquitto-base.conf").read_text().splitlines()
     port = int(next(line for line in conf if line.startswith("listener ")).split()[1])
     # systemd starts the broker as User=mosquitto; started by hand it must be told to stay who it is.
     wrapper = tmp_path / "run.conf"
-    wrapper.write_text(f"user {os.environ.get('USER') or _whoami()}\ninclude_dir {etc}\n")
+    wrapper.write_text(f"user {getpass.getuser()}\ninclude_dir {etc}\n")
     proc = await asyncio.create_subprocess_exec(
         mosquitto_binary(), "-c", str(wrapper), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
@@ -179,21 +197,16 @@ async def test_render_output_starts_a_broker_that_takes_the_sites_daemon_and_ref
                 line = await proc.stdout.readline()
                 assert line, f"mosquitto exited: {seen.decode(errors='replace')}"
                 seen += line
-        async with aiomqtt.Client("127.0.0.1", port, username="site-base", password=password) as client:
+        client = aiomqtt.Client("127.0.0.1", port, username="site-base", password=password, tls_params=tls)
+        async with client:
             await client.subscribe("skyrelay/v1/site/base/#", qos=1)
         for username, secret in (("intruder", password), ("site-summit", password)):
             with pytest.raises(aiomqtt.MqttError):
-                async with aiomqtt.Client("127.0.0.1", port, username=username, password=secret):
+                async with aiomqtt.Client("127.0.0.1", port, username=username, password=secret, tls_params=tls):
                     pass
     finally:
         proc.terminate()
         await proc.wait()
-
-
-def _whoami() -> str:
-    import getpass
-
-    return getpass.getuser()
 
 
 def test_systemd_analyze_verifies_the_rendered_units(tmp_path: Path) -> None:
