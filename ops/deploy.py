@@ -57,6 +57,7 @@ def deployment_problems(topology: Topology, sites: Iterable[str] = ()) -> list[s
         sites: the sites installed on this host, whose key, password and account files must be here.
     """
     problems = _listener_clashes(topology.sites.values())
+    problems += _hidden_directories(topology.sites.values())
     for name in sites:
         site = topology.sites.get(name)
         if site is None:
@@ -75,6 +76,25 @@ def _listener_clashes(sites: Iterable[SiteConfig]) -> list[str]:
     return [
         f"{' and '.join(names)} both listen on {host}:{port}" for (host, port), names in users.items() if len(names) > 1
     ]
+
+
+HIDDEN_BY_UNIT = (Path("/home"), Path("/root"), Path("/run/user"))
+"""Invisible to the daemon under the unit's ``ProtectHome=yes``."""
+
+
+def _hidden_directories(sites: Iterable[SiteConfig]) -> list[str]:
+    """Data directories the shipped unit hides from the daemon (``ProtectHome=yes``)."""
+    problems = []
+    for site in sites:
+        named = [("state_dir", site.state_dir), ("inbox", site.inbox), ("archive_root", site.archive_root)]
+        named += [(f"correction_dirs[{i}]", d) for i, d in enumerate(site.correction_dirs)]
+        for label, directory in named:
+            if directory is not None and any(directory.is_relative_to(h) for h in HIDDEN_BY_UNIT):
+                problems.append(
+                    f"sites.{site.name}.{label}: {directory} is invisible to skyrelay@{site.name} (ProtectHome=yes);"
+                    " keep data under /srv/skyrelay or /var/lib/skyrelay"
+                )
+    return problems
 
 
 def _site_file_problems(site: SiteConfig) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import shutil
 import socket
@@ -122,15 +123,21 @@ token = "short"
 
 async def test_check_of_a_secured_topology_checks_this_hosts_files(tmp_path: Path) -> None:
     """A secured topology whose site files are in place checks OK (exit 0); another site's key in their place
-    is a problem (exit 2) naming the file."""
+    and an archive root the unit hides (under /home) are both reported in one run (exit 2)."""
     secured = secure(_topology(tmp_path), tmp_path / "secrets", install_root=tmp_path / "secrets")
     out = await cli_ok("check", "--topology", str(secured), "--site", "base")
     assert "OK (3 sites, 2 routes; files of base present)" in out
     (tmp_path / "secrets" / "base" / "signing.key").unlink()
     shutil.copy(tmp_path / "secrets" / "summit" / "signing.key", tmp_path / "secrets" / "base" / "signing.key")
+    text = secured.read_text()
+    secured.write_text(text.replace(f'archive_root = "{tmp_path / "archive"}"', 'archive_root = "/home/obs/archive"'))
     run = await run_cli("check", "--topology", str(secured), "--site", "base", "--json")
     assert run.code == 2
-    assert "does not match public_key" in run.out and str(tmp_path / "secrets" / "base" / "signing.key") in run.out
+    problems = json.loads(run.out)["problems"]
+    assert len(problems) == 2, problems
+    hidden, key = sorted(problems)
+    assert hidden.startswith("sites.archive.archive_root: /home/obs/archive is invisible") and "ProtectHome" in hidden
+    assert "does not match public_key" in key and str(tmp_path / "secrets" / "base" / "signing.key") in key
 
 
 def test_the_shipped_mosquitto_configs_are_what_render_writes(tmp_path: Path) -> None:
