@@ -1,4 +1,4 @@
-"""The site's counters, in one place: files by outcome, deliveries, problems, events, notices."""
+"""The site's counters, in one place: files by outcome, deliveries, problems, events, notices, bytes, deletions."""
 
 from __future__ import annotations
 
@@ -20,6 +20,16 @@ class SiteCounters:
     problems: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     events: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     notices_published: int = 0
+    bytes_moved: collections.Counter[tuple[str, str]] = dataclasses.field(default_factory=collections.Counter)
+    """Bytes by (direction, peer): ``in`` pulled from the peer and stored, ``out`` served to the peer."""
+    deleted_files: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    """Files deleted by retention, by what they were (``summit``, ``relay``, ``product:<kind>``)."""
+    deleted_bytes: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    """Bytes freed by retention, by the same keys."""
+
+    def moved(self, direction: str, peer: str, size: int) -> None:
+        """``size`` bytes went ``in`` from or ``out`` to ``peer``."""
+        self.bytes_moved[(direction, peer)] += size
 
     def file_outcomes(self, *, archive: bool) -> dict[str, int]:
         """Files by outcome, and at the archive the notices published."""

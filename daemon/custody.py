@@ -1,15 +1,14 @@
 """Custody: record the archive's signed receipt, relay it upstream unchanged (journal first), expire copies.
 
 The receipt reaching here has been verified against the archive's key (:class:`daemon.trust.Trust`):
-only that lets a site mark a file archived and, after retention, expire its copy. The base deletes
-its relay copy at once (``retention_s`` 0 by default for relays); the summit keeps the camera's files
-unless ``retention_s`` is set.
+only that lets a site mark a file archived and, after retention, expire its copy (:mod:`daemon.retention`,
+woken by :attr:`CustodyRelay.expiry_wake`). The base deletes its relay copy at once (``retention_s`` 0 by
+default for relays); the summit keeps the camera's files unless ``retention_s`` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import structlog
 
-from daemon.aio import raise_if_cancelling
 from daemon.counters import SiteCounters
 from daemon.errors import PeerUnreachable
 from daemon.journal import Journal, new_id
@@ -33,7 +31,6 @@ from protocol.transfer import Ack
 
 log = structlog.get_logger()
 
-EXPIRY_BATCH = 1000
 
 StopOffering = Callable[[str], None]
 
@@ -108,39 +105,6 @@ class CustodyRelay:
         if onward is not None and queued:
             self.sender.add(self.items.custody(onward, receipt))
         self.expiry_wake.set()
-
-    async def expiry_loop(self, retention_s: float) -> None:
-        """Delete local copies ``retention_s`` after custody (only custody lets a site expire a file)."""
-        while True:
-            raise_if_cancelling()
-            self.expiry_wake.clear()
-            rows = await self.journal.read(journal_files.archived_unexpired, EXPIRY_BATCH)
-            now = time.time()
-            due = [r for r in rows if r[2] + retention_s <= now]
-            for _, local_path, _ in due:
-                await asyncio.to_thread(_remove_local_copy, Path(local_path), self.relay_dir)
-            if due:
-                await self.journal.write(journal_files.mark_expired, [r[0] for r in due])
-                log.info("files_expired", count=len(due), retention_s=retention_s)
-            later = [r[2] + retention_s for r in rows[len(due) :]]
-            timeout = max(0.0, min(later) - time.time()) if later else None
-            if len(due) == len(rows) == EXPIRY_BATCH:
-                continue  # more are due than one batch holds
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self.expiry_wake.wait()
-
-
-def _remove_local_copy(path: Path, relay_dir: Path) -> None:
-    """Delete an expired copy, and the directories it leaves empty under ``relay_dir`` (blocking)."""
-    path.unlink(missing_ok=True)
-    parent = path.parent
-    while parent != relay_dir and relay_dir in parent.parents:
-        try:
-            parent.rmdir()
-        except OSError:
-            break
-        parent = parent.parent
 
 
 async def upgrade_legacy(

@@ -252,6 +252,7 @@ class Receiver:
             await self._storage_failed(offer, tmp, exc)
             return
         self.counters.files["stored"] += 1
+        self.counters.moved("in", offer.sender, offer.size)
         self.pulling.discard(offer.transfer_id)  # journaled: a repeat from now on is answered from the journal
         await self.send_ack(offer.sender, self._ack(offer, "stored", checksum=computed, size=offer.size))
         for item in onward:

@@ -33,7 +33,8 @@ class Reporter:
         self.counters = counters
         self.publisher: LogPublisher[journal_reports.ReportRow] | None = None
         self.listeners: list[Callable[[], None]] = []
-        """Called after each report is journaled (the console pushes it to open pages)."""
+        """Called after each report is journaled (the console pushes it to open pages; systemd's status line
+        re-reads)."""
 
     async def problem(
         self,

@@ -41,7 +41,8 @@ from daemon.mailbox import Account, Mailbox, daemon_account
 from daemon.publisher import E, LogPublisher
 from daemon.receiving import Receiver, RelayStore, Store
 from daemon.report import Reporter
-from daemon.sdnotify import notify, watchdog_interval_s
+from daemon.retention import SiteRetention
+from daemon.sdnotify import StatusLine, notify, watchdog_interval_s
 from daemon.sending.items import ItemFactory
 from daemon.sending.router import Router
 from daemon.sending.routes import RouteTable
@@ -97,6 +98,18 @@ class Site:
             self._stop_offering,
             self.relay_dir,
         )
+        self.retention = SiteRetention(
+            site=name,
+            role=self.role,
+            retention_s=cfg.retention_s,
+            retention=topology.retention,
+            journal=self.journal,
+            reporter=self.reporter,
+            counters=self.counters,
+            custody_wake=self.custody.expiry_wake,
+            relay_dir=self.relay_dir,
+            archive_root=cfg.archive_root,
+        )
         self.view = SiteView(
             name=name,
             role=self.role,
@@ -108,6 +121,7 @@ class Site:
             routes=self.routes,
             router=self.router,
         )
+        self.view.retention = self.retention
         self.metrics = SiteMetrics(self.view)
         self.console = Console(topology, name, self.view)
         changed = self.view.changes.notify
@@ -115,6 +129,11 @@ class Site:
         self.sender.queue_listeners.append(changed)
         self.sender.health_listeners.append(changed)
         self.mailbox.add_peer_listener(lambda peer, up: changed())
+        self.status_line = StatusLine(self.view.status_line)
+        self.sender.queue_listeners.append(self.status_line.wake)
+        self.sender.health_listeners.append(self.status_line.wake)
+        self.reporter.listeners.append(self.status_line.wake)
+        self.mailbox.add_peer_listener(lambda peer, up: self.status_line.wake())
         self.archivist: Archivist | None = None
         self.completeness: Completeness | None = None
         self.quarantine: Quarantine | None = None
@@ -239,6 +258,9 @@ class Site:
     def _peer_usable(self, peer: str) -> bool:
         return self.mailbox.connected(peer) and self.mailbox.peer_online.get(peer, False)
 
+    def _served(self, peer: str, size: int) -> None:
+        self.counters.moved("out", peer, size)
+
     def _stop_offering(self, file_key: str) -> None:
         """A file reached custody or was replaced: drop its offers and stop tracking its custody."""
         self.sender.drop_offers(file_key)
@@ -280,7 +302,9 @@ class Site:
                     from daemon.processing.http import product_routes
 
                     routes += product_routes(self.journal, self.scheduler)
-                app = build_app(self.journal, access, self.trust, self.view.status, routes)
+                app = build_app(
+                    self.journal, access, self.trust, self.view.status, routes, served=self._served
+                )
                 app.on_shutdown.append(self.console.shutdown)
                 server = serve(app, cfg.http_listen, http_ready, cfg.http_server_tls_context())
                 tg.create_task(server, name=f"{self.name}.http")
@@ -296,15 +320,16 @@ class Site:
                         tg.create_task(self.registrar.run(), name=f"{self.name}.registrar-{i}")
                 if self.router is not None:
                     tg.create_task(self.router.run(), name=f"{self.name}.router")
-                if cfg.retention_s is not None:
-                    tg.create_task(self.custody.expiry_loop(cfg.retention_s), name=f"{self.name}.expiry")
+                self.retention.start(tg)
                 if self.notices is not None:
                     tg.create_task(self.notices.run(), name=f"{self.name}.notices")
                 if self.completeness is not None:
                     tg.create_task(self.completeness.run(), name=f"{self.name}.completeness")
                 if self.scheduler is not None:
                     tg.create_task(self.scheduler.run(), name=f"{self.name}.processing")
-                tg.create_task(self._readiness(http_ready, watcher_ready), name=f"{self.name}.ready")
+                ready = asyncio.Event()
+                tg.create_task(self._readiness(http_ready, watcher_ready, ready), name=f"{self.name}.ready")
+                tg.create_task(self.status_line.run(ready), name=f"{self.name}.status-line")
                 if stop is not None:
                     await stop.wait()
                     log.info("site_stopping")
@@ -332,12 +357,13 @@ class Site:
         if items:
             log.info("journal_restored", items=len(items))
 
-    async def _readiness(self, http_ready: asyncio.Event, watcher_ready: asyncio.Event) -> None:
+    async def _readiness(self, http_ready: asyncio.Event, watcher_ready: asyncio.Event, ready: asyncio.Event) -> None:
         await http_ready.wait()
         await self.mailbox.wait_local()
         await watcher_ready.wait()
         log.info("site_ready", http=self.cfg.http_url)
         notify(f"READY=1\nSTATUS=skyrelay {self.name} ({self.role}) ready")
+        ready.set()
         interval = watchdog_interval_s()
         if interval is None:
             return

@@ -902,6 +902,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_simulate_night(simulate_commands)
     add_alerts_commands(sub)
+    from ops.deploy_cli import add_deploy_commands
+
+    add_deploy_commands(sub)
     return output.finish_parser(parser)
 
 

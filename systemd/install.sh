@@ -182,8 +182,8 @@ Next steps on this host (replace SITE with summit, base or archive):
        mosquitto_passwd -c $ETC/mosquitto.passwd skyrelay
        chown root:mosquitto $ETC/mosquitto.passwd && chmod 0640 $ETC/mosquitto.passwd
   4. Check the topology:
-       sudo -u skyrelay $VENV/bin/python -c \\
-         'from daemon.config import load_topology; load_topology("$ETC/topology.toml")'
+       sudo -u skyrelay $VENV/bin/skyrelay check --topology $ETC/topology.toml --site SITE
+     (each host's broker config and unit drop-in: skyrelay render --topology T --site SITE --out DIR)
   5. Start this host's site:
        systemctl enable --now mosquitto-skyrelay@SITE skyrelay@SITE
        journalctl -u skyrelay@SITE -o cat | jq

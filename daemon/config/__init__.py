@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from daemon.config.load import load_topology
 from daemon.config.model import (
+    PRODUCT_KINDS,
     ROLES,
     Endpoint,
     LinkConfig,
     Processing,
+    Retention,
     Role,
     Route,
     SiteConfig,
@@ -21,8 +23,16 @@ from daemon.config.model import (
 )
 
 __all__ = [
+    "PRODUCT_KINDS",
     "ROLES",
     "Endpoint",
     "LinkConfig",
     "Processing",
-    "Role", "Route", "SiteConfig", "Topology", "Tuning", "load_topology"]
+    "Retention",
+    "Role",
+    "Route",
+    "SiteConfig",
+    "Topology",
+    "Tuning",
+    "load_topology",
+]

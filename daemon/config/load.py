@@ -16,14 +16,25 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from daemon.config.model import ROLES, Endpoint, LinkConfig, Processing, Route, SiteConfig, Topology, Tuning
+from daemon.config.model import (
+    PRODUCT_KINDS,
+    ROLES,
+    Endpoint,
+    LinkConfig,
+    Processing,
+    Retention,
+    Route,
+    SiteConfig,
+    Topology,
+    Tuning,
+)
 from daemon.errors import TopologyError
 from protocol.errors import ProtocolError
 from protocol.signing import public_key_from_text
 
 __all__ = ["load_topology"]
 
-_SECTIONS: Final = frozenset({"sites", "links", "routes", "tuning", "security", "operators", "processing"})
+_SECTIONS: Final = frozenset({"sites", "links", "routes", "tuning", "security", "operators", "processing", "retention"})
 _SITE_SETTINGS: Final = frozenset(
     {
         "role",
@@ -118,6 +129,7 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
     security = _read_security(raw.get("security", {}), reading)
     operators = _read_operators(raw.get("operators"), reading)
     processing = _read_processing(raw.get("processing", {}), reading)
+    retention = _read_retention_section(raw.get("retention", {}), processing, reading)
     token = _check_token(security.token, reading)
     if check_dirs:
         _check_site_directories(sites, reading)
@@ -145,6 +157,7 @@ def load_topology(path: str | Path, *, check_dirs: bool = True) -> Topology:
         metrics_token=security.metrics_token,
         metrics_open=security.metrics_open,
         processing=processing,
+        retention=retention,
     )
 
 
@@ -412,6 +425,55 @@ def _read_processing(raw: Any, reading: _Reading) -> Processing:
         else:
             updates[key] = value
     return dataclasses.replace(default, **updates)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# [retention]
+
+
+def _read_retention_section(raw: Any, processing: Processing, reading: _Reading) -> Retention:
+    """``[retention]``: ``<kind>_s`` per product kind, the relay cache's free-space watermark, the sweep interval."""
+    default = Retention()
+    if not isinstance(raw, dict):
+        reading.problem("[retention]: must be a table")
+        return default
+    kinds = {f"{kind}_s": kind for kind in PRODUCT_KINDS}
+    known = {*kinds, "cache_min_free_fraction", "sweep_interval_s"}
+    for key in sorted(set(raw) - known):
+        reading.problem(f"retention.{key}: unknown setting (known: {', '.join(sorted(known))})")
+    products: dict[str, float] = {}
+    for key, kind in kinds.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            reading.problem(
+                f"retention.{key}: must be a positive number of seconds (leave it out to keep {kind} for ever)"
+            )
+        else:
+            products[kind] = float(value)
+    calexp = products.get("calexp")
+    if calexp is not None and calexp <= processing.chunk_end_s:
+        reading.problem(
+            f"retention.calexp_s: {calexp:g} s is not longer than processing.chunk_end_s "
+            f"({processing.chunk_end_s:g} s): a calexp must outlive its chunk so that every difference of its quad"
+            " can still be made"
+        )
+    fraction = raw.get("cache_min_free_fraction")
+    if fraction is not None and (
+        isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1
+    ):
+        reading.problem("retention.cache_min_free_fraction: must be a number between 0 and 1 (e.g. 0.1)")
+        fraction = None
+    interval = raw.get("sweep_interval_s", default.sweep_interval_s)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        reading.problem("retention.sweep_interval_s: must be a positive number of seconds")
+        interval = default.sweep_interval_s
+    return Retention(
+        products_s=products,
+        cache_min_free_fraction=float(fraction) if fraction is not None else None,
+        sweep_interval_s=float(interval),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,7 +11,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["ROLES", "Endpoint", "LinkConfig", "Role", "Route", "SiteConfig", "Topology", "Tuning"]
+__all__ = [
+    "PRODUCT_KINDS",
+    "ROLES",
+    "Endpoint",
+    "LinkConfig",
+    "Retention",
+    "Role",
+    "Route",
+    "SiteConfig",
+    "Topology",
+    "Tuning",
+]
 
 Role = Literal["summit", "relay", "archive"]
 ROLES: tuple[str, ...] = ("summit", "relay", "archive")
@@ -137,6 +148,30 @@ class Processing:
     """A quad with no new visit for this long is over: its missing visits are lost, desperate pairs are made."""
 
 
+PRODUCT_KINDS: tuple[str, ...] = ("bias", "dark", "flat", "calexp", "diff", "alerts")
+"""Products the archive builds: masters (bias, dark, flat), calibrated exposures, differences, alert files."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Retention:
+    """``[retention]``: how long the archive keeps each kind of product, and the relay cache's watermark.
+
+    Nothing is ever deleted without the archive's custody: a summit or relay copy only after its verified
+    receipt (then after the site's ``retention_s``, or earlier at a relay below the watermark), a product
+    only at the archive that catalogued it, never while a pending job reads it, and never the newest master
+    of its detector (what later steps apply). Deleted products keep their catalogue row (marked expired).
+    """
+
+    products_s: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Kind → seconds after creation (``diff_s = 86400``); a kind not listed is kept for ever (the default)."""
+    cache_min_free_fraction: float | None = None
+    """At a relay, copies in custody are deleted oldest first, before their ``retention_s``, while the
+    cache's file system has less than this fraction free (e.g. 0.1). None: by age only."""
+    sweep_interval_s: float = 3600.0
+    """Longest wait between product sweeps (expiry is timed by each product's age; this re-checks those a
+    pending job held back)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Topology:
     """The whole system as every site sees it."""
@@ -167,6 +202,8 @@ class Topology:
     """Serve ``/metrics`` without any credential (a deliberate choice on a closed network)."""
     processing: Processing = dataclasses.field(default_factory=Processing)
     """The archive's ``[processing]`` section."""
+    retention: Retention = dataclasses.field(default_factory=Retention)
+    """The ``[retention]`` section."""
 
     @property
     def summit(self) -> SiteConfig:

@@ -32,10 +32,11 @@ def build_app(
     trust: Trust,
     status: StatusFn,
     extra_routes: list[web.RouteDef] | None = None,
+    served: Callable[[str, int], None] | None = None,
 ) -> web.Application:
     """The data server: ``GET /v1/transfers/{id}`` streams that transfer's file, only while the transfer is
     pending and only to the site its offer named (which signs the request); every other route needs the
-    credential :class:`~daemon.http.auth.Access` asks for."""
+    credential :class:`~daemon.http.auth.Access` asks for. ``served(peer, size)`` counts each file served."""
     app = web.Application(middlewares=[access.middleware])
 
     async def transfer(request: web.Request) -> web.StreamResponse:
@@ -64,6 +65,8 @@ def build_app(
         if size != row.size:
             raise web.HTTPConflict(text=f"{row.name} changed on disk: {size} bytes, journal says {row.size}")
         headers = {"X-Skyrelay-Checksum": row.checksum}
+        if served is not None:
+            served(signer, size)
         if request.secure:
             return await _stream_file(request, path, size, headers)
         return web.FileResponse(path, chunk_size=1 << 20, headers=headers)

@@ -1,15 +1,26 @@
 """Prometheus metrics for one site, read from live state at scrape time (``GET /metrics``).
 
 The collector reads a small :class:`MetricsSource` interface, not the site: the site's view
-implements it.
+implements it. Besides the site's own families the registry carries prometheus_client's process,
+platform and GC collectors (``process_*``, ``python_info``, ``python_gc_*``). The shipped dashboard
+and alert rules (``systemd/skyrelay-dashboard.json``, ``systemd/skyrelay-alerts.yml``) use only names
+exported here; ``tests/test_metrics.py`` checks that against real daemons.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -36,6 +47,26 @@ class MetricsSource(Protocol):
     def route_health(self) -> Iterable[tuple[str, bool]]: ...
 
     def custody(self) -> dict[str, int] | None: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def routes_in_use(self) -> Iterable[tuple[str, bool, bool]]: ...
+
+    def breakers(self) -> Iterable[tuple[str, str]]: ...
+
+    def held_files(self) -> tuple[int, float] | None: ...
+
+    def catalog_counts(self) -> dict[str, int] | None: ...
+
+    async def refresh(self) -> None:
+        """Read what lives in the journal (catalog counts) before a scrape."""
+
+
+BREAKER_STATES = ("closed", "open", "half_open")
 
 
 class SiteCollector(Collector):
@@ -100,6 +131,7 @@ class SiteCollector(Collector):
             for route, healthy in health:
                 routes.add_metric([name, route], 1.0 if healthy else 0.0)
             yield routes
+        yield from self._operations(source)
         custody = source.custody()
         if custody is not None:
             yield _single("skyrelay_awaiting_custody", "Summit files not yet in custody", name, custody["awaiting"])
@@ -109,6 +141,75 @@ class SiteCollector(Collector):
                 name,
                 custody["stuck"],
             )
+
+    @staticmethod
+    def _operations(source: MetricsSource) -> Iterator[Metric]:
+        """Build info, bytes moved, route in use, breakers, held files, catalog, retention deletions."""
+        name = source.name
+        build = GaugeMetricFamily(
+            "skyrelay_build_info",
+            "Always 1: the daemon's version and Python",
+            labels=["site", "role", "version", "python"],
+        )
+        build.add_metric([name, source.role, source.version, platform.python_version()], 1.0)
+        yield build
+        moved = CounterMetricFamily(
+            "skyrelay_bytes",
+            "File bytes moved: in = pulled from the peer and stored, out = served to the peer",
+            labels=["site", "direction", "peer"],
+        )
+        for (direction, peer), size in sorted(source.counters.bytes_moved.items()):
+            moved.add_metric([name, direction, peer], size)
+        yield moved
+        in_use = list(source.routes_in_use())
+        if in_use:
+            gauge = GaugeMetricFamily(
+                "skyrelay_route_in_use",
+                "1 for the route new files take now; preferred=true marks the first route of the topology",
+                labels=["site", "route", "preferred"],
+            )
+            for route, used, preferred in in_use:
+                gauge.add_metric([name, route, "true" if preferred else "false"], 1.0 if used else 0.0)
+            yield gauge
+        breakers = list(source.breakers())
+        if breakers:
+            state = GaugeMetricFamily(
+                "skyrelay_breaker_state",
+                "Circuit breaker of the hop into each peer: 1 for its current state (closed, open, half_open)",
+                labels=["site", "peer", "state"],
+            )
+            for peer, current in breakers:
+                for candidate in BREAKER_STATES:
+                    state.add_metric([name, peer, candidate], 1.0 if candidate == current else 0.0)
+            yield state
+        held = source.held_files()
+        if held is not None:
+            yield _single("skyrelay_held_files", "Files held for want of a usable route", name, held[0])
+            yield _single(
+                "skyrelay_oldest_held_age_seconds", "How long the oldest held file has waited (0: none)", name, held[1]
+            )
+        catalog = source.catalog_counts()
+        if catalog is not None:
+            files = GaugeMetricFamily(
+                "skyrelay_catalog_files", "Files in the archive's catalog, by status", labels=["site", "status"]
+            )
+            for status in sorted({"archived", "quarantined", *catalog}):
+                files.add_metric([name, status], catalog.get(status, 0))
+            yield files
+        counters = source.counters
+        deleted = CounterMetricFamily(
+            "skyrelay_retention_deleted_files",
+            "Files deleted by retention (only ever after the archive's custody), by what they were",
+            labels=["site", "what"],
+        )
+        freed = CounterMetricFamily(
+            "skyrelay_retention_deleted_bytes", "Bytes freed by retention, by what they were", labels=["site", "what"]
+        )
+        for what in sorted(counters.deleted_files):
+            deleted.add_metric([name, what], counters.deleted_files[what])
+            freed.add_metric([name, what], counters.deleted_bytes[what])
+        yield deleted
+        yield freed
 
 
 def _single(metric: str, documentation: str, site: str, value: float) -> GaugeMetricFamily:
@@ -122,8 +223,14 @@ class SiteMetrics:
 
     def __init__(self, source: MetricsSource) -> None:
         self.site = source.name
+        self.source = source
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SiteCollector(source))
+        # The process's own CPU, memory, file descriptors and start time, the Python platform, and the
+        # garbage collector, as prometheus_client's default registry would show them.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.latency = Histogram(
             "skyrelay_arrival_latency_seconds",
             "Summit close to archive stored",
@@ -137,5 +244,10 @@ class SiteMetrics:
         self.latency.labels(site=self.site, route=route).observe(seconds)
 
     def render(self) -> bytes:
-        """The text exposition format."""
+        """The text exposition format (journal-backed values as of the last :meth:`scrape`)."""
         return generate_latest(self.registry)
+
+    async def scrape(self) -> bytes:
+        """Refresh the journal-backed values, then render: what ``GET /metrics`` serves."""
+        await self.source.refresh()
+        return self.render()

@@ -24,7 +24,7 @@ def operator_routes(view: SiteView, metrics: SiteMetrics) -> list[web.RouteDef]:
 
     async def metrics_text(request: web.Request) -> web.Response:
         return web.Response(
-            body=metrics.render(),
+            body=await metrics.scrape(),
             content_type="text/plain",
             charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},

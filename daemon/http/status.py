@@ -18,6 +18,7 @@ from daemon.journal import console as journal_console
 from daemon.journal import files as journal_files
 from daemon.mailbox import Mailbox
 from daemon.report import Reporter
+from daemon.retention import SiteRetention
 from daemon.sending.router import Router
 from daemon.sending.routes import RouteTable
 from daemon.sending.sender import Sender
@@ -86,6 +87,9 @@ class SiteView:
         self._notices_seen = 0
         self._notices_lock = asyncio.Lock()
         self._notice_totals: dict[str, int] = dict.fromkeys(journal_console.NOTICE_KINDS, 0)
+        self.version = VERSION
+        self.retention: SiteRetention | None = None
+        self._catalog_counts: dict[str, int] | None = None
 
     # ---- what metrics read (daemon.http.metrics.MetricsSource) --------------------------------
 
@@ -115,6 +119,50 @@ class SiteView:
     def custody(self) -> dict[str, int] | None:
         """Summit files awaiting custody, and those stuck with no usable route (None elsewhere)."""
         return self.router.custody_summary() if self.router is not None else None
+
+    def routes_in_use(self) -> Iterator[tuple[str, bool, bool]]:
+        """(route, new files take it now, first route of the topology) for each route the summit starts."""
+        if self.routes is not None and self.router is not None:
+            for i, route in enumerate(self.routes.routes):
+                yield route.name, route.name == self.routes.current, i == 0
+
+    def breakers(self) -> Iterator[tuple[str, str]]:
+        """(peer, breaker state) of the hop into each next hop of this site's routes."""
+        if self.routes is not None:
+            for peer in dict.fromkeys(self.routes.next_hop(r) for r in self.routes.routes):
+                breaker = self.routes.breakers.get(peer)
+                yield peer, breaker.state if breaker is not None else "closed"
+
+    def held_files(self) -> tuple[int, float] | None:
+        """(files held for want of a usable route, age of the oldest in seconds) at the summit."""
+        if self.router is None:
+            return None
+        ages = [age for _, _, age in self.router.held_pending()]
+        return len(ages), max(ages, default=0.0)
+
+    def catalog_counts(self) -> dict[str, int] | None:
+        """The archive's catalog by status, as of the last :meth:`refresh` (None elsewhere)."""
+        return self._catalog_counts
+
+    async def refresh(self) -> None:
+        """Read the journal-backed values metrics show (the archive's catalog counts)."""
+        if self.role == "archive":
+            self._catalog_counts = await self.journal.read(journal_catalog.status_counts)
+
+    def status_line(self) -> str:
+        """One line for systemd's ``STATUS=``: queue depth, held files, route in use, links that are down."""
+        held = self.router.held_count() if self.router is not None else 0
+        parts = [f"{self.role} {self.name}: {len(self.sender.items) + held} pending"]
+        if self.router is not None:
+            parts[0] += f" ({held} held)"
+        if self.routes is not None and self.router is not None:
+            parts.append(f"route {self.routes.current or 'none yet'}")
+        down = [p for p in self.mailbox.peers if not self.mailbox.connected(p)]
+        offline = [p for p in self.mailbox.peers if p not in down and not self.mailbox.peer_online.get(p)]
+        parts.append(f"links down: {', '.join(down)}" if down else "links up")
+        if offline:
+            parts.append(f"offline: {', '.join(offline)}")
+        return "; ".join(parts)
 
     # ---- operators ---------------------------------------------------------------------------
 
@@ -162,6 +210,8 @@ class SiteView:
                 journal_console.recent_notices, ("products", "alerts"), RECENT_SCIENCE
             )
         out["conditions"] = conditions(out)
+        if self.retention is not None:
+            out["retention"] = await self.retention.status()
         return out
 
     async def _notice_counts(self) -> dict[str, int]:

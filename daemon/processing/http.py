@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from daemon.journal import products as journal_products
+from daemon.journal import retention as journal_retention
 from daemon.journal.connection import Journal
 from daemon.processing.executor import WorkerLost
 from daemon.processing.scheduler import Scheduler
@@ -21,13 +22,15 @@ def product_routes(journal: Journal, scheduler: Scheduler) -> list[web.RouteDef]
         if kind is not None and kind not in KINDS:
             raise web.HTTPBadRequest(text=f"kind must be one of {', '.join(KINDS)}")
         rows = await journal.read(journal_products.listing, kind)
-        return web.json_response([row.summary() for row in rows])
+        expired = await journal.read(journal_retention.expired_products)
+        return web.json_response([{**row.summary(), "expired": expired.get(row.product_id)} for row in rows])
 
     async def show(request: web.Request) -> web.Response:
         row = await journal.read(journal_products.by_id, request.match_info["pid"])
         if row is None:
             raise web.HTTPNotFound(text=f"no product {request.match_info['pid']!r}")
-        return web.json_response(row.to_dict())
+        expired = await journal.read(journal_retention.expired_products)
+        return web.json_response({**row.to_dict(), "expired": expired.get(row.product_id)})
 
     async def reprocess(request: web.Request) -> web.Response:
         try:

@@ -160,7 +160,7 @@ class Sender:
         self.channels: dict[str, Channel] = {p: Channel(self, p) for p in mailbox.peers}
         self.health_listeners: list[Callable[[], None]] = []
         self.queue_listeners: list[Callable[[], None]] = []
-        """Called when an item is queued or removed (the console pushes the queue to open pages)."""
+        """Called when an item is queued or removed (the console pushes the queue; the status line re-reads)."""
         mailbox.add_peer_listener(self._on_peer_change)
 
     async def run(self, tg: asyncio.TaskGroup) -> None:
