@@ -42,6 +42,8 @@ BATCH = 1000
 """Copies or products looked at per sweep step."""
 EVENT_FILES = 200
 """File names per ``retention_deleted`` event (a large sweep is journaled in several events)."""
+COALESCE_S = 1.0
+"""After a custody receipt wakes the sweep, how long it waits for the rest of a burst."""
 
 
 class CopyExpiry:
@@ -89,6 +91,9 @@ class CopyExpiry:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.wake.wait()
+                    # Woken by a custody receipt: let the rest of a burst arrive, so that a night's receipts
+                    # give one deletion (and one journaled event) per second, not one per file.
+                    await asyncio.sleep(COALESCE_S)
 
     async def sweep(self) -> float | None:
         """Delete what is due now; return when the next copy falls due by age (None: none, 0.0: sweep again)."""
