@@ -65,7 +65,7 @@ def _binned_noise(image: np.ndarray, mask: np.ndarray) -> float:
     """Robust sigma of 4x4 block sums of the sky-subtracted image (PSF-scale noise, stars barely matter)."""
     sky = image - estimate_background(image, mask, mesh_px=64)
     ny, nx = (s // 4 * 4 for s in sky.shape)
-    blocks = sky[16:ny - 16, 16:nx - 16].reshape((ny - 32) // 4, 4, (nx - 32) // 4, 4).sum(axis=(1, 3))
+    blocks = sky[16 : ny - 16, 16 : nx - 16].reshape((ny - 32) // 4, 4, (nx - 32) // 4, 4).sum(axis=(1, 3))
     return float(1.4826 * np.median(np.abs(blocks - np.median(blocks))))
 
 
@@ -131,7 +131,8 @@ def test_sources_only_in_the_new_visit_are_found_in_the_template_difference(
     positions = grid_positions(header, SHAPE, 12, margin_px=50, seed=5, avoid_px=12, avoid_xy=(sx[bright], sy[bright]))
     flux = flux_for_difference_snr(20.0, new, VisitSpec(index=2, seeing_fwhm_arcsec=0.8))
     injections = [
-        Injection(id=f"new{k}", ra_deg=ra, dec_deg=dec, flux_e_by_visit={1: flux}) for k, (ra, dec) in enumerate(positions)
+        Injection(id=f"new{k}", ra_deg=ra, dec_deg=dec, flux_e_by_visit={1: flux})
+        for k, (ra, dec) in enumerate(positions)
     ]
     image = simulate_visit(FIELD, new, shape=SHAPE, injections=[*injections, MOVER])
     result = difference_pair(
@@ -152,11 +153,13 @@ def test_sources_only_in_the_new_visit_are_found_in_the_template_difference(
     assert result.reference_obsid == "template-test-0001"
 
 
-def test_too_few_visits_are_refused(tmp_path: Path, stack: tuple[Path, list[Path], TemplateResult, list[dict[str, object]]]) -> None:
+def test_too_few_visits_are_refused(
+    tmp_path: Path, stack: tuple[Path, list[Path], TemplateResult, list[dict[str, object]]]
+) -> None:
     """Two calexps are not enough for a template: TemplateError says how many there are and how many are needed,
     and nothing is written."""
     _, paths, _, _ = stack
     output = tmp_path / "t.fits"
-    with pytest.raises(TemplateError, match="2 usable visit.*at least 3"):
+    with pytest.raises(TemplateError, match=r"2 usable visit.*at least 3"):
         build_template([str(p) for p in paths[:2]], str(output), template_id="template-x")
     assert not output.exists()

@@ -140,9 +140,7 @@ def build_template(
     """
     params = params or TemplateParams()
     if len(calexp_paths) < params.min_inputs:
-        raise TemplateError(
-            f"{len(calexp_paths)} usable visit(s); a template needs at least {params.min_inputs}"
-        )
+        raise TemplateError(f"{len(calexp_paths)} usable visit(s); a template needs at least {params.min_inputs}")
     grid = CalibratedImage.from_fits(calexp_paths[0])
     ny, nx = grid.shape
     n = len(calexp_paths)
