@@ -632,6 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_simulate_night(simulate)
     add_alerts_commands(sub)
+    from ops.template_cli import add_template_commands
+
+    add_template_commands(sub)
     return parser
 
 

@@ -25,4 +25,10 @@ __all__ = [
     "Endpoint",
     "LinkConfig",
     "Processing",
-    "Role", "Route", "SiteConfig", "Topology", "Tuning", "load_topology"]
+    "Role",
+    "Route",
+    "SiteConfig",
+    "Topology",
+    "Tuning",
+    "load_topology",
+]

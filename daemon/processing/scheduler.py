@@ -75,7 +75,8 @@ class Scheduler:
             processing=processing,
             notices_wake=notices_wake,
         )
-        """Difference imaging on arrival: calexp and diff jobs."""
+        """Difference imaging on arrival: calexp, diff and template jobs."""
+        self.science.wake = self.wake
 
     async def run(self) -> None:
         """Plan and run jobs until cancelled; the executor is closed on the way out."""

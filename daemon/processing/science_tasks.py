@@ -1,4 +1,4 @@
-"""The science jobs' worker entry points: ISR of one visit into a calexp, and one difference into alerts.
+"""The science jobs' worker entry points: ISR of one visit into a calexp, one difference into alerts, a template.
 
 Picklable top-level functions of one small argument, run by the executor (process pool or Dask): they
 read and write files by path and return small results; the big arrays stay in the files.
@@ -20,6 +20,7 @@ from processors.calib import MASK_SAT as ISR_SAT
 from processors.calib import isr_exposure
 from processors.diffim import MASK_BAD, MASK_SAT, CalibratedImage, DiffParams, difference_pair, visit_quality
 from processors.diffim.psf import QualityParams
+from processors.diffim.template import TemplateParams, TemplateResult, build_template
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,6 +43,7 @@ class CalexpOutcome:
 
     obsid: str
     band: str
+    field: str
     midpoint_mjd_tai: float
     fwhm_arcsec: float | None
     n_psf_stars: int
@@ -116,6 +118,7 @@ def make_calexp(task: CalexpTask) -> CalexpOutcome:
     return CalexpOutcome(
         obsid=calexp.obsid,
         band=band,
+        field=str(primary.get("OBJECT", "")),
         midpoint_mjd_tai=midpoint,
         fwhm_arcsec=fwhm,
         n_psf_stars=quality.n_psf_stars,
@@ -192,4 +195,30 @@ def make_diff(task: DiffTask) -> DiffOutcome:
         flagged=flagged,
         convolved=result.convolved,
         kernel_stamps=result.kernel.n_stamps,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TemplateTask:
+    """A stack of calexps (best seeing first) into one template file."""
+
+    calexp_paths: tuple[str, ...]
+    output_path: str
+    template_id: str
+    params: TemplateParams
+    provenance: dict[str, str]
+
+
+def make_template(task: TemplateTask) -> TemplateResult:
+    """Build and write the template (:func:`processors.diffim.template.build_template`).
+
+    Raises:
+        TemplateError: too few calexps, or calexps of different detectors or bands.
+    """
+    return build_template(
+        list(task.calexp_paths),
+        task.output_path,
+        template_id=task.template_id,
+        params=task.params,
+        header_cards=dict(task.provenance),
     )
