@@ -7,6 +7,7 @@ read and write files by path and return small results; the big arrays stay in th
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,8 @@ class CalexpOutcome:
     n_psf_stars: int
     ok: bool
     reasons: tuple[str, ...]
+    stage_times_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Wall seconds of ``isr`` (read, ISR, write the calexp) and ``psf`` (background, PSF, quality)."""
 
 
 def _celestial_wcs(primary: fits.Header) -> fits.Header:
@@ -83,6 +86,7 @@ def make_calexp(task: CalexpTask) -> CalexpOutcome:
     Raises:
         CalibError: the raw cannot be read or a master does not fit it.
     """
+    start = time.perf_counter()
     isr = isr_exposure(task.raw_path, bias=task.bias_path, dark=task.dark_path, flat=task.flat_path)
     primary = fits.getheader(task.raw_path, 0)
     mask = np.where(isr.mask != 0, MASK_BAD, 0).astype(np.uint16)
@@ -112,6 +116,7 @@ def make_calexp(task: CalexpTask) -> CalexpOutcome:
         for key in ("GROUPID", "CURINDEX", "MAXINDEX", "FILTER", "OBJECT", "INSTRUME"):
             if key in primary:
                 hdul[0].header[key] = primary[key]
+    isr_done = time.perf_counter()
     params = DiffParams(quality=QualityParams(max_fwhm_arcsec=task.max_fwhm_arcsec))
     psf, quality = visit_quality(calexp, params)
     fwhm = quality.fwhm_arcsec if psf is not None and np.isfinite(quality.fwhm_arcsec) else None
@@ -124,6 +129,7 @@ def make_calexp(task: CalexpTask) -> CalexpOutcome:
         n_psf_stars=quality.n_psf_stars,
         ok=quality.ok,
         reasons=quality.reasons,
+        stage_times_s={"isr": isr_done - start, "psf": time.perf_counter() - isr_done},
     )
 
 
@@ -151,6 +157,8 @@ class DiffOutcome:
     flagged: bool
     convolved: str
     kernel_stamps: int
+    stage_times_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Wall seconds of ``read``, the chain's stages (:attr:`DiffResult.stage_times_s`), ``write`` and ``alerts``."""
 
 
 def make_diff(task: DiffTask) -> DiffOutcome:
@@ -159,9 +167,12 @@ def make_diff(task: DiffTask) -> DiffOutcome:
     Raises:
         DiffimError: no PSF star, or too few stars for the kernel.
     """
+    start = time.perf_counter()
     science = CalibratedImage.from_fits(task.science_path)
     reference = CalibratedImage.from_fits(task.reference_path)
+    read_s = time.perf_counter() - start
     result = difference_pair(science, reference, dataclasses.replace(task.params, keep_images=True))
+    written = time.perf_counter()
     assert result.diff_e is not None and result.variance_e2 is not None and result.mask is not None
     primary = fits.Header()
     primary["OBSID"] = result.science_obsid
@@ -180,6 +191,7 @@ def make_diff(task: DiffTask) -> DiffOutcome:
             fits.ImageHDU(result.mask, name="MASK"),
         ]
     ).writeto(task.output_path, overwrite=True)
+    alerts_start = time.perf_counter()
     try:
         alerts = alerts_for(result, time_processed_mjd_tai=task.time_processed_mjd_tai)
         flagged = False
@@ -195,6 +207,12 @@ def make_diff(task: DiffTask) -> DiffOutcome:
         flagged=flagged,
         convolved=result.convolved,
         kernel_stamps=result.kernel.n_stamps,
+        stage_times_s={
+            "read": read_s,
+            **{k: v for k, v in result.stage_times_s.items() if k != "total"},
+            "write": alerts_start - written,
+            "alerts": time.perf_counter() - alerts_start,
+        },
     )
 
 
