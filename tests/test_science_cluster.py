@@ -302,3 +302,28 @@ async def test_a_template_of_one_night_differences_the_next_once_each_across_a_k
         assert all(not a["alert"]["diaSource"]["isNegative"] for a in near)
 
     assert query_journal(cluster, "archive", "SELECT COUNT(*) AS n FROM products WHERE kind = 'template'") == [{"n": 1}]
+
+
+async def test_science_frames_arriving_with_the_calibrations_wait_for_their_flat(make_cluster: MakeCluster) -> None:
+    """The day's bias and flats and a quad dropped in together: no calexp is made before the master flat of its
+    filter is built (each names the bias and the flat), and each records that it went without a dark (the day
+    has no dark sequence)."""
+    cluster = await make_cluster(processing={"quiet_s": 30, "chunk_end_s": 3600})
+    await asyncio.to_thread(
+        write_calib_day, cluster.inbox, instrument=INSTRUMENT, detector=DETECTOR, dayobs=DAYOBS, spec=SCIENCE_SMALL,
+        bias=5, flat=5,
+    )  # fmt: skip
+    await night(cluster)
+    products = await notices(cluster, "skyrelay/v1/products/#", 2 + 4 + 4)
+    masters = {m["kind"]: m for m in products if m["kind"] in ("bias", "flat")}
+    calexps = [m for m in products if m["kind"] == "calexp"]
+    assert len(calexps) == 4 and set(masters) == {"bias", "flat"}
+    for calexp in calexps:
+        assert {masters["bias"]["product_id"], masters["flat"]["product_id"]} <= {
+            i.get("product_id") for i in calexp["inputs"]
+        }
+        assert calexp["created_at"] > masters["flat"]["created_at"]
+    rows = query_journal(cluster, "archive", "SELECT provenance FROM products WHERE kind = 'calexp'")
+    for row in rows:
+        notes = json.loads(row["provenance"])["notes"]
+        assert len(notes) == 1 and "no master dark" in notes[0]

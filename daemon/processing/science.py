@@ -1,8 +1,10 @@
 """Difference imaging on arrival: science frames become calexps, quads become pairs, pairs become diffs and alerts.
 
 Per archived science frame (IMGTYPE OBJECT with GROUPID/CURINDEX/MAXINDEX) a ``calexp`` job is
-journaled once a master bias of its detector exists; it applies the newest bias, dark and flat (of the
-frame's filter) of the detector, records which, and measures the visit's PSF: a visit failing
+journaled once a master bias of its detector exists and no dark or flat (of the frame's filter) of it
+is still to come (its sequence archived, its master not yet built: the calexp waits, woken when the
+master is); it applies the newest bias, dark and flat of the detector, records which (and, in its
+``notes``, what it went without), and measures the visit's PSF: a visit failing
 ``max_fwhm_arcsec`` (or with too few PSF stars) is reported and counts as lost for pairing. As calexps
 are catalogued the quad is paired with :func:`processors.pairing.pairs_to_make` (2-1, 4-3, the
 lost-visit mapping); ``chunk_end_s`` after the quad's last arrival its absent visits are lost and the
@@ -45,7 +47,7 @@ from daemon.journal import products as journal_products
 from daemon.journal import science as journal_science
 from daemon.journal.connection import Journal
 from daemon.processing.executor import Executor, WorkerLost
-from daemon.processing.sequences import code_version, master_ref
+from daemon.processing.sequences import code_version, group_sequences, master_ref
 from daemon.report import Reporter
 from processors.calib import CalibError
 from processors.pairing import MAX_INDEX, VisitState, pairs_to_make
@@ -149,14 +151,37 @@ class Science:
         """Journal calexp jobs for new frames and diff jobs for new pairs; return the next chunk end."""
         frames = await self.journal.read(journal_science.science_frames)
         calexp_jobs = await self.journal.read(journal_science.science_jobs, "calexp")
+        to_come: set[tuple[str, str, str, str | None]] | None = None
         for frame in frames:
             if frame.obsid not in calexp_jobs:
-                await self._queue_calexp(frame)
+                if to_come is None:
+                    to_come = await self._masters_to_come()
+                await self._queue_calexp(frame, to_come)
         deadline = await self._plan_pairs(frames)
         await self._plan_template_diffs()
         return deadline
 
-    async def _queue_calexp(self, frame: journal_science.ScienceFrame) -> None:
+    async def _masters_to_come(self) -> set[tuple[str, str, str, str | None]]:
+        """(kind, instrument, detector, filter for flats) of every master still to be built.
+
+        A master is to come while its calibration sequence is archived but not yet a job (not complete
+        nor quiet yet), or its job is queued or running; a refused sequence is not waited for.
+        """
+        frames = await self.journal.read(journal_jobs.calib_frames)
+        claimed = await self.journal.read(journal_jobs.claimed)
+        to_come: set[tuple[str, str, str, str | None]] = set()
+        for sequence in group_sequences(frames):
+            if (sequence.step, sequence.instrument, sequence.detector, sequence.name) not in claimed:
+                to_come.add((sequence.kind, sequence.instrument, sequence.detector, sequence.filter))
+        for job in await self.journal.read(journal_jobs.unfinished):
+            if job.step.startswith("master_"):
+                kind = job.step.removeprefix("master_")
+                to_come.add((kind, job.instrument, job.detector, job.spec.get("filter") if kind == "flat" else None))
+        return to_come
+
+    async def _queue_calexp(
+        self, frame: journal_science.ScienceFrame, to_come: set[tuple[str, str, str, str | None]]
+    ) -> None:
         bias = await self.journal.read(journal_science.newest_master, "bias", frame.instrument, frame.detector)
         if bias is None:
             return  # woken again when the detector's master bias is built
@@ -164,6 +189,19 @@ class Science:
         flat = await self.journal.read(
             journal_science.newest_master, "flat", frame.instrument, frame.detector, frame.filter
         )
+        notes: list[str] = []
+        for kind, master, filter_ in (("dark", dark, None), ("flat", flat, frame.filter)):
+            if master is not None:
+                continue
+            if (kind, frame.instrument, frame.detector, filter_) in to_come:
+                # The scheduler wakes when that master is built (or its sequence refused): no timer here.
+                log.info("calexp_waits_for_master", obsid=frame.obsid, detector=frame.detector, master=kind)
+                return
+            notes.append(
+                f"no master {kind} of {frame.detector}"
+                + (f" in filter {filter_}" if kind == "flat" else "")
+                + f" when {frame.obsid} arrived: ISR without {kind} correction"
+            )
         spec: dict[str, Any] = {
             "step": "calexp",
             "kind": "calexp",
@@ -179,6 +217,7 @@ class Science:
             "dark": master_ref(dark),
             "flat": master_ref(flat),
             "max_fwhm_arcsec": self.processing.max_fwhm_arcsec,
+            "notes": notes,
             "code_version": code_version(),
         }
         key = _key({k: spec[k] for k in ("step", "inputs", "bias", "dark", "flat", "max_fwhm_arcsec", "code_version")})
