@@ -607,6 +607,8 @@ class Science:
             "job_key": job.job_key,
             "quality": quality,
             "field": outcome.field,
+            "gains_e_per_adu": outcome.gains_e_per_adu,
+            "units": "electron" if outcome.gains_e_per_adu else "adu",
             "executor": self.executor.name,
         }
         notice = ScienceProductNotice(
