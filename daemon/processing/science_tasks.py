@@ -132,8 +132,8 @@ def make_calexp(task: CalexpTask) -> CalexpOutcome:
     """
     start = time.perf_counter()
     geometry, gains = _amp_gains(task.raw_path)
-    params = CalibParams(gains_e_per_adu=tuple(gains.items())) if gains else None
-    isr = isr_exposure(task.raw_path, bias=task.bias_path, dark=task.dark_path, flat=task.flat_path, params=params)
+    calib = CalibParams(gains_e_per_adu=tuple(gains.items())) if gains else None
+    isr = isr_exposure(task.raw_path, bias=task.bias_path, dark=task.dark_path, flat=task.flat_path, params=calib)
     primary = fits.getheader(task.raw_path, 0)
     mask = np.where(isr.mask != 0, MASK_BAD, 0).astype(np.uint16)
     mask[(isr.mask & ISR_SAT) != 0] = MASK_SAT
