@@ -147,7 +147,11 @@ def add_simulate_calibs(simulate_subparsers: Any) -> None:
     p.add_argument("--lamp-factor", type=float, default=1.0, metavar="F", help="lamp level after the change")
     p.add_argument("--interrupt-at", type=int, default=None, metavar="K", help="stop the flats after frame K-1")
     p.add_argument("--seq-start", type=int, default=1)
-    p.add_argument("--small", action="store_true", help="small test detectors (2 x 4 amplifiers of 32 x 64 px)")
+    p.add_argument(
+        "--small",
+        action="store_true",
+        help="the small test detector of `simulate night --small` (256 x 256 px: 2 x 4 amplifiers of 64 x 128)",
+    )
     p.add_argument("--compress", action="store_true", help="Rice tile-compressed amplifiers, as real raws are")
     p.set_defaults(func=cmd_simulate_calibs)
 
@@ -155,7 +159,8 @@ def add_simulate_calibs(simulate_subparsers: Any) -> None:
 def cmd_simulate_calibs(args: argparse.Namespace) -> int:
     """Write the sequences into the summit inbox (their ``*.truth.json`` beside them; the watcher ignores those)."""
     from ops.camera import CameraError, _inbox_from_workdir
-    from ops.simulate.calibs import DetectorSpec, write_calib_day
+    from ops.simulate.calibs import write_calib_day
+    from ops.simulate.night import SCIENCE_SMALL
 
     try:
         inbox = _inbox_from_workdir(args.workdir)
@@ -175,7 +180,7 @@ def cmd_simulate_calibs(args: argparse.Namespace) -> int:
         lamp_change_at=args.lamp_change_at,
         lamp_factor=args.lamp_factor,
         interrupt_at=args.interrupt_at,
-        spec=DetectorSpec.small() if args.small else None,
+        spec=SCIENCE_SMALL if args.small else None,
         compress=args.compress,
     )
     for truth in truths:

@@ -28,19 +28,20 @@ pytestmark = pytest.mark.timeout(240)
 DETECTOR = "R22_S11"
 
 
-async def calibrated(make_cluster: MakeCluster, **processing: Any) -> Cluster:
-    """A cluster whose archive holds a master bias and flat of the small science detector."""
+async def calibrated(make_cluster: MakeCluster, *, via_cli: bool = False, **processing: Any) -> Cluster:
+    """A cluster whose archive holds a master bias and flat of the small science detector (written by
+    ``skyrelay simulate calibs --small`` with ``via_cli``)."""
     cluster = await make_cluster(processing={"quiet_s": 30, **processing})
-    await asyncio.to_thread(
-        write_calib_day,
-        cluster.inbox,
-        instrument=INSTRUMENT,
-        detector=DETECTOR,
-        dayobs=DAYOBS,
-        spec=SCIENCE_SMALL,
-        bias=5,
-        flat=5,
-    )
+    if via_cli:
+        await cli_ok(
+            "simulate", "calibs", "--workdir", str(cluster.workdir), "--bias", "5", "--flat", "5", "--small",
+            "--instrument", INSTRUMENT, "--detector", DETECTOR, "--dayobs", DAYOBS,
+        )  # fmt: skip
+    else:
+        await asyncio.to_thread(
+            write_calib_day, cluster.inbox, instrument=INSTRUMENT, detector=DETECTOR, dayobs=DAYOBS,
+            spec=SCIENCE_SMALL, bias=5, flat=5,
+        )  # fmt: skip
     await notices(cluster, "skyrelay/v1/products/#", 2)
     return cluster
 
@@ -130,9 +131,10 @@ async def test_a_quad_gives_calexps_two_diffs_and_an_alert_at_the_transient(make
 
 
 async def test_a_lost_third_visit_pairs_2_1_and_then_4_2_at_the_chunk_end(make_cluster: MakeCluster) -> None:
-    """``simulate night --lose v3``: 2-1 is made on arrival and, only once the chunk has ended (chunk_end_s = 4 s
-    after the last visit), the lost-visit mapping's 4-2; nothing else."""
-    cluster = await calibrated(make_cluster, chunk_end_s=4)
+    """``simulate calibs --small`` then ``simulate night --lose v3 --small`` (one detector spec): 2-1 is made on
+    arrival and, only once the chunk has ended (chunk_end_s = 4 s after the last visit), the lost-visit mapping's
+    4-2; nothing else."""
+    cluster = await calibrated(make_cluster, via_cli=True, chunk_end_s=4)
     await cli_ok(
         "simulate", "night", "--workdir", str(cluster.workdir), "--fields", "1", "--lose", "v3", "--small",
         "--instrument", INSTRUMENT, "--detector", DETECTOR, "--dayobs", DAYOBS,
