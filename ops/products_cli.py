@@ -16,7 +16,7 @@ from typing import Any
 
 from ops.target import Target, add_target_arguments, resolve
 
-KINDS = ("bias", "dark", "flat")
+KINDS = ("bias", "dark", "flat", "calexp", "diff", "alerts", "template")
 
 
 def add_products_commands(subparsers: Any) -> None:
@@ -25,7 +25,7 @@ def add_products_commands(subparsers: Any) -> None:
     Args:
         subparsers: ``skyrelay``'s sub-command parsers (from ``add_subparsers``).
     """
-    products = subparsers.add_parser("products", help="the archive's master calibrations: list, show, reprocess")
+    products = subparsers.add_parser("products", help="the archive's products: list, show, reprocess")
     actions = products.add_subparsers(dest="action", required=True)
     p = actions.add_parser("list", help="products, newest first")
     p.add_argument("--kind", choices=KINDS)
@@ -103,8 +103,13 @@ def cmd_products_show(args: argparse.Namespace) -> int:
     for item in prov["inputs"]:
         mark = f"LEFT OUT: {reasons[item['name']]}" if item["name"] in reasons else "used"
         print(f"  {item['name']:40} {item['checksum']}  {mark}")
-    print("parameters " + json.dumps(prov["params"], sort_keys=True))
-    stats = prov["stats"]
+    print("parameters " + json.dumps(prov.get("params"), sort_keys=True))
+    stats = prov.get("stats") or prov.get("quality") or {}
+    if "amps" not in stats:  # a science product: its figures as they are
+        print("statistics " + json.dumps(stats, sort_keys=True))
+        for note in prov.get("warnings", []):
+            print(f"warning   {note}")
+        return 0
     print(f"statistics frames_used {stats['frames_used']}  mean {stats['mean']}  stdev {stats['stdev']}")
     for amp, values in stats["amps"].items():
         shown = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())

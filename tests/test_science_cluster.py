@@ -237,7 +237,8 @@ async def running_job(cluster: Cluster, step: str) -> str:
 @pytest.mark.timeout(480)
 async def test_a_template_of_one_night_differences_the_next_once_each_across_a_kill(make_cluster: MakeCluster) -> None:
     """``template build`` is refused (exit 1, says why) before any visit; after a quiet night it stacks the four
-    calexps, best seeing first, into a template naming them; the next night's four visits are each also
+    calexps, best seeing first, into a template naming them (``products show`` too), and refuses to with fewer
+    than ``--min-visits 5``; the next night's four visits are each also
     differenced against it, once — even with the archive SIGKILLed during such a difference — and the transient
     (visits 2 and 4 only) gives an alert within 1.5 px whose referenceObsid is the template; asking again with
     the same visits builds nothing new."""
@@ -261,6 +262,13 @@ async def test_a_template_of_one_night_differences_the_next_once_each_across_a_k
     fwhms = [i["fwhm_arcsec"] for i in prov["inputs"]]
     assert fwhms == sorted(fwhms) and 0.6 < prov["seeing"]["fwhm_arcsec"] < 1.1
     assert blake3_of(cluster.archive_root / template["archive_path"]) == template["checksum"]
+
+    shown = await cli_ok("products", "show", template["product_id"], "--workdir", workdir)
+    assert template["product_id"] in shown and all(v.obsid in shown for v in first)
+    too_few = await run_cli(
+        "template", "build", "--workdir", workdir, "--field", "F01", "--band", "r", "--min-visits", "5"
+    )
+    assert too_few.code == 1 and "4 usable visit(s) of 4" in too_few.err and "at least 5" in too_few.err
 
     again = json.loads(
         await cli_ok(
