@@ -237,11 +237,11 @@ async def running_job(cluster: Cluster, step: str) -> str:
 @pytest.mark.timeout(480)
 async def test_a_template_of_one_night_differences_the_next_once_each_across_a_kill(make_cluster: MakeCluster) -> None:
     """``template build`` is refused (exit 1, says why) before any visit; after a quiet night it stacks the four
-    calexps, best seeing first, into a template naming them (``products show`` too), and refuses to with fewer
-    than ``--min-visits 5``; the next night's four visits are each also
-    differenced against it, once — even with the archive SIGKILLed during such a difference — and the transient
-    (visits 2 and 4 only) gives an alert within 1.5 px whose referenceObsid is the template; asking again with
-    the same visits builds nothing new."""
+    calexps, best seeing first, into a template naming them (``products show`` too; ``products reprocess``
+    rebuilds it byte for byte), and refuses to with fewer than ``--min-visits 5``; asking again with the same
+    visits builds nothing new; the next night's four visits are each also differenced against it, once — even
+    with the archive SIGKILLed during such a difference — and the transient (visits 2 and 4 only) gives an
+    alert within 1.5 px whose referenceObsid is the template."""
     cluster = await calibrated(make_cluster, chunk_end_s=3600)
     workdir = str(cluster.workdir)
     refused = await run_cli("template", "build", "--workdir", workdir, "--field", "F01", "--band", "r")
@@ -265,6 +265,8 @@ async def test_a_template_of_one_night_differences_the_next_once_each_across_a_k
 
     shown = await cli_ok("products", "show", template["product_id"], "--workdir", workdir)
     assert template["product_id"] in shown and all(v.obsid in shown for v in first)
+    rebuilt = json.loads(await cli_ok("products", "reprocess", template["product_id"], "--workdir", workdir, "--json"))
+    assert rebuilt["same"] and rebuilt["checksum"] == template["checksum"]
     too_few = await run_cli(
         "template", "build", "--workdir", workdir, "--field", "F01", "--band", "r", "--min-visits", "5"
     )

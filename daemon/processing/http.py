@@ -16,6 +16,7 @@ from daemon.processing.executor import WorkerLost
 from daemon.processing.scheduler import Scheduler
 from daemon.processing.science import TemplateRefused
 from processors.calib import CalibError
+from processors.diffim.template import TemplateError
 
 KINDS = ("bias", "dark", "flat", "calexp", "diff", "alerts", "template")
 _NAME = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
@@ -45,7 +46,7 @@ def product_routes(journal: Journal, scheduler: Scheduler) -> list[web.RouteDef]
             rebuilt = await scheduler.reprocess(request.match_info["pid"])
         except LookupError as exc:
             raise web.HTTPNotFound(text=str(exc)) from exc
-        except (CalibError, WorkerLost) as exc:
+        except (CalibError, TemplateError, WorkerLost) as exc:
             raise web.HTTPConflict(text=f"rebuild failed: {exc}") from exc
         return web.json_response(rebuilt.to_dict())
 

@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from daemon.journal import products as journal_products
 from daemon.journal import science as journal_science
 from daemon.journal.connection import Journal
 from daemon.processing.executor import Executor, WorkerLost
+from daemon.processing.products import Rebuilt
 from daemon.processing.sequences import code_version, group_sequences, master_ref
 from daemon.report import Reporter
 from processors.calib import CalibError
@@ -656,13 +658,18 @@ class Science:
         spec = job.spec
         pid = f"template-{job.detector}-{job.job_key[:16]}"
         relative = f"products/template/{job.instrument}/{job.detector}/{pid}.fits"
-        temporary = await asyncio.to_thread(self._incoming) / f"{pid}.{attempt}.fits.part"
+        incoming = await asyncio.to_thread(self._incoming)
+        temporary = incoming / f"{pid}.{attempt}.fits.part"
+        # A worker killed mid-stack leaves its memory-mapped planes: an earlier attempt's are removed first.
+        for stale in await asyncio.to_thread(lambda: list(incoming.glob(f"{pid}.*.scratch"))):
+            await asyncio.to_thread(shutil.rmtree, stale, True)
         task = TemplateTask(
             calexp_paths=tuple(str(self.root / i["archive_path"]) for i in spec["inputs"]),
             output_path=str(temporary),
             template_id=pid,
             params=_template_params(int(spec["min_visits"])),
             provenance={"PRODID": pid, "JOBKEY": job.job_key[:32], "FIELD": spec["field"], "BAND": spec["band"]},
+            scratch_dir=str(incoming / f"{pid}.{attempt}.scratch"),
         )
         outcome: TemplateResult = await self._execute(make_template, task, [temporary])
         checksum = await self._place(temporary, relative)
@@ -707,6 +714,35 @@ class Science:
 
         await self.journal.transaction(record)
         log.info("product_built", product_id=pid, kind="template", field=spec["field"], **stats)
+
+    async def reprocess_template(self, product: journal_products.ProductRow) -> Rebuilt:
+        """Rebuild a template from its provenance into a temporary file; compare checksums; discard it.
+
+        Raises:
+            TemplateError: an input is gone or no longer fits.
+            WorkerLost: its worker died.
+        """
+        from daemon.processing.science_tasks import TemplateTask, make_template
+
+        spec = product.provenance
+        pid = product.product_id
+        incoming = await asyncio.to_thread(self._incoming)
+        tag = os.urandom(4).hex()
+        temporary = incoming / f"{pid}.reprocess-{tag}.fits.part"
+        task = TemplateTask(
+            calexp_paths=tuple(str(self.root / i["archive_path"]) for i in spec["inputs"]),
+            output_path=str(temporary),
+            template_id=pid,
+            params=_template_params(int(spec["min_visits"])),
+            provenance={"PRODID": pid, "JOBKEY": product.job_key[:32], "FIELD": spec["field"], "BAND": spec["band"]},
+            scratch_dir=str(incoming / f"{pid}.reprocess-{tag}.scratch"),
+        )
+        try:
+            await self.executor.run(make_template, task)
+            checksum, _ = await asyncio.to_thread(hash_file, temporary)
+        finally:
+            await asyncio.to_thread(temporary.unlink, missing_ok=True)
+        return Rebuilt(product_id=pid, recorded_checksum=product.checksum, checksum=checksum)
 
     def _catalogue(
         self,

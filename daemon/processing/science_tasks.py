@@ -276,6 +276,7 @@ class TemplateTask:
     template_id: str
     params: TemplateParams
     provenance: dict[str, str]
+    scratch_dir: str | None = None
 
 
 def make_template(task: TemplateTask) -> TemplateResult:
@@ -290,4 +291,5 @@ def make_template(task: TemplateTask) -> TemplateResult:
         template_id=task.template_id,
         params=task.params,
         header_cards=dict(task.provenance),
+        scratch_dir=task.scratch_dir,
     )

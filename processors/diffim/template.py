@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -104,6 +105,16 @@ def _fwhm(image: CalibratedImage, sky_subtracted: np.ndarray) -> float | None:
     return float(psf.fwhm_arcsec) if math.isfinite(psf.fwhm_arcsec) else None
 
 
+class _Scratch:
+    """A scratch directory removed with everything in it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.name, ignore_errors=True)
+
+
 def _median_of_good(data: np.ndarray, good: np.ndarray, n_good: np.ndarray) -> np.ndarray:
     """Per pixel, the median over the inputs where ``good`` (0 where none is): a sort, NaNs last."""
     ordered = np.sort(np.where(good, data, np.nan), axis=0)
@@ -122,6 +133,7 @@ def build_template(
     template_id: str,
     params: TemplateParams | None = None,
     header_cards: dict[str, str | int | float] | None = None,
+    scratch_dir: str | None = None,
 ) -> TemplateResult:
     """Stack calexps (best seeing first) into a template written to ``output_path``.
 
@@ -131,6 +143,8 @@ def build_template(
         template_id: the template's id.
         params: settings.
         header_cards: extra primary-header cards (provenance).
+        scratch_dir: where the registered planes are memory-mapped (created, and removed at the end); a
+            temporary directory beside the output by default.
 
     Returns:
         The template's figures.
@@ -144,7 +158,11 @@ def build_template(
     grid = CalibratedImage.from_fits(calexp_paths[0])
     ny, nx = grid.shape
     n = len(calexp_paths)
-    scratch = tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output_path)) or None, prefix=".tmpl-")
+    if scratch_dir is None:
+        scratch_dir = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(output_path)) or None, prefix=".tmpl-")
+    else:
+        os.makedirs(scratch_dir, exist_ok=True)
+    scratch = _Scratch(scratch_dir)
     try:
         shape = (n, ny, nx)
         images = np.lib.format.open_memmap(os.path.join(scratch.name, "i.npy"), "w+", np.float32, shape)
