@@ -25,10 +25,4 @@ __all__ = [
     "Endpoint",
     "LinkConfig",
     "Processing",
-    "Role",
-    "Route",
-    "SiteConfig",
-    "Topology",
-    "Tuning",
-    "load_topology",
-]
+    "Role", "Route", "SiteConfig", "Topology", "Tuning", "load_topology"]
