@@ -70,12 +70,9 @@ def _diff_params() -> Any:
     from processors.diffim import DiffParams
 
     return DiffParams(background_mesh_px=DIFF_BACKGROUND_MESH_PX)
-
-
 """Settings of every difference (part of the diff job's key)."""
 
 T = TypeVar("T")
-
 
 TEMPLATE_WAIT_S = 600.0
 """How long a template request waits for its jobs before answering that they still run."""
@@ -197,7 +194,7 @@ class Science:
                 continue
             if (kind, frame.instrument, frame.detector, filter_) in to_come:
                 # The scheduler wakes when that master is built (or its sequence refused): no timer here.
-                log.info("calexp_waits_for_master", obsid=frame.obsid, detector=frame.detector, master=kind)
+                log.debug("calexp_waits_for_master", obsid=frame.obsid, detector=frame.detector, master=kind)
                 return
             notes.append(
                 f"no master {kind} of {frame.detector}"
