@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import os
 import random
 import shutil
 import signal
@@ -112,9 +113,17 @@ class ChildProcess:
         return self.proc.pid if self.proc and self.proc.returncode is None else None
 
     async def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` (SIGKILL by default: nothing unsaved survives) and wait for the end."""
+        """Send ``sig`` (SIGKILL by default: nothing unsaved survives) and wait for the end.
+
+        The signal goes to the child's whole process group (it leads its own session), as systemd's
+        control-group kill does: a SIGKILLed archive's process-pool workers and forkserver go with it
+        instead of living on as orphans.
+        """
         if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(sig)
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                self.proc.send_signal(sig)
             await self.proc.wait()
 
     async def terminate(self, timeout_s: float) -> None:

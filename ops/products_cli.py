@@ -16,7 +16,7 @@ from ops import output
 from ops.output import CliError, Exit
 from ops.target import Target, resolve, target_options
 
-KINDS = ("bias", "dark", "flat")
+KINDS = ("bias", "dark", "flat", "calexp", "diff", "alerts", "template")
 
 
 def add_products_commands(subparsers: Any) -> None:
@@ -26,7 +26,7 @@ def add_products_commands(subparsers: Any) -> None:
         subparsers: ``skyrelay``'s sub-command parsers (from ``add_subparsers``).
     """
     common = [output.json_option(), target_options()]
-    products = subparsers.add_parser("products", help="the archive's master calibrations: list, show, reprocess")
+    products = subparsers.add_parser("products", help="the archive's products: list, show, reprocess")
     actions = products.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = actions.add_parser("list", help="products, newest first", parents=common)
     p.add_argument("--kind", choices=KINDS, help="only this kind")
@@ -104,8 +104,13 @@ def cmd_products_show(args: argparse.Namespace) -> int:
     for item in prov["inputs"]:
         mark = f"LEFT OUT: {reasons[item['name']]}" if item["name"] in reasons else "used"
         print(f"  {item['name']:40} {item['checksum']}  {mark}")
-    print("parameters " + json.dumps(prov["params"], sort_keys=True))
-    stats = prov["stats"]
+    print("parameters " + json.dumps(prov.get("params"), sort_keys=True))
+    stats = prov.get("stats") or prov.get("quality") or {}
+    if "amps" not in stats:  # a science product: its figures as they are
+        print("statistics " + json.dumps(stats, sort_keys=True))
+        for note in prov.get("warnings", []):
+            print(f"warning   {note}")
+        return 0
     print(f"statistics frames_used {stats['frames_used']}  mean {stats['mean']}  stdev {stats['stdev']}")
     for amp, values in stats["amps"].items():
         shown = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
@@ -150,7 +155,11 @@ def add_simulate_calibs(simulate_subparsers: Any) -> None:
     p.add_argument("--lamp-factor", type=float, default=1.0, metavar="F", help="lamp level after the change")
     p.add_argument("--interrupt-at", type=int, default=None, metavar="K", help="stop the flats after frame K-1")
     p.add_argument("--seq-start", type=int, default=1, help="first SEQNUM")
-    p.add_argument("--small", action="store_true", help="small test detectors (2 x 4 amplifiers of 32 x 64 px)")
+    p.add_argument(
+        "--small",
+        action="store_true",
+        help="the small test detector of `simulate night --small` (256 x 256 px: 2 x 4 amplifiers of 64 x 128)",
+    )
     p.add_argument("--compress", action="store_true", help="Rice tile-compressed amplifiers, as real raws are")
     p.set_defaults(func=cmd_simulate_calibs)
 
@@ -158,7 +167,8 @@ def add_simulate_calibs(simulate_subparsers: Any) -> None:
 def cmd_simulate_calibs(args: argparse.Namespace) -> int:
     """Write the sequences into the summit inbox (their ``*.truth.json`` beside them; the watcher ignores those)."""
     from ops.camera import CameraError, _inbox_from_workdir
-    from ops.simulate.calibs import DetectorSpec, write_calib_day
+    from ops.simulate.calibs import write_calib_day
+    from ops.simulate.night import SCIENCE_SMALL
 
     try:
         inbox = _inbox_from_workdir(args.workdir)
@@ -177,7 +187,7 @@ def cmd_simulate_calibs(args: argparse.Namespace) -> int:
         lamp_change_at=args.lamp_change_at,
         lamp_factor=args.lamp_factor,
         interrupt_at=args.interrupt_at,
-        spec=DetectorSpec.small() if args.small else None,
+        spec=SCIENCE_SMALL if args.small else None,
         compress=args.compress,
     )
     if args.json:

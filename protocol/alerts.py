@@ -42,7 +42,7 @@ class AlertNotice(Message):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ScienceProductNotice(Message):
-    """A science product is archived: a ``calexp`` (one visit after ISR), a ``diff`` or a visit's ``alerts``.
+    """A science product is archived: a ``calexp`` (a visit after ISR), ``diff``, a visit's ``alerts``, a ``template``.
 
     Published on ``products/<instrument>`` beside the master notices. ``visits`` names the OBSIDs it is
     made of (science then reference for a difference); ``inputs`` the products or frames it was made
@@ -53,7 +53,9 @@ class ScienceProductNotice(Message):
 
     notice_id: str = dataclasses.field(metadata=meta(pattern=ID_PATTERN, max_len=128))
     product_id: str = dataclasses.field(metadata=meta(pattern=ID_PATTERN, max_len=128))
-    kind: Literal["calexp", "diff", "alerts"] = dataclasses.field(metadata=meta(description="kind of product"))
+    kind: Literal["calexp", "diff", "alerts", "template"] = dataclasses.field(
+        metadata=meta(description="kind of product")
+    )
     instrument: str = dataclasses.field(metadata=meta(max_len=64))
     detector: str = dataclasses.field(metadata=meta(max_len=64))
     archive_path: str = dataclasses.field(metadata=meta(description="relative to archive_root", max_len=2048))

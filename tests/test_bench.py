@@ -55,3 +55,21 @@ async def test_quick_bench_reports_every_workload_beside_rsync_and_dd(tmp_path: 
 def test_measure_verify_us_reports_a_time() -> None:
     """The header micro-benchmark returns a positive number of microseconds per header."""
     assert measure_verify_us(10) > 0
+
+
+async def test_quick_processing_bench_prints_the_stage_table(tmp_path: Path) -> None:
+    """``bench processing --quick`` builds the masters, then times one small detector from raw to published alerts
+    per stage (ISR, PSF, matching, detection, cutouts, publish) with a PASS/MISS verdict, and reports detectors
+    per minute with the process pool and with Dask; the JSON has the same figures."""
+    run = await run_cli("bench", "processing", "--quick", "--json", "--workdir", str(tmp_path), timeout_s=220)
+    assert run.code == 0, run.err[-3000:]
+    science = json.loads(run.out)["science"]
+    latency = science["latency"]
+    assert set(latency["stages_s"]) == {"isr", "psf", "matching", "detection", "cutouts", "products", "publish"}
+    assert all(seconds > 0 for seconds in latency["stages_s"].values())
+    assert latency["total_s"] >= sum(latency["stages_s"].values()) * 0.99
+    assert latency["verdict"] in {"PASS", "MISS"} and latency["alerts"] > 0
+    assert science["throughput"]["process_pool_per_min"] > 0 and science["throughput"]["dask_per_min"] > 0
+    for stage in ("isr", "psf", "matching", "detection", "cutouts", "publish"):
+        assert f"\n{stage} " in run.err
+    assert "target <= 10 s" in run.err and "process pool" in run.err and "dask" in run.err

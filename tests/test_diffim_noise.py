@@ -49,3 +49,29 @@ def test_noise_rescale_is_the_correlation_of_matched_noise(noise_pair: DiffResul
     """The measured noise of the filtered difference exceeds the variance plane's by the correlation the
     convolution adds (about 1.25 for 0.8" vs 1.2"), not by more than 40 %."""
     assert 1.1 <= noise_pair.detections.noise_rescale <= 1.4
+
+
+def test_masked_sentinel_variances_do_not_leak_into_the_convolved_variance() -> None:
+    """A flat 1000 e² variance with a masked border of 1e12 sentinels, convolved with a kernel: away from the
+    border every pixel is 1000·Σk² to 0.1 % (float32 FFT rounding of the sentinels used to add thousands of e²
+    everywhere), and the sentinels stay sentinels."""
+    import numpy as np
+
+    from processors.diffim.matching import KernelSolution, convolve_variance
+
+    yy, xx = np.mgrid[-10:11, -10:11]
+    kernel = np.exp(-(xx**2 + yy**2) / (2 * 2.0**2))
+    kernel /= kernel.sum()
+    shape = (512, 512)
+    solution = KernelSolution(
+        half_px=10, sigmas_px=(2.0,), degrees=(0,), spatial_order=0, spatial_kernels=kernel[None],
+        background_coeffs=np.zeros(1), background_order=0, kernel_sum=1.0, shape=shape, n_stamps=1, n_rejected=0,
+        chi2_per_px=1.0,
+    )  # fmt: skip
+    variance = np.full(shape, 1000.0, dtype=np.float32)
+    variance[:8, :] = variance[-8:, :] = variance[:, :8] = variance[:, -8:] = 1e12
+    out = convolve_variance(variance, solution)
+    inner = out[40:-40, 40:-40]
+    expected = 1000.0 * float((kernel**2).sum())
+    assert float(np.abs(inner - expected).max()) < 1e-3 * expected
+    assert (out[:8, :] == 1e12).all()

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 from astropy.io import fits
-from conftest import DAYOBS, INSTRUMENT, MakeCluster, blake3_of, cli_ok, query_journal
+from conftest import DAYOBS, INSTRUMENT, MakeCluster, blake3_of, cli_ok, query_journal, run_cli
 
 from ops.cluster import Cluster
+from ops.output import Exit
 from ops.simulate.calibs import write_calib_day
 from ops.simulate.night import SCIENCE_SMALL, WrittenVisit, write_night
 from processors.alerts import read_alerts_avro
@@ -28,29 +29,30 @@ pytestmark = pytest.mark.timeout(240)
 DETECTOR = "R22_S11"
 
 
-async def calibrated(make_cluster: MakeCluster, **processing: Any) -> Cluster:
-    """A cluster whose archive holds a master bias and flat of the small science detector."""
+async def calibrated(make_cluster: MakeCluster, *, via_cli: bool = False, **processing: Any) -> Cluster:
+    """A cluster whose archive holds a master bias and flat of the small science detector (written by
+    ``skyrelay simulate calibs --small`` with ``via_cli``)."""
     cluster = await make_cluster(processing={"quiet_s": 30, **processing})
-    await asyncio.to_thread(
-        write_calib_day,
-        cluster.inbox,
-        instrument=INSTRUMENT,
-        detector=DETECTOR,
-        dayobs=DAYOBS,
-        spec=SCIENCE_SMALL,
-        bias=5,
-        flat=5,
-    )
+    if via_cli:
+        await cli_ok(
+            "simulate", "calibs", "--workdir", str(cluster.workdir), "--bias", "5", "--flat", "5", "--small",
+            "--instrument", INSTRUMENT, "--detector", DETECTOR, "--dayobs", DAYOBS,
+        )  # fmt: skip
+    else:
+        await asyncio.to_thread(
+            write_calib_day, cluster.inbox, instrument=INSTRUMENT, detector=DETECTOR, dayobs=DAYOBS,
+            spec=SCIENCE_SMALL, bias=5, flat=5,
+        )  # fmt: skip
     await notices(cluster, "skyrelay/v1/products/#", 2)
     return cluster
 
 
 async def night(cluster: Cluster, **options: Any) -> list[WrittenVisit]:
-    """One field's quad into the summit inbox (off the loop)."""
+    """One field's quad into the summit inbox (off the loop); ``dayobs`` is DAYOBS unless given."""
+    options.setdefault("dayobs", DAYOBS)
     return await asyncio.to_thread(
-        write_night, cluster.inbox, instrument=INSTRUMENT, detector=DETECTOR, dayobs=DAYOBS, fields=1, small=True,
-        **options,
-    )  # fmt: skip
+        write_night, cluster.inbox, instrument=INSTRUMENT, detector=DETECTOR, fields=1, small=True, **options
+    )
 
 
 async def notices(cluster: Cluster, topic: str, count: int, timeout_s: float = 150.0) -> list[dict[str, Any]]:
@@ -130,9 +132,10 @@ async def test_a_quad_gives_calexps_two_diffs_and_an_alert_at_the_transient(make
 
 
 async def test_a_lost_third_visit_pairs_2_1_and_then_4_2_at_the_chunk_end(make_cluster: MakeCluster) -> None:
-    """``simulate night --lose v3``: 2-1 is made on arrival and, only once the chunk has ended (chunk_end_s = 4 s
-    after the last visit), the lost-visit mapping's 4-2; nothing else."""
-    cluster = await calibrated(make_cluster, chunk_end_s=4)
+    """``simulate calibs --small`` then ``simulate night --lose v3 --small`` (one detector spec): 2-1 is made on
+    arrival and, only once the chunk has ended (chunk_end_s = 4 s after the last visit), the lost-visit mapping's
+    4-2; nothing else."""
+    cluster = await calibrated(make_cluster, via_cli=True, chunk_end_s=4)
     await cli_ok(
         "simulate", "night", "--workdir", str(cluster.workdir), "--fields", "1", "--lose", "v3", "--small",
         "--instrument", INSTRUMENT, "--detector", DETECTOR, "--dayobs", DAYOBS,
@@ -217,3 +220,123 @@ async def test_a_visit_in_bad_seeing_is_reported_and_paired_around(make_cluster:
     assert diff_pairs(cluster) == ["3-1", "4-3"]
     assert reasons == ["lost_v2", "regular"]
     assert len(problems) == 1 and visits[1].obsid in problems[0]["payload"]
+
+
+async def running_job(cluster: Cluster, step: str) -> str:
+    """The key of a job of ``step`` once the archive's journal shows it running."""
+    # Another process's journal announces nothing: a bounded re-read until such a job is journaled as running.
+    running: list[dict[str, Any]] = []
+    async with asyncio.timeout(150):
+        while not running:
+            await asyncio.sleep(0.01)
+            running = query_journal(
+                cluster, "archive", "SELECT job_key FROM jobs WHERE step = ? AND state = 'running'", (step,)
+            )
+    return str(running[0]["job_key"])
+
+
+@pytest.mark.timeout(480)
+async def test_a_template_of_one_night_differences_the_next_once_each_across_a_kill(make_cluster: MakeCluster) -> None:
+    """``template build`` is refused (exit 4, the archive's reason) before any visit; after a quiet night it stacks the four
+    calexps, best seeing first, into a template naming them (``products show`` too; ``products reprocess``
+    rebuilds it byte for byte), and refuses to with fewer than ``--min-visits 5``; asking again with the same
+    visits builds nothing new; the next night's four visits are each also differenced against it, once — even
+    with the archive SIGKILLed during such a difference — and the transient (visits 2 and 4 only) gives an
+    alert within 1.5 px whose referenceObsid is the template."""
+    cluster = await calibrated(make_cluster, chunk_end_s=3600)
+    workdir = str(cluster.workdir)
+    refused = await run_cli("template", "build", "--workdir", workdir, "--field", "F01", "--band", "r")
+    assert refused.code == Exit.REFUSED and "(422)" in refused.err and "no calexp of field 'F01'" in refused.err
+
+    first = await night(cluster, transient_snr=0.0)
+    await notices(cluster, "skyrelay/v1/products/#", 2 + 8)
+    built = json.loads(
+        await cli_ok(
+            "template", "build", "--workdir", workdir, "--field", "F01", "--band", "r", "--json", timeout_s=300
+        )
+    )["templates"]
+    assert [t["state"] for t in built] == ["built"]
+    template = built[0]["product"]
+    prov = template["provenance"]
+    assert template["kind"] == "template" and template["detector"] == DETECTOR
+    assert sorted(i["name"] for i in prov["inputs"]) == sorted(v.obsid for v in first)
+    fwhms = [i["fwhm_arcsec"] for i in prov["inputs"]]
+    assert fwhms == sorted(fwhms) and 0.6 < prov["seeing"]["fwhm_arcsec"] < 1.1
+    assert blake3_of(cluster.archive_root / template["archive_path"]) == template["checksum"]
+
+    shown = await cli_ok("products", "show", template["product_id"], "--workdir", workdir)
+    assert template["product_id"] in shown and all(v.obsid in shown for v in first)
+    rebuilt = json.loads(await cli_ok("products", "reprocess", template["product_id"], "--workdir", workdir, "--json"))
+    assert rebuilt["same"] and rebuilt["checksum"] == template["checksum"]
+    too_few = await run_cli(
+        "template", "build", "--workdir", workdir, "--field", "F01", "--band", "r", "--min-visits", "5"
+    )
+    assert too_few.code == Exit.REFUSED and "4 usable visit(s) of 4" in too_few.err and "at least 5" in too_few.err
+
+    again = json.loads(
+        await cli_ok(
+            "template", "build", "--workdir", workdir, "--field", "F01", "--band", "r", "--json", timeout_s=120
+        )
+    )["templates"]
+    assert [(t["state"], t["product"]["product_id"]) for t in again] == [("existing", template["product_id"])]
+
+    second = await night(cluster, dayobs="20250602", seed=1)
+    killed = await running_job(cluster, "diff_template")
+    await cluster.daemons["archive"].kill()
+    await cluster.restart_daemon("archive")
+
+    products = await notices(cluster, "skyrelay/v1/products/#", 2 + 8 + 1 + 16)
+    tdiffs = [m for m in products if m["kind"] == "diff" and m["stats"]["reason"] == "template"]
+    assert sorted(d["visits"][0] for d in tdiffs) == sorted(v.obsid for v in second)
+    calexps = {m["visits"][0]: m for m in products if m["kind"] == "calexp"}
+    for diff in tdiffs:
+        assert diff["visits"][1] == template["product_id"]
+        assert [i["product_id"] for i in diff["inputs"]] == [calexps[diff["visits"][0]]["product_id"],
+                                                             template["product_id"]]  # fmt: skip
+        assert diff["inputs"][1]["checksum"] == template["checksum"]
+    jobs = query_journal(cluster, "archive", "SELECT job_key, state, attempts FROM jobs WHERE step = 'diff_template'")
+    assert len(jobs) == 4 and all(j["state"] == "done" for j in jobs)
+    assert [j["attempts"] for j in jobs if j["job_key"] == killed] == [2]
+
+    count = sum(d["stats"]["alerts"] for d in tdiffs)
+    every = sum(m["stats"]["alerts"] for m in products if m["kind"] == "diff")
+    alerts = [
+        a for a in await notices(cluster, "skyrelay/v1/alerts/#", every) if a["visits"][1] == template["product_id"]
+    ]
+    assert len(alerts) == count and len({a["alert_id"] for a in alerts}) == count
+    logged = query_journal(cluster, "archive", "SELECT COUNT(*) AS n FROM notices WHERE notice_id LIKE 'alert-%'")
+    assert logged == [{"n": every}]
+    for visit in second:
+        mine = [a for a in alerts if a["visits"][0] == visit.obsid]
+        assert all(a["alert"]["referenceObsid"] == template["product_id"] for a in mine)
+        near = [a for a in mine if math.hypot(a["alert"]["diaSource"]["x"] - visit.transient_x_px,
+                                              a["alert"]["diaSource"]["y"] - visit.transient_y_px) < 1.5]  # fmt: skip
+        assert len(near) == (1 if visit.curindex in (2, 4) else 0), (visit.curindex, near)
+        assert all(not a["alert"]["diaSource"]["isNegative"] for a in near)
+
+    assert query_journal(cluster, "archive", "SELECT COUNT(*) AS n FROM products WHERE kind = 'template'") == [{"n": 1}]
+
+
+async def test_science_frames_arriving_with_the_calibrations_wait_for_their_flat(make_cluster: MakeCluster) -> None:
+    """The day's bias and flats and a quad dropped in together: no calexp is made before the master flat of its
+    filter is built (each names the bias and the flat), and each records that it went without a dark (the day
+    has no dark sequence)."""
+    cluster = await make_cluster(processing={"quiet_s": 30, "chunk_end_s": 3600})
+    await asyncio.to_thread(
+        write_calib_day, cluster.inbox, instrument=INSTRUMENT, detector=DETECTOR, dayobs=DAYOBS, spec=SCIENCE_SMALL,
+        bias=5, flat=5,
+    )  # fmt: skip
+    await night(cluster)
+    products = await notices(cluster, "skyrelay/v1/products/#", 2 + 4 + 4)
+    masters = {m["kind"]: m for m in products if m["kind"] in ("bias", "flat")}
+    calexps = [m for m in products if m["kind"] == "calexp"]
+    assert len(calexps) == 4 and set(masters) == {"bias", "flat"}
+    for calexp in calexps:
+        assert {masters["bias"]["product_id"], masters["flat"]["product_id"]} <= {
+            i.get("product_id") for i in calexp["inputs"]
+        }
+        assert calexp["created_at"] > masters["flat"]["created_at"]
+    rows = query_journal(cluster, "archive", "SELECT provenance FROM products WHERE kind = 'calexp'")
+    for row in rows:
+        notes = json.loads(row["provenance"])["notes"]
+        assert len(notes) == 1 and "no master dark" in notes[0]

@@ -108,3 +108,9 @@ def alert_payload(db: sqlite3.Connection, alert_id: int) -> str | None:
     """The journaled AlertNotice of one alert (its JSON, with its position), or None."""
     row = db.execute("SELECT payload FROM notices WHERE notice_id = ?", (f"alert-{alert_id}",)).fetchone()
     return str(row[0]) if row is not None else None
+
+
+def templates(db: sqlite3.Connection) -> list[ProductRow]:
+    """Every template product, newest first."""
+    rows = db.execute("SELECT * FROM products WHERE kind = 'template' ORDER BY created_at DESC").fetchall()
+    return [_product(row) for row in rows]

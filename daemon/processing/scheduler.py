@@ -75,7 +75,8 @@ class Scheduler:
             processing=processing,
             notices_wake=notices_wake,
         )
-        """Difference imaging on arrival: calexp and diff jobs."""
+        """Difference imaging on arrival: calexp, diff and template jobs."""
+        self.science.wake = self.wake
 
     async def run(self) -> None:
         """Plan and run jobs until cancelled; the executor is closed on the way out."""
@@ -261,11 +262,13 @@ class Scheduler:
 
         Raises:
             LookupError: no such product.
-            CalibError: the processor refused.
+            CalibError: the processor refused (TemplateError for a template).
             WorkerLost: its worker died.
         """
         product = await self.journal.read(journal_products.by_id, product_id)
         if product is None:
             raise LookupError(f"no product {product_id!r}")
         async with self.limiter:
+            if product.kind == "template":
+                return await self.science.reprocess_template(product)
             return await products.reprocess(product, root=self.root, executor=self.executor)

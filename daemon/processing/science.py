@@ -1,8 +1,10 @@
 """Difference imaging on arrival: science frames become calexps, quads become pairs, pairs become diffs and alerts.
 
 Per archived science frame (IMGTYPE OBJECT with GROUPID/CURINDEX/MAXINDEX) a ``calexp`` job is
-journaled once a master bias of its detector exists; it applies the newest bias, dark and flat (of the
-frame's filter) of the detector, records which, and measures the visit's PSF: a visit failing
+journaled once a master bias of its detector exists and no dark or flat (of the frame's filter) of it
+is still to come (its sequence archived, its master not yet built: the calexp waits, woken when the
+master is); it applies the newest bias, dark and flat of the detector, records which (and, in its
+``notes``, what it went without), and measures the visit's PSF: a visit failing
 ``max_fwhm_arcsec`` (or with too few PSF stars) is reported and counts as lost for pairing. As calexps
 are catalogued the quad is paired with :func:`processors.pairing.pairs_to_make` (2-1, 4-3, the
 lost-visit mapping); ``chunk_end_s`` after the quad's last arrival its absent visits are lost and the
@@ -11,14 +13,25 @@ jobs table's unique sequence index: never a pair twice). A diff job writes the d
 visit's alerts (Avro) and, in one transaction, catalogues both, journals their product notices, one
 :class:`~protocol.alerts.AlertNotice` per detection (notice id ``alert-<alertId>``) and finishes the
 job; a crash before that transaction reruns the job, which gives the same alert ids.
+
+Templates: an operator's request (:meth:`Science.request_template`, ``POST /v1/templates``) journals
+one ``template`` job per detector that has at least ``min_visits`` calexps of the field (their
+``OBJECT``) and band passing the quality cut: the best-seeing ``max_visits`` are stacked
+(:func:`processors.diffim.template.build_template`) into a ``template`` product naming its inputs.
+Once a template exists, every calexp made after it (of that field, band and detector, not one of its
+inputs) is also differenced against the newest such template: a ``diff_template`` job journaled under
+``<OBSID>/<template id>`` (made once, like a pair), whose alerts carry the template's id as
+``referenceObsid``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -35,7 +48,8 @@ from daemon.journal import products as journal_products
 from daemon.journal import science as journal_science
 from daemon.journal.connection import Journal
 from daemon.processing.executor import Executor, WorkerLost
-from daemon.processing.sequences import code_version, master_ref
+from daemon.processing.products import Rebuilt
+from daemon.processing.sequences import code_version, group_sequences, master_ref
 from daemon.report import Reporter
 from processors.calib import CalibError
 from processors.pairing import MAX_INDEX, VisitState, pairs_to_make
@@ -44,7 +58,7 @@ from protocol.alerts import AlertNotice, ScienceProductNotice
 
 log = structlog.get_logger()
 
-STEPS = ("calexp", "diff")
+STEPS = ("calexp", "diff", "template", "diff_template")
 """Job steps this module plans and runs."""
 MAX_ATTEMPTS = 3
 DIFF_BACKGROUND_MESH_PX = 64
@@ -59,6 +73,23 @@ def _diff_params() -> Any:
 """Settings of every difference (part of the diff job's key)."""
 
 T = TypeVar("T")
+
+TEMPLATE_WAIT_S = 600.0
+"""How long a template request waits for its jobs before answering that they still run."""
+
+
+class TemplateRefused(ValueError):
+    """A template cannot be built: no detector has enough usable visits of the field and band."""
+
+
+def _template_params(min_visits: int) -> Any:
+    from processors.diffim.template import TemplateParams
+
+    return TemplateParams(min_inputs=min_visits)
+
+
+def _band(filter_: object) -> str:
+    return str(filter_ or "").split("_")[0]
 
 
 def _key(identity: dict[str, Any]) -> str:
@@ -75,6 +106,17 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _ref(product: journal_products.ProductRow) -> dict[str, Any]:
+    """A calexp as a difference's input."""
+    return {
+        "product_id": product.product_id,
+        "name": product.provenance["obsid"],
+        "curindex": product.provenance["curindex"],
+        "archive_path": product.archive_path,
+        "checksum": product.checksum,
+    }
 
 
 class Science:
@@ -98,6 +140,9 @@ class Science:
         self.notices_wake = notices_wake
         self.alerts_published = asyncio.Event()
         """Set after each diff's alerts are journaled."""
+        self.wake: asyncio.Event | None = None
+        """The scheduler's wake-up (set when a template job is journaled outside the planning loop)."""
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     # ---- planning ----------------------------------------------------------------------------
 
@@ -105,12 +150,37 @@ class Science:
         """Journal calexp jobs for new frames and diff jobs for new pairs; return the next chunk end."""
         frames = await self.journal.read(journal_science.science_frames)
         calexp_jobs = await self.journal.read(journal_science.science_jobs, "calexp")
+        to_come: set[tuple[str, str, str, str | None]] | None = None
         for frame in frames:
             if frame.obsid not in calexp_jobs:
-                await self._queue_calexp(frame)
-        return await self._plan_pairs(frames)
+                if to_come is None:
+                    to_come = await self._masters_to_come()
+                await self._queue_calexp(frame, to_come)
+        deadline = await self._plan_pairs(frames)
+        await self._plan_template_diffs()
+        return deadline
 
-    async def _queue_calexp(self, frame: journal_science.ScienceFrame) -> None:
+    async def _masters_to_come(self) -> set[tuple[str, str, str, str | None]]:
+        """(kind, instrument, detector, filter for flats) of every master still to be built.
+
+        A master is to come while its calibration sequence is archived but not yet a job (not complete
+        nor quiet yet), or its job is queued or running; a refused sequence is not waited for.
+        """
+        frames = await self.journal.read(journal_jobs.calib_frames)
+        claimed = await self.journal.read(journal_jobs.claimed)
+        to_come: set[tuple[str, str, str, str | None]] = set()
+        for sequence in group_sequences(frames):
+            if (sequence.step, sequence.instrument, sequence.detector, sequence.name) not in claimed:
+                to_come.add((sequence.kind, sequence.instrument, sequence.detector, sequence.filter))
+        for job in await self.journal.read(journal_jobs.unfinished):
+            if job.step.startswith("master_"):
+                kind = job.step.removeprefix("master_")
+                to_come.add((kind, job.instrument, job.detector, job.spec.get("filter") if kind == "flat" else None))
+        return to_come
+
+    async def _queue_calexp(
+        self, frame: journal_science.ScienceFrame, to_come: set[tuple[str, str, str, str | None]]
+    ) -> None:
         bias = await self.journal.read(journal_science.newest_master, "bias", frame.instrument, frame.detector)
         if bias is None:
             return  # woken again when the detector's master bias is built
@@ -118,6 +188,19 @@ class Science:
         flat = await self.journal.read(
             journal_science.newest_master, "flat", frame.instrument, frame.detector, frame.filter
         )
+        notes: list[str] = []
+        for kind, master, filter_ in (("dark", dark, None), ("flat", flat, frame.filter)):
+            if master is not None:
+                continue
+            if (kind, frame.instrument, frame.detector, filter_) in to_come:
+                # The scheduler wakes when that master is built (or its sequence refused): no timer here.
+                log.debug("calexp_waits_for_master", obsid=frame.obsid, detector=frame.detector, master=kind)
+                return
+            notes.append(
+                f"no master {kind} of {frame.detector}"
+                + (f" in filter {filter_}" if kind == "flat" else "")
+                + f" when {frame.obsid} arrived: ISR without {kind} correction"
+            )
         spec: dict[str, Any] = {
             "step": "calexp",
             "kind": "calexp",
@@ -133,6 +216,7 @@ class Science:
             "dark": master_ref(dark),
             "flat": master_ref(flat),
             "max_fwhm_arcsec": self.processing.max_fwhm_arcsec,
+            "notes": notes,
             "code_version": code_version(),
         }
         key = _key({k: spec[k] for k in ("step", "inputs", "bias", "dark", "flat", "max_fwhm_arcsec", "code_version")})
@@ -201,18 +285,23 @@ class Science:
         science: journal_products.ProductRow,
         reference: journal_products.ProductRow,
     ) -> None:
-        def ref(product: journal_products.ProductRow) -> dict[str, Any]:
-            return {
-                "product_id": product.product_id,
-                "name": product.provenance["obsid"],
-                "curindex": product.provenance["curindex"],
-                "archive_path": product.archive_path,
-                "checksum": product.checksum,
-            }
+        sci, rf = _ref(science), _ref(reference)
+        sequence = f"{groupid}/{sci['curindex']}-{rf['curindex']}"
+        await self._journal_diff("diff", instrument, detector, groupid, reason, sci, rf, sequence)
 
-        sci, rf = ref(science), ref(reference)
+    async def _journal_diff(
+        self,
+        step: str,
+        instrument: str,
+        detector: str,
+        groupid: str,
+        reason: str,
+        sci: dict[str, Any],
+        rf: dict[str, Any],
+        sequence: str,
+    ) -> None:
         spec: dict[str, Any] = {
-            "step": "diff",
+            "step": step,
             "kind": "diff",
             "instrument": instrument,
             "detector": detector,
@@ -226,30 +315,208 @@ class Science:
         }
         key = _key(
             {
-                "step": "diff",
+                "step": step,
                 "inputs": [sci["checksum"], rf["checksum"]],
                 "params": spec["params"],
                 "code_version": spec["code_version"],
             }
         )
-        sequence = f"{groupid}/{sci['curindex']}-{rf['curindex']}"
         queued = await self.journal.write(
             journal_jobs.insert,
             job_key=key,
-            step="diff",
+            step=step,
             instrument=instrument,
             detector=detector,
             sequence=sequence,
             spec=spec,
         )
         if queued:
-            log.info("job_queued", job_key=key, step="diff", pair=sequence, reason=reason)
+            log.info("job_queued", job_key=key, step=step, pair=sequence, reason=reason)
+
+    # ---- templates ---------------------------------------------------------------------------
+
+    async def _plan_template_diffs(self) -> None:
+        """Journal a template difference for each calexp made after the newest template of its field and band."""
+        templates = await self.journal.read(journal_science.templates)
+        if not templates:
+            return
+        calexps = await self.journal.read(journal_science.calexps)
+        made = await self.journal.read(journal_science.science_jobs, "diff_template")
+        for obsid, calexp in calexps.items():
+            prov = calexp.provenance
+            if not prov["quality"]["ok"] or not prov.get("field"):
+                continue
+            band = _band(prov.get("filter"))
+            template = next(
+                (
+                    t
+                    for t in templates  # newest first
+                    if t.instrument == calexp.instrument
+                    and t.detector == calexp.detector
+                    and t.filter == band
+                    and t.provenance["field"] == prov["field"]
+                ),
+                None,
+            )
+            if template is None or calexp.created_at <= template.created_at:
+                continue
+            if obsid in {i["name"] for i in template.provenance["inputs"]}:
+                continue
+            sequence = f"{obsid}/{template.product_id}"
+            if sequence in made:
+                continue
+            rf = {
+                "product_id": template.product_id,
+                "name": template.product_id,
+                "curindex": 0,
+                "archive_path": template.archive_path,
+                "checksum": template.checksum,
+            }
+            await self._journal_diff(
+                "diff_template",
+                calexp.instrument,
+                calexp.detector,
+                str(prov["groupid"]),
+                "template",
+                _ref(calexp),
+                rf,
+                sequence,
+            )
+
+    async def request_template(
+        self, field: str, band: str, *, min_visits: int, max_visits: int
+    ) -> list[dict[str, Any]]:
+        """Journal a template job per detector with enough usable visits of ``field`` in ``band``; wait for them.
+
+        Returns:
+            Per detector: ``instrument``, ``detector``, ``state`` (``built``, ``existing``, ``failed``,
+            ``running`` when still running after :data:`TEMPLATE_WAIT_S`, ``refused``), ``reason``, and
+            the template ``product`` (with its provenance) when built.
+
+        Raises:
+            TemplateRefused: no detector has ``min_visits`` usable calexps of the field and band.
+        """
+        calexps = await self.journal.read(journal_science.calexps)
+        found: dict[tuple[str, str], list[journal_products.ProductRow]] = {}
+        for calexp in calexps.values():
+            prov = calexp.provenance
+            if prov.get("field") == field and _band(prov.get("filter")) == band:
+                found.setdefault((calexp.instrument, calexp.detector), []).append(calexp)
+        if not found:
+            raise TemplateRefused(f"no calexp of field {field!r} in band {band!r} at this archive")
+        outcomes: list[dict[str, Any]] = []
+        waiting: dict[str, tuple[dict[str, Any], asyncio.Future[None]]] = {}
+        loop = asyncio.get_running_loop()
+        for (instrument, detector), rows in sorted(found.items()):
+            usable = [r for r in rows if r.provenance["quality"]["ok"] and r.provenance["quality"]["fwhm_arcsec"]]
+            if len(usable) < min_visits:
+                outcomes.append(
+                    {
+                        "instrument": instrument,
+                        "detector": detector,
+                        "state": "refused",
+                        "reason": f"{len(usable)} usable visit(s) of {len(rows)} (the others fail the quality cut); "
+                        f"a template needs at least {min_visits}",
+                    }
+                )
+                continue
+            usable.sort(key=lambda r: (float(r.provenance["quality"]["fwhm_arcsec"]), r.provenance["obsid"]))
+            chosen = usable[:max_visits]
+            spec: dict[str, Any] = {
+                "step": "template",
+                "kind": "template",
+                "instrument": instrument,
+                "detector": detector,
+                "field": field,
+                "band": band,
+                "filter": band,
+                "inputs": [
+                    {
+                        "product_id": r.product_id,
+                        "name": r.provenance["obsid"],
+                        "archive_path": r.archive_path,
+                        "checksum": r.checksum,
+                        "fwhm_arcsec": r.provenance["quality"]["fwhm_arcsec"],
+                    }
+                    for r in chosen
+                ],
+                "candidates": len(rows),
+                "params": repr(_template_params(min_visits)),
+                "min_visits": min_visits,
+                "code_version": code_version(),
+            }
+            key = _key(
+                {
+                    "step": "template",
+                    "inputs": [i["checksum"] for i in spec["inputs"]],
+                    "params": spec["params"],
+                    "code_version": spec["code_version"],
+                }
+            )
+            entry: dict[str, Any] = {"instrument": instrument, "detector": detector, "job_key": key}
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(key, []).append(future)
+            queued = await self.journal.write(
+                journal_jobs.insert,
+                job_key=key,
+                step="template",
+                instrument=instrument,
+                detector=detector,
+                sequence=f"{field}/{band}/{key[:16]}",
+                spec=spec,
+            )
+            if queued:
+                log.info("job_queued", job_key=key, step="template", field=field, band=band, inputs=len(chosen))
+            else:
+                existing = await self.journal.read(journal_jobs.by_key, key)
+                if existing is not None and existing.state in ("done", "failed"):
+                    self._waiters[key].remove(future)
+                    entry["existing"] = True
+                    outcomes.append(entry)
+                    continue
+            waiting[key] = (entry, future)
+            outcomes.append(entry)
+        if not any("job_key" in o for o in outcomes):
+            raise TemplateRefused(
+                f"field {field!r} band {band!r}: " + "; ".join(f"{o['detector']}: {o['reason']}" for o in outcomes)
+            )
+        if self.wake is not None:
+            self.wake.set()
+        if waiting:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TEMPLATE_WAIT_S):
+                    await asyncio.gather(*(f for _, f in waiting.values()))
+        for entry in outcomes:
+            if "job_key" not in entry:
+                continue
+            job = await self.journal.read(journal_jobs.by_key, entry["job_key"])
+            assert job is not None
+            if job.state == "done" and job.product_id:
+                product = await self.journal.read(journal_products.by_id, job.product_id)
+                entry["state"] = "existing" if entry.pop("existing", False) else "built"
+                entry["product"] = product.to_dict() if product is not None else None
+            elif job.state == "failed":
+                entry.pop("existing", None)
+                entry["state"] = "failed"
+                entry["reason"] = job.error
+            else:
+                entry["state"] = "running"
+        return outcomes
 
     # ---- running -----------------------------------------------------------------------------
 
     async def run_job(self, job: journal_jobs.JobRow) -> None:
         """Run one science job to done or failed (a lost worker is retried up to :data:`MAX_ATTEMPTS`)."""
+        try:
+            await self._run_job(job)
+        finally:
+            for future in self._waiters.pop(job.job_key, []):
+                if not future.done():
+                    future.set_result(None)
+
+    async def _run_job(self, job: journal_jobs.JobRow) -> None:
         from processors.diffim import DiffimError
+        from processors.diffim.template import TemplateError
 
         while True:
             if job.attempts >= MAX_ATTEMPTS:
@@ -262,9 +529,11 @@ class Science:
             try:
                 if job.step == "calexp":
                     await self._calexp(job, attempt)
+                elif job.step == "template":
+                    await self._template(job, attempt)
                 else:
                     await self._diff(job, attempt)
-            except (CalibError, DiffimError) as exc:
+            except (CalibError, DiffimError, TemplateError) as exc:
                 await self.journal.write(journal_jobs.mark_failed, job.job_key, str(exc))
                 await self.reporter.problem("science_refused", f"{job.step} {job.sequence} ({job.detector}): {exc}")
                 return
@@ -332,7 +601,15 @@ class Science:
             "ok": outcome.ok,
             "reasons": list(outcome.reasons),
         }
-        provenance = {**spec, "job_key": job.job_key, "quality": quality, "executor": self.executor.name}
+        provenance = {
+            **spec,
+            "job_key": job.job_key,
+            "quality": quality,
+            "field": outcome.field,
+            "gains_e_per_adu": outcome.gains_e_per_adu,
+            "units": "electron" if outcome.gains_e_per_adu else "adu",
+            "executor": self.executor.name,
+        }
         notice = ScienceProductNotice(
             notice_id=f"pn-{pid}",
             product_id=pid,
@@ -370,6 +647,99 @@ class Science:
                 obsid=spec["obsid"],
                 reasons=list(outcome.reasons),
             )
+
+    async def _template(self, job: journal_jobs.JobRow, attempt: int) -> None:
+        from daemon.processing.science_tasks import TemplateTask, make_template
+        from processors.diffim.template import TemplateResult
+
+        spec = job.spec
+        pid = f"template-{job.detector}-{job.job_key[:16]}"
+        relative = f"products/template/{job.instrument}/{job.detector}/{pid}.fits"
+        incoming = await asyncio.to_thread(self._incoming)
+        temporary = incoming / f"{pid}.{attempt}.fits.part"
+        # A worker killed mid-stack leaves its memory-mapped planes: an earlier attempt's are removed first.
+        for stale in await asyncio.to_thread(lambda: list(incoming.glob(f"{pid}.*.scratch"))):
+            await asyncio.to_thread(shutil.rmtree, stale, True)
+        task = TemplateTask(
+            calexp_paths=tuple(str(self.root / i["archive_path"]) for i in spec["inputs"]),
+            output_path=str(temporary),
+            template_id=pid,
+            params=_template_params(int(spec["min_visits"])),
+            provenance={"PRODID": pid, "JOBKEY": job.job_key[:32], "FIELD": spec["field"], "BAND": spec["band"]},
+            scratch_dir=str(incoming / f"{pid}.{attempt}.scratch"),
+        )
+        outcome: TemplateResult = await self._execute(make_template, task, [temporary])
+        checksum = await self._place(temporary, relative)
+        seeing = {
+            "fwhm_arcsec": outcome.fwhm_arcsec,
+            "inputs_fwhm_arcsec": list(outcome.inputs_fwhm_arcsec),
+        }
+        stats = {
+            "n_inputs": outcome.n_inputs,
+            "fwhm_arcsec": outcome.fwhm_arcsec,
+            "weights": [round(w, 6) for w in outcome.weights],
+            "rejected_fraction": [round(r, 6) for r in outcome.rejected_fraction],
+        }
+        provenance = {
+            **spec,
+            "job_key": job.job_key,
+            "obsid": pid,
+            "seeing": seeing,
+            "midpoint_mjd_tai": outcome.midpoint_mjd_tai,
+            "stats": stats,
+            "executor": self.executor.name,
+        }
+        notice = ScienceProductNotice(
+            notice_id=f"pn-{pid}",
+            product_id=pid,
+            kind="template",
+            instrument=job.instrument,
+            detector=job.detector,
+            archive_path=relative,
+            checksum=checksum,
+            visits=tuple(i["name"] for i in spec["inputs"]),
+            inputs=tuple(
+                {"product_id": i["product_id"], "name": i["name"], "checksum": i["checksum"]} for i in spec["inputs"]
+            ),
+            stats=stats,
+            created_at=time.time(),
+        )
+
+        def record(db: sqlite3.Connection) -> None:
+            self._catalogue(db, job, pid, "template", relative, checksum, provenance, notice)
+            journal_jobs.mark_done(db, job.job_key, pid)
+
+        await self.journal.transaction(record)
+        log.info("product_built", product_id=pid, kind="template", field=spec["field"], **stats)
+
+    async def reprocess_template(self, product: journal_products.ProductRow) -> Rebuilt:
+        """Rebuild a template from its provenance into a temporary file; compare checksums; discard it.
+
+        Raises:
+            TemplateError: an input is gone or no longer fits.
+            WorkerLost: its worker died.
+        """
+        from daemon.processing.science_tasks import TemplateTask, make_template
+
+        spec = product.provenance
+        pid = product.product_id
+        incoming = await asyncio.to_thread(self._incoming)
+        tag = os.urandom(4).hex()
+        temporary = incoming / f"{pid}.reprocess-{tag}.fits.part"
+        task = TemplateTask(
+            calexp_paths=tuple(str(self.root / i["archive_path"]) for i in spec["inputs"]),
+            output_path=str(temporary),
+            template_id=pid,
+            params=_template_params(int(spec["min_visits"])),
+            provenance={"PRODID": pid, "JOBKEY": product.job_key[:32], "FIELD": spec["field"], "BAND": spec["band"]},
+            scratch_dir=str(incoming / f"{pid}.reprocess-{tag}.scratch"),
+        )
+        try:
+            await self.executor.run(make_template, task)
+            checksum, _ = await asyncio.to_thread(hash_file, temporary)
+        finally:
+            await asyncio.to_thread(temporary.unlink, missing_ok=True)
+        return Rebuilt(product_id=pid, recorded_checksum=product.checksum, checksum=checksum)
 
     def _catalogue(
         self,

@@ -1,4 +1,4 @@
-"""The science jobs' worker entry points: ISR of one visit into a calexp, and one difference into alerts.
+"""The science jobs' worker entry points: ISR of one visit into a calexp, one difference into alerts, a template.
 
 Picklable top-level functions of one small argument, run by the executor (process pool or Dask): they
 read and write files by path and return small results; the big arrays stay in the files.
@@ -7,6 +7,7 @@ read and write files by path and return small results; the big arrays stay in th
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +18,12 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from processors.alerts import AlertError, alerts_for, write_alerts_avro
 from processors.calib import MASK_SAT as ISR_SAT
-from processors.calib import isr_exposure
+from processors.calib import CalibParams, isr_exposure
+from processors.calib.isr import RawExposure
+from processors.calib.layout import AmpGeometry
 from processors.diffim import MASK_BAD, MASK_SAT, CalibratedImage, DiffParams, difference_pair, visit_quality
 from processors.diffim.psf import QualityParams
+from processors.diffim.template import TemplateParams, TemplateResult, build_template
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,11 +46,16 @@ class CalexpOutcome:
 
     obsid: str
     band: str
+    field: str
     midpoint_mjd_tai: float
     fwhm_arcsec: float | None
     n_psf_stars: int
     ok: bool
     reasons: tuple[str, ...]
+    stage_times_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Wall seconds of ``isr`` (read, ISR, write the calexp) and ``psf`` (background, PSF, quality)."""
+    gains_e_per_adu: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The amplifiers' gains from the raw's GAIN cards; empty when a card is missing (the calexp is in ADU)."""
 
 
 def _celestial_wcs(primary: fits.Header) -> fits.Header:
@@ -75,18 +84,62 @@ def _celestial_wcs(primary: fits.Header) -> fits.Header:
     return out
 
 
+def _amp_gains(raw_path: str) -> tuple[list[AmpGeometry], dict[str, float]]:
+    """The raw's amplifiers and their gains (e-/ADU) from each one's GAIN card; no gains when one lacks it."""
+    with RawExposure(raw_path) as exposure:
+        geometry = list(exposure.amps)
+        gains: dict[str, float] = {}
+        for hdu in exposure.hdul[1:]:
+            name, value = hdu.header.get("EXTNAME"), hdu.header.get("GAIN")
+            if isinstance(name, str) and isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                gains[name] = float(value)
+    if any(amp.name not in gains for amp in geometry):
+        return geometry, {}
+    return geometry, {amp.name: gains[amp.name] for amp in geometry}
+
+
+def _to_electrons(
+    image: np.ndarray, variance: np.ndarray, geometry: list[AmpGeometry], gains: dict[str, float], *, flat_applied: bool
+) -> float | None:
+    """Scale an ISR'd image (and variance) from ADU to electrons, in place; return the one gain used, if one.
+
+    A master flat made from ADU frames carries each amplifier's 1/gain, normalised to mean 1 over the
+    detector: dividing by it already evens out the amplifiers, leaving the image in units of electrons
+    times the detector's mean 1/gain, so one factor (the area-weighted harmonic mean gain) is left to
+    apply. Without a flat each amplifier is scaled by its own gain.
+    """
+    if not gains:
+        return None
+    if flat_applied:
+        areas = np.array([a.detsec.height_px * a.detsec.width_px for a in geometry], dtype=np.float64)
+        inverse = np.array([1.0 / gains[a.name] for a in geometry])
+        gain = float(areas.sum() / (areas * inverse).sum())
+        image *= np.float32(gain)
+        variance *= np.float32(gain**2)
+        return gain
+    for amp in geometry:
+        where = (amp.det_rows, amp.det_columns)
+        image[where] *= np.float32(gains[amp.name])
+        variance[where] *= np.float32(gains[amp.name] ** 2)
+    return None
+
+
 def make_calexp(task: CalexpTask) -> CalexpOutcome:
     """ISR (overscan, bias, dark, flat), assembly, mask mapping; write the calexp; measure the visit's PSF.
 
     Raises:
         CalibError: the raw cannot be read or a master does not fit it.
     """
-    isr = isr_exposure(task.raw_path, bias=task.bias_path, dark=task.dark_path, flat=task.flat_path)
+    start = time.perf_counter()
+    geometry, gains = _amp_gains(task.raw_path)
+    calib = CalibParams(gains_e_per_adu=tuple(gains.items())) if gains else None
+    isr = isr_exposure(task.raw_path, bias=task.bias_path, dark=task.dark_path, flat=task.flat_path, params=calib)
     primary = fits.getheader(task.raw_path, 0)
     mask = np.where(isr.mask != 0, MASK_BAD, 0).astype(np.uint16)
     mask[(isr.mask & ISR_SAT) != 0] = MASK_SAT
     image = np.where(np.isfinite(isr.image), isr.image, 0.0).astype(np.float32)
     variance = np.where(np.isfinite(isr.variance) & (isr.variance > 0), isr.variance, 1e12).astype(np.float32)
+    gain = _to_electrons(image, variance, geometry, gains, flat_applied=task.flat_path is not None)
     mask[~np.isfinite(isr.image)] = MASK_BAD
     if "MJD-MID" in primary:
         midpoint = float(primary["MJD-MID"])
@@ -107,20 +160,27 @@ def make_calexp(task: CalexpTask) -> CalexpOutcome:
     with fits.open(task.output_path, mode="update") as hdul:
         for key, value in task.provenance.items():
             hdul[0].header[key] = value
+        hdul[0].header["BUNIT"] = ("electron", "image in electrons, variance in electrons^2") if gains else "adu"
+        if gain is not None:
+            hdul[0].header["GAIN"] = (gain, "e-/ADU applied after the flat")
         for key in ("GROUPID", "CURINDEX", "MAXINDEX", "FILTER", "OBJECT", "INSTRUME"):
             if key in primary:
                 hdul[0].header[key] = primary[key]
+    isr_done = time.perf_counter()
     params = DiffParams(quality=QualityParams(max_fwhm_arcsec=task.max_fwhm_arcsec))
     psf, quality = visit_quality(calexp, params)
     fwhm = quality.fwhm_arcsec if psf is not None and np.isfinite(quality.fwhm_arcsec) else None
     return CalexpOutcome(
         obsid=calexp.obsid,
         band=band,
+        field=str(primary.get("OBJECT", "")),
         midpoint_mjd_tai=midpoint,
         fwhm_arcsec=fwhm,
         n_psf_stars=quality.n_psf_stars,
         ok=quality.ok,
         reasons=quality.reasons,
+        stage_times_s={"isr": isr_done - start, "psf": time.perf_counter() - isr_done},
+        gains_e_per_adu=gains,
     )
 
 
@@ -148,6 +208,8 @@ class DiffOutcome:
     flagged: bool
     convolved: str
     kernel_stamps: int
+    stage_times_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Wall seconds of ``read``, the chain's stages (:attr:`DiffResult.stage_times_s`), ``write`` and ``alerts``."""
 
 
 def make_diff(task: DiffTask) -> DiffOutcome:
@@ -156,9 +218,12 @@ def make_diff(task: DiffTask) -> DiffOutcome:
     Raises:
         DiffimError: no PSF star, or too few stars for the kernel.
     """
+    start = time.perf_counter()
     science = CalibratedImage.from_fits(task.science_path)
     reference = CalibratedImage.from_fits(task.reference_path)
+    read_s = time.perf_counter() - start
     result = difference_pair(science, reference, dataclasses.replace(task.params, keep_images=True))
+    written = time.perf_counter()
     assert result.diff_e is not None and result.variance_e2 is not None and result.mask is not None
     primary = fits.Header()
     primary["OBSID"] = result.science_obsid
@@ -177,6 +242,7 @@ def make_diff(task: DiffTask) -> DiffOutcome:
             fits.ImageHDU(result.mask, name="MASK"),
         ]
     ).writeto(task.output_path, overwrite=True)
+    alerts_start = time.perf_counter()
     try:
         alerts = alerts_for(result, time_processed_mjd_tai=task.time_processed_mjd_tai)
         flagged = False
@@ -192,4 +258,38 @@ def make_diff(task: DiffTask) -> DiffOutcome:
         flagged=flagged,
         convolved=result.convolved,
         kernel_stamps=result.kernel.n_stamps,
+        stage_times_s={
+            "read": read_s,
+            **{k: v for k, v in result.stage_times_s.items() if k != "total"},
+            "write": alerts_start - written,
+            "alerts": time.perf_counter() - alerts_start,
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TemplateTask:
+    """A stack of calexps (best seeing first) into one template file."""
+
+    calexp_paths: tuple[str, ...]
+    output_path: str
+    template_id: str
+    params: TemplateParams
+    provenance: dict[str, str]
+    scratch_dir: str | None = None
+
+
+def make_template(task: TemplateTask) -> TemplateResult:
+    """Build and write the template (:func:`processors.diffim.template.build_template`).
+
+    Raises:
+        TemplateError: too few calexps, or calexps of different detectors or bands.
+    """
+    return build_template(
+        list(task.calexp_paths),
+        task.output_path,
+        template_id=task.template_id,
+        params=task.params,
+        header_cards=dict(task.provenance),
+        scratch_dir=task.scratch_dir,
     )

@@ -578,6 +578,7 @@ def raw_from_electrons(
         header = fits.Header()
         for key, value in spec.amp_cards(amp.name).items():
             header[key] = value
+        header["GAIN"] = (amp.gain_e_per_adu, "electrons per ADU (the simulator's truth)")
         if compress:
             hdus.append(fits.CompImageHDU(data=data, header=header, compression_type="RICE_1"))
         else:

@@ -14,6 +14,7 @@ the coefficients of the spatial term P_s — one FFT convolution per spatial ter
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -380,12 +381,32 @@ def fit_kernel(
     )
 
 
+VARIANCE_SENTINEL = 1e10
+"""Variances at or above this (or NaN) mark pixels without a usable value (calexps and templates write 1e12)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _row_phases(ny: int, half: int) -> np.ndarray:
+    """exp(-2πi p a / ny) for every frequency p and kernel row offset a in -half..half (ny x (2 half + 1))."""
+    offsets = np.arange(-half, half + 1)
+    return np.asarray(np.exp(-2j * np.pi * np.outer(np.arange(ny), offsets) / ny), dtype=np.complex64)
+
+
 def _kernel_fft(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    padded = np.zeros(shape, dtype=np.float32)
+    """``rfft2`` of the kernel centred on pixel (0, 0) of a ``shape`` frame, without a full-frame transform.
+
+    The kernel has only 2h+1 non-zero rows: an ``rfft`` of those rows along x, then the transform along
+    y as a product with the (cached) row phases — half the work of ``rfft2`` on the padded frame, and
+    the same numbers to float32 rounding.
+    """
+    ny, nx = shape
     h = kernel.shape[0] // 2
-    padded[: 2 * h + 1, : 2 * h + 1] = kernel
-    padded = np.roll(padded, (-h, -h), axis=(0, 1))
-    return np.asarray(fft.rfft2(padded, workers=1))
+    rows = np.zeros((2 * h + 1, nx), dtype=np.float32)
+    rows[:, : 2 * h + 1] = kernel
+    rows = np.roll(rows, -h, axis=1)
+    along_x = fft.rfft(rows, axis=1, workers=1).astype(np.complex64)
+    spectrum: np.ndarray = _row_phases(ny, h) @ along_x
+    return spectrum
 
 
 def apply_kernel(image: FloatImage, solution: KernelSolution, *, with_background: bool = True) -> FloatImage:
@@ -419,5 +440,16 @@ def convolve_variance(variance: FloatImage, solution: KernelSolution) -> FloatIm
     """Variance of the convolved image: V ⊗ K², with the kernel of the detector centre."""
     shape = (int(variance.shape[0]), int(variance.shape[1]))
     k = solution.kernel_at((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
-    conv = fft.irfft2(fft.rfft2(variance.astype(np.float32), workers=1) * _kernel_fft(k**2, shape), s=shape, workers=1)
-    return np.asarray(np.maximum(conv, 0.0), dtype=np.float32)
+    plane = variance.astype(np.float32)
+    # Masked pixels carry sentinel variances (1e12): in a float32 FFT their rounding error (~1e-7 of the
+    # largest values) lands on every pixel, thousands of e² on a sky of ~1000. Convolve a typical value
+    # there instead and put the sentinels back: those pixels are masked, their neighbours dropped by detection.
+    sentinel = ~(plane < VARIANCE_SENTINEL)
+    if sentinel.any():
+        typical = float(np.median(plane[~sentinel])) if not sentinel.all() else 0.0
+        plane = np.where(sentinel, np.float32(typical), plane)
+    conv = fft.irfft2(fft.rfft2(plane, workers=1) * _kernel_fft(k**2, shape), s=shape, workers=1)
+    out = np.maximum(conv, 0.0).astype(np.float32)
+    if sentinel.any():
+        out = np.where(sentinel, variance.astype(np.float32), out)
+    return np.asarray(out, dtype=np.float32)
