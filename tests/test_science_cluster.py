@@ -238,8 +238,7 @@ async def running_job(cluster: Cluster, step: str) -> str:
 @pytest.mark.timeout(480)
 async def test_a_template_of_one_night_differences_the_next_once_each_across_a_kill(make_cluster: MakeCluster) -> None:
     """``template build`` is refused (exit 4, the archive's reason) before any visit; after a quiet night it stacks
-    the four
-    calexps, best seeing first, into a template naming them (``products show`` too; ``products reprocess``
+    the four calexps, best seeing first, into a template naming them (``products show`` too; ``products reprocess``
     rebuilds it byte for byte), and refuses to with fewer than ``--min-visits 5``; asking again with the same
     visits builds nothing new; the next night's four visits are each also differenced against it, once — even
     with the archive SIGKILLed during such a difference — and the transient (visits 2 and 4 only) gives an
