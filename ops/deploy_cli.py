@@ -47,6 +47,7 @@ def add_deploy_commands(sub: Any) -> None:
         "--broker-state", default="/var/lib/mosquitto-skyrelay", help="parent of the broker's persistence folder"
     )
     p.add_argument("--units-dir", help="the shipped unit files (default: the source tree's systemd/)")
+    p.add_argument("--json", action="store_true", help="print {site, out, files, install_notes} as JSON")
     p.set_defaults(func=cmd_render)
 
 
@@ -130,6 +131,19 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"skyrelay render: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
     files = sorted(p for p in out.rglob("*") if p.is_file())
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "site": args.site,
+                    "out": str(out),
+                    "files": [str(f.relative_to(out)) for f in files],
+                    "install_notes": str(rendered.install_notes),
+                },
+                indent=2,
+            )
+        )
+        return 0
     print(f"skyrelay render: {args.site}: {len(files)} file(s) under {out}; see {rendered.install_notes}")
     for file in files:
         print(f"  {file.relative_to(out)}")
