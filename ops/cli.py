@@ -632,6 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_simulate_night(simulate)
     add_alerts_commands(sub)
+
+    from ops.rehearsal import add_rehearse_commands
+
+    add_rehearse_commands(sub)
     return parser
 
 

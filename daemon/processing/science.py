@@ -106,7 +106,7 @@ class Science:
         frames = await self.journal.read(journal_science.science_frames)
         calexp_jobs = await self.journal.read(journal_science.science_jobs, "calexp")
         for frame in frames:
-            if frame.obsid not in calexp_jobs:
+            if (frame.detector, frame.obsid) not in calexp_jobs:
                 await self._queue_calexp(frame)
         return await self._plan_pairs(frames)
 
@@ -164,8 +164,8 @@ class Science:
             products: dict[int, journal_products.ProductRow] = {}
             settled = True
             for frame in members:
-                product = calexps.get(frame.obsid)
-                state = calexp_jobs.get(frame.obsid)
+                product = calexps.get((detector, frame.obsid))
+                state = calexp_jobs.get((detector, frame.obsid))
                 if product is not None:
                     ok = bool(product.provenance["quality"]["ok"])
                     visits.setdefault(frame.curindex, VisitState.OK if ok else VisitState.BAD)
@@ -182,8 +182,8 @@ class Science:
                 deadline = chunk_end if deadline is None else min(deadline, chunk_end)
             prefix = f"{groupid}/"
             done = set()
-            for sequence in diff_jobs:
-                if sequence.startswith(prefix):
+            for job_detector, sequence in diff_jobs:
+                if job_detector == detector and sequence.startswith(prefix):
                     science, reference = sequence[len(prefix) :].split("-")
                     done.add((int(science), int(reference)))
             for pair in pairs_to_make(visits, chunk_ended=chunk_ended, done=done):
