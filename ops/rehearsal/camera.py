@@ -18,7 +18,7 @@ from typing import Any
 import blake3
 from astropy.io import fits
 
-from ops.rehearsal.plan import FIELDS, SCIENCE_SEQ_START, DayPlan, Plan
+from ops.rehearsal.plan import FIELDS, DayPlan, Plan
 from ops.simulate.calibs import DetectorSpec, write_calib_sequence
 from ops.simulate.night import SCIENCE_SMALL, field_specs, write_night
 from processors.pairing import VisitState, pairs_to_make
@@ -108,7 +108,7 @@ def stage_afternoon(plan: Plan, day: DayPlan, staging: Path, truth: dict[str, An
                     frame.obsid, StagedExposure(obsid=frame.obsid, label=f"{step.kind} {frame.index}/{step.n}")
                 )
                 exposure.paths.append(path)
-        seqnum += step.n
+        seqnum += step.written
     for obsid in exposures:
         truth["exposures"][obsid] = {
             "dayobs": day.dayobs,
@@ -145,7 +145,7 @@ def stage_night(plan: Plan, day: DayPlan, staging: Path, truth: dict[str, Any]) 
             lose=night.lose,
             bad_seeing=night.bad_seeing,
             small=plan.scale == "small",
-            seq_start=SCIENCE_SEQ_START,
+            seq_start=day.science_seq_start,
             transient_snr=plan.snr_of(detector),
             seed=plan.seed * 1000 + day.number * 31 + number,
             field_list=field_list,

@@ -21,7 +21,6 @@ Scale = Literal["small", "full"]
 
 INSTRUMENT = "ComCam"
 FIRST_DAY = date(2026, 11, 28)
-SCIENCE_SEQ_START = 100
 FIELDS = ("F01", "F05", "F08", "F07", "F03", "F06")
 """The fields observed, in order: those of the night simulator's whose small (256 px) star field always gives
 enough isolated stars for a PSF (F02 and F04 are marginal: a good visit would fail the quality cut by chance)."""
@@ -39,6 +38,11 @@ class CalibStep:
     lamp_factor: float = 1.0
     interrupt_at: int | None = None
     note: str = ""
+
+    @property
+    def written(self) -> int:
+        """Frames the camera takes (an interrupted sequence stops early; the next one numbers on from there)."""
+        return self.n if self.interrupt_at is None else min(self.n, self.interrupt_at - 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +80,11 @@ class DayPlan:
     title: str
     calibs: tuple[CalibStep, ...]
     night: NightPlan
+
+    @property
+    def science_seq_start(self) -> int:
+        """SEQNUM of the night's first visit: right after the afternoon's last frame (no gap for verify)."""
+        return 1 + sum(step.written for step in self.calibs)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -201,22 +201,25 @@ class Rehearsal:
         self.corrections = self.workdir / "corrections"
         self.cluster: Cluster | None = None
         self.quarantine_log: list[dict[str, Any]] = []
-        self._staged: dict[tuple[int, str], asyncio.Task[list[StagedExposure]]] = {}
+        self._staged: dict[tuple[int, str], asyncio.Future[list[StagedExposure]]] = {}
 
-    def _stage(self, index: int, phase: str) -> asyncio.Task[list[StagedExposure]]:
-        """The camera's frames of one phase, simulated in a thread (started ahead: while the archive works)."""
+    async def _stage_all(self) -> None:
+        """The camera's frames of every phase, simulated in order in one thread, ahead of their release (while
+        the archive works on the phase before)."""
+        for day in self.plan.days:
+            for phase, fn in (("afternoon", stage_afternoon), ("night", stage_night)):
+                future = self._staged_future(day.number - 1, phase)
+                try:
+                    future.set_result(await asyncio.to_thread(fn, self.plan, day, self.staging, self.truth))
+                except Exception as exc:  # handed to the phase that needs it
+                    future.set_exception(exc)
+                    return
+
+    def _staged_future(self, index: int, phase: str) -> asyncio.Future[list[StagedExposure]]:
         key = (index, phase)
         if key not in self._staged:
-            day = self.plan.days[index]
-            fn = stage_afternoon if phase == "afternoon" else stage_night
-            self._staged[key] = asyncio.create_task(asyncio.to_thread(fn, self.plan, day, self.staging, self.truth))
+            self._staged[key] = asyncio.get_running_loop().create_future()
         return self._staged[key]
-
-    def _stage_next(self, index: int, phase: str) -> None:
-        if phase == "afternoon":
-            self._stage(index, "night")
-        elif index + 1 < len(self.plan.days):
-            self._stage(index + 1, "afternoon")
 
     def mark(self, what: str, **details: Any) -> None:
         """A step of the rehearsal on its timeline (and the progress line)."""
@@ -272,10 +275,10 @@ class Rehearsal:
                     async with asyncio.timeout(30):
                         for site in ("archive", "summit", "base"):
                             await self.recorder.ready.setdefault(site, asyncio.Event()).wait()
+                    followers.append(tg.create_task(self._stage_all(), name="rehearsal.camera"))
                     for day in self.plan.days:
                         await self.afternoon(day.number - 1)
                         await self.night(day.number - 1)
-                    self._staged.clear()
                     await self.final_verification()
                     await self.gather()
                 finally:
@@ -305,8 +308,7 @@ class Rehearsal:
     async def afternoon(self, index: int) -> None:
         """Release the day's calibration sequences; wait until every file and every master is there."""
         day = self.plan.days[index]
-        exposures = await self._stage(index, "afternoon")
-        self._stage_next(index, "afternoon")
+        exposures = await self._staged_future(index, "afternoon")
         names = [p.name for e in exposures for p in e.paths]
         sequences = [s for s in self.truth["sequences"] if s["dayobs"] == day.dayobs]
         self.mark(
@@ -334,8 +336,7 @@ class Rehearsal:
         """Release the night's visits (with the network drill on the drill night); wait for its products."""
         day = self.plan.days[index]
         night = day.night
-        exposures = await self._stage(index, "night")
-        self._stage_next(index, "night")
+        exposures = await self._staged_future(index, "night")
         names = [p.name for e in exposures for p in e.paths]
         self.mark(
             f"night {day.number} ({day.dayobs}): {night.fields} fields, {len(exposures)} visits",
