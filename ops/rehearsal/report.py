@@ -103,23 +103,18 @@ def _mark_drill(ax: Any, observed: dict[str, Any], verdict: dict[str, Any], t0: 
         )
 
 
-def _shade_phases(ax: Any, observed: dict[str, Any], t0: float) -> None:
+def _shade_phases(ax: Any, observed: dict[str, Any], t0: float, end: float) -> None:
     starts = [
         (m["at"] - t0, m.get("phase"), m.get("day"))
         for m in observed["timeline"]
         if m.get("phase") in ("afternoon", "night")
     ]
     for i, (at, phase, day) in enumerate(starts):
-        end = starts[i + 1][0] if i + 1 < len(starts) else None
+        until = starts[i + 1][0] if i + 1 < len(starts) else end
         if phase == "night":
-            ax.axvspan(at, end if end is not None else at + 1, color="#1d2330", alpha=0.05)
+            ax.axvspan(at, until, color="#1d2330", alpha=0.06)
         ax.annotate(
-            f"{'☀' if phase == 'afternoon' else '☾'} {day}",
-            (at, 1.0),
-            xycoords=("data", "axes fraction"),
-            fontsize=8,
-            color="#5a6270",
-            va="bottom",
+            f"{phase} {day}", (at, 1.0), xycoords=("data", "axes fraction"), fontsize=8, color="#5a6270", va="bottom"
         )
 
 
@@ -164,7 +159,7 @@ def transfer_plots(truth: dict[str, Any], observed: dict[str, Any], verdict: dic
             label=f"via {route}",
         )
     _mark_drill(ax, observed, verdict, t0)
-    _shade_phases(ax, observed, t0)
+    _shade_phases(ax, observed, t0, max(a["arrived_at"] for a in arrivals) - t0)
     ax.set_xlabel("seconds since the rehearsal started (archive time)")
     ax.set_ylabel("latency (s)")
     ax.set_title("Latency over time, with the network drill")
@@ -244,7 +239,8 @@ def completeness_tables(truth: dict[str, Any], observed: dict[str, Any]) -> str:
             f"quarantined, {totals['released']} released, {len(lost)} visit(s) lost"
         )
         out.append(
-            f"<details><summary>{summary}</summary><table><tr><th>exposure</th><th>what</th><th>kind</th>"
+            f"<details{' open' if totals['missing'] or totals['quarantined'] else ''}><summary>{summary}</summary>"
+            "<table><tr><th>exposure</th><th>what</th><th>kind</th>"
             "<th>expected</th><th>arrived</th><th>late</th><th>missing</th><th>quarantined</th><th>released</th></tr>"
             + "".join(body)
             + "</table></details>"
