@@ -9,6 +9,7 @@ expected and lists exactly what is missing or wrong.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -265,12 +266,43 @@ def _by_chance(calexp: dict[str, Any]) -> bool:
     return stats.get("ok") is False and list(stats.get("reasons") or []) == ["psf_stars"]
 
 
-def expected_pairs(truth: dict[str, Any], products: list[dict[str, Any]]) -> dict[tuple[str, str], list[list[Any]]]:
+_REFUSED = re.compile(r"^diff (?P<group>\S+)/(?P<sci>\d+)-(?P<ref>\d+) \((?P<detector>[^)]+)\): (?P<why>.*)$", re.S)
+_TOO_FEW_STARS = "usable stars to fit the matching kernel"
+
+
+def refused_pairs(reports: list[dict[str, Any]]) -> dict[tuple[str, str, int, int], str]:
+    """(GROUPID, detector, science, reference) → why, of every difference the archive refused for want of
+    stars to match the PSFs (a small detector's crowded field can leave too few)."""
+    out = {}
+    for report in reports:
+        if report.get("kind") != "science_refused":
+            continue
+        match = _REFUSED.match(str(report.get("text") or ""))
+        if match and _TOO_FEW_STARS in match["why"]:
+            out[(match["group"], match["detector"], int(match["sci"]), int(match["ref"]))] = match["why"]
+    return out
+
+
+def _drop_refused(
+    pairs: dict[tuple[str, str], list[list[Any]]], refused: dict[tuple[str, str, int, int], str]
+) -> dict[tuple[str, str], list[list[Any]]]:
+    if not refused:
+        return pairs
+    return {
+        key: [p for p in value if (key[0], key[1], int(p[0]), int(p[1])) not in refused] for key, value in pairs.items()
+    }
+
+
+def expected_pairs(
+    truth: dict[str, Any], products: list[dict[str, Any]], reports: list[dict[str, Any]] | None = None
+) -> dict[tuple[str, str], list[list[Any]]]:
     """(GROUPID, detector) → the pairs the quad rules give: from the truth (lost, missing and bad-seeing
-    visits), and counting as lost a good visit the archive rejected by chance (:func:`_by_chance`)."""
+    visits), counting as lost a good visit the archive rejected by chance (:func:`_by_chance`), and without
+    the differences refused for too few stars to match the PSFs (:func:`refused_pairs`)."""
+    refused = refused_pairs(reports or [])
     chance = {(p["visits"][0], p["detector"]) for p in products if p.get("kind") == "calexp" and _by_chance(p)}
     if not chance:
-        return {(e["group_id"], e["detector"]): e["pairs"] for e in truth["pairs"]}
+        return _drop_refused({(e["group_id"], e["detector"]): e["pairs"] for e in truth["pairs"]}, refused)
     states: dict[tuple[str, str], dict[int, VisitState]] = defaultdict(dict)
     for visit in truth["visits"].values():
         key = (visit["group_id"], visit["detector"])
@@ -280,17 +312,20 @@ def expected_pairs(truth: dict[str, Any], products: list[dict[str, Any]]) -> dic
             states[key][visit["curindex"]] = VisitState.BAD if bad else VisitState.OK
     for entry in truth["pairs"]:
         states.setdefault((entry["group_id"], entry["detector"]), {})
-    return {
-        key: sorted([p.science, p.reference, p.reason] for p in pairs_to_make(s, chunk_ended=True))
-        for key, s in states.items()
-    }
+    return _drop_refused(
+        {
+            key: sorted([p.science, p.reference, p.reason] for p in pairs_to_make(s, chunk_ended=True))
+            for key, s in states.items()
+        },
+        refused,
+    )
 
 
 def check_diffs(truth: dict[str, Any], observed: dict[str, Any]) -> Check:
     """Exactly the pairs the quad rules give for what arrived (regular, lost-visit mapping, desperate)."""
     made = pairs_made(truth, observed)
     products = _products(observed, ("calexp",))
-    expected = expected_pairs(truth, products)
+    expected = expected_pairs(truth, products, observed.get("reports"))
     problems: list[str] = []
     for key, pairs in sorted(expected.items()):
         want = sorted(tuple(p) for p in pairs)
@@ -300,11 +335,12 @@ def check_diffs(truth: dict[str, Any], observed: dict[str, Any]) -> Check:
     problems += [f"{k[0]} {k[1]}: pairs {v} never expected" for k, v in made.items() if k not in expected]
     n = sum(len(p) for p in expected.values())
     planned = sum(len(e["pairs"]) for e in truth["pairs"])
-    warnings = (
-        [f"{planned - n} difference(s) fewer than planned: visits rejected by chance (see calexps)"]
-        if n != planned
-        else []
-    )
+    refused = refused_pairs(observed.get("reports") or [])
+    warnings = [
+        f"{g} {d}: difference {s}-{r} refused by the archive: {why}" for (g, d, s, r), why in sorted(refused.items())
+    ]
+    if n != planned:
+        warnings.append(f"{planned - n} difference(s) fewer than planned: visits rejected by chance, or refused")
     return Check(
         "diffs",
         not problems,

@@ -221,6 +221,11 @@ class Rehearsal:
             self._staged[key] = asyncio.get_running_loop().create_future()
         return self._staged[key]
 
+    @property
+    def _slowness(self) -> float:
+        """How much longer than at small scale the archive may take (full 4k x 4k detectors: 64 x the pixels)."""
+        return 1.0 if self.plan.scale == "small" else 40.0
+
     def mark(self, what: str, **details: Any) -> None:
         """A step of the rehearsal on its timeline (and the progress line)."""
         self.timeline.append({"at": time.time(), "what": what, **details})
@@ -328,7 +333,7 @@ class Rehearsal:
         def settled() -> bool:
             return self._arrived(names)() and len(self._products_of(day.dayobs, MASTER_KINDS)) >= len(sequences)
 
-        ok = await self.recorder.until(settled, 120 + 2 * len(names), tick)
+        ok = await self.recorder.until(settled, (120 + 2 * len(names)) * self._slowness, tick)
         tick()
         self.mark(f"day {day.number} afternoon {'done' if ok else 'NOT SETTLED (timed out)'}", day=day.number)
 
@@ -352,7 +357,7 @@ class Rehearsal:
         expected_calexps = sum(1 for n in names if self.truth["files"][n]["kind"] == "object")
 
         def expected_diffs() -> int:
-            pairs = expected_pairs(self.truth, list(self.recorder.products.values()))
+            pairs = expected_pairs(self.truth, list(self.recorder.products.values()), self.recorder.reports)
             return sum(len(p) for (group, _), p in pairs.items() if group.startswith(day.dayobs + "_"))
 
         def counts() -> tuple[int, int, int]:
@@ -373,7 +378,7 @@ class Rehearsal:
             want = (len(names), expected_calexps, expected_diffs())
             return all(a >= b for a, b in zip(counts(), want, strict=True))
 
-        ok = await self.recorder.until(settled, 240 + 3 * len(names) + self.plan.chunk_end_s, tick)
+        ok = await self.recorder.until(settled, (240 + 3 * len(names)) * self._slowness + self.plan.chunk_end_s, tick)
         tick()
         if fixer is not None:
             await fixer
