@@ -20,7 +20,7 @@ import numpy as np
 from astropy.io import fits
 from matplotlib.figure import Figure
 
-from ops.rehearsal.checks import pairs_made
+from ops.rehearsal.checks import expected_pairs, pairs_made
 
 ROUTE_COLOURS = {"primary": "#2a7ab9", "direct": "#e08a1e"}
 DRILL_MARKS = (
@@ -113,9 +113,8 @@ def _shade_phases(ax: Any, observed: dict[str, Any], t0: float, end: float) -> N
         until = starts[i + 1][0] if i + 1 < len(starts) else end
         if phase == "night":
             ax.axvspan(at, until, color="#1d2330", alpha=0.06)
-        ax.annotate(
-            f"{phase} {day}", (at, 1.0), xycoords=("data", "axes fraction"), fontsize=8, color="#5a6270", va="bottom"
-        )
+        label, height = (f"day {day}", 1.0) if phase == "afternoon" else (f"night {day}", 0.94)
+        ax.annotate(label, (at, height), xycoords=("data", "axes fraction"), fontsize=8, color="#5a6270", va="bottom")
 
 
 def transfer_plots(truth: dict[str, Any], observed: dict[str, Any], verdict: dict[str, Any]) -> str:
@@ -335,20 +334,26 @@ def masters_section(truth: dict[str, Any], observed: dict[str, Any]) -> str:
                 f"<tr><td>{_esc(item.get('name'))}</td><td>{product['kind']}</td><td>{_esc(item.get('reason'))}</td></tr>"
             )
     problems = [r for r in observed["reports"] if r.get("kind") in ("sequence_incomplete", "frames_left_out")]
-    notes = "".join(f"<li>{_esc(r['kind'])}: {_esc(r['text'])}</li>" for r in problems[:12])
+    notes = "".join(f"<li>{_esc(r['kind'])}: {_esc(r['text'])}</li>" for r in problems[:60])
     return (
         f"<h3>Masters of {detector}, in the order they were made</h3><div class=thumbs>{''.join(thumbs)}</div>"
         "<h3>Every sequence (per detector: masters made, frames used, left out)</h3>"
         "<table><tr><th>dayobs</th><th>kind</th>"
         "<th>note</th><th>planned</th><th>written</th><th>masters</th><th>frames used</th><th>left out</th>"
-        "<th>read noise (ADU)</th></tr>" + "".join(rows) + "</table>"
-        f"<h3>Frames left out ({len(left)})</h3>"
+        "<th>read noise (ADU)</th></tr>"
+        + "".join(rows)
+        + "</table>"
         + (
-            "<table><tr><th>frame</th><th>master</th><th>reason</th></tr>" + "".join(left[:60]) + "</table>"
+            f"<details><summary>Frames left out ({len(left)})</summary>"
+            "<table><tr><th>frame</th><th>master</th><th>reason</th></tr>" + "".join(left[:200]) + "</table></details>"
             if left
-            else "<p>none</p>"
+            else "<p>Frames left out: none</p>"
         )
-        + (f"<h3>What the archive reported</h3><ul>{notes}</ul>" if notes else "")
+        + (
+            f"<details><summary>What the archive reported ({len(problems)})</summary><ul>{notes}</ul></details>"
+            if notes
+            else ""
+        )
     )
 
 
@@ -398,8 +403,15 @@ def science_section(truth: dict[str, Any], observed: dict[str, Any], verdict: di
         ax.set_title("Detections against the injected truth")
         out.append(_png(fig, "completeness by SNR"))
     made = pairs_made(truth, observed)
-    expected = {(p["group_id"], p["detector"]): p["pairs"] for p in truth["pairs"]}
-    groups: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: {"made": Counter(), "expected": Counter()})
+    calexps = [n["message"] for n in observed["notices"] if n["message"].get("kind") == "calexp"]
+    expected = expected_pairs(truth, calexps, observed.get("reports"))
+    planned = {(p["group_id"], p["detector"]): p["pairs"] for p in truth["pairs"]}
+    groups: dict[str, dict[str, Counter[str]]] = defaultdict(
+        lambda: {"made": Counter(), "expected": Counter(), "planned": Counter()}
+    )
+    for (group, _detector), pairs in planned.items():
+        for sci, ref, reason in pairs:
+            groups[group]["planned"][f"{sci}-{ref} {reason}"] += 1
     for (group, _detector), pairs in made.items():
         for sci, ref, reason in pairs:
             groups[group]["made"][f"{sci}-{ref} {reason}"] += 1
@@ -409,16 +421,19 @@ def science_section(truth: dict[str, Any], observed: dict[str, Any], verdict: di
     rows = []
     for group in sorted(groups):
         m, e = groups[group]["made"], groups[group]["expected"]
+        short = groups[group]["planned"] - e
         cls = "" if m == e else "fail"
         describe = ", ".join(f"{k} x{v}" for k, v in sorted(m.items())) or "none"
         special = any("lost" in k or "desperate" in k for k in e)
         rows.append(
             f"<tr class='{cls if cls else ('warn' if special else '')}'><td>{_esc(group)}</td><td>{_esc(describe)}</td>"
-            f"<td>{'as expected' if m == e else _esc(', '.join(f'{k} x{v}' for k, v in sorted(e.items())))}</td></tr>"
+            f"<td>{'as expected' if m == e else _esc(', '.join(f'{k} x{v}' for k, v in sorted(e.items())))}</td>"
+            f"<td>{_esc(', '.join(f'{k} x{v}' for k, v in sorted(short.items())) or '-')}</td></tr>"
         )
     out.append(
         "<h3>Pairs made per quad (counts over detectors; lost-visit pairs highlighted)</h3><table><tr><th>quad</th>"
-        "<th>differences made</th><th>against the rules</th></tr>" + "".join(rows) + "</table>"
+        "<th>differences made</th><th>against the rules</th><th>not made: visit rejected by chance or too few stars "
+        "to match PSFs</th></tr>" + "".join(rows) + "</table>"
     )
     matches = {str(m["alert_id"]): m for m in verdict["matches"] if m["alert_id"] is not None}
     cutouts = []
@@ -508,7 +523,8 @@ def timeline_section(truth: dict[str, Any], observed: dict[str, Any]) -> str:
 
 def _verdict_html(verdict: dict[str, Any]) -> str:
     warnings = [w for c in verdict["checks"] for w in c.get("warnings", [])]
-    noted = ("<ul>" + "".join(f"<li>note: {_esc(w)}</li>" for w in warnings[:10]) + "</ul>") if warnings else ""
+    more = f"<li>and {len(warnings) - 3} more notes (see the checks below)</li>" if len(warnings) > 3 else ""
+    noted = ("<ul>" + "".join(f"<li>note: {_esc(w)}</li>" for w in warnings[:3]) + more + "</ul>") if warnings else ""
     if verdict["ok"]:
         return (
             "<div class='verdict good'>✔ All good: every file archived exactly once with its checksum, every "
