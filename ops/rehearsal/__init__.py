@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -189,19 +190,22 @@ def rehearse_main(args: argparse.Namespace) -> int:
 
 def _print(args: argparse.Namespace, verdict: dict[str, Any], numbers: dict[str, Any], workdir: Path) -> int:
     report = workdir / "report.html"
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": verdict["ok"],
-                    "checks": verdict["checks"],
-                    "figures": numbers,
-                    "completeness_by_snr": verdict["completeness_by_snr"],
-                    "report": str(report),
-                },
-                indent=2,
-            )
+    text = (
+        json.dumps(
+            {
+                "ok": verdict["ok"],
+                "checks": verdict["checks"],
+                "figures": numbers,
+                "completeness_by_snr": verdict["completeness_by_snr"],
+                "report": str(report),
+            },
+            indent=2,
         )
-    else:
-        print(_summary_text(verdict, numbers, report))
+        if args.json
+        else _summary_text(verdict, numbers, report)
+    )
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `skyrelay rehearse | head`: the reader left; the exit status still tells
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK if verdict["ok"] else EXIT_VERDICT
