@@ -903,10 +903,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate_night(simulate_commands)
     add_alerts_commands(sub)
     from ops.deploy_cli import add_deploy_commands
+    from ops.rehearsal import add_rehearse_commands
     from ops.template_cli import add_template_commands
 
     add_deploy_commands(sub)
     add_template_commands(sub)
+    add_rehearse_commands(sub)
     return output.finish_parser(parser)
 
 

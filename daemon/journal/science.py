@@ -89,19 +89,24 @@ def newest_master(
     return _product(row) if row is not None else None
 
 
-def calexps(db: sqlite3.Connection) -> dict[str, ProductRow]:
-    """Every calexp product, by the OBSID of its visit."""
+def calexps(db: sqlite3.Connection) -> dict[tuple[str, str], ProductRow]:
+    """Every calexp product, by the detector and OBSID of its visit (an exposure has one per detector)."""
     rows = db.execute("SELECT * FROM products WHERE kind = 'calexp' ORDER BY created_at").fetchall()
-    out: dict[str, ProductRow] = {}
+    out: dict[tuple[str, str], ProductRow] = {}
     for row in rows:
         product = _product(row)
-        out[str(product.provenance["obsid"])] = product
+        out[(product.detector, str(product.provenance["obsid"]))] = product
     return out
 
 
-def science_jobs(db: sqlite3.Connection, step: str) -> dict[str, str]:
-    """Sequence → state of every journaled job of one science step (``calexp`` or ``diff``)."""
-    return {r["sequence"]: r["state"] for r in db.execute("SELECT sequence, state FROM jobs WHERE step = ?", (step,))}
+def science_jobs(db: sqlite3.Connection, step: str) -> dict[tuple[str, str], str]:
+    """(detector, sequence) → state of every journaled job of one science step (``calexp`` or ``diff``).
+
+    Work is per detector: the jobs of one exposure (calexp) or one quad's pair (diff) on different
+    detectors share their sequence.
+    """
+    rows = db.execute("SELECT detector, sequence, state FROM jobs WHERE step = ?", (step,))
+    return {(r["detector"], r["sequence"]): r["state"] for r in rows}
 
 
 def alert_payload(db: sqlite3.Connection, alert_id: int) -> str | None:

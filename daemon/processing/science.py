@@ -152,7 +152,7 @@ class Science:
         calexp_jobs = await self.journal.read(journal_science.science_jobs, "calexp")
         to_come: set[tuple[str, str, str, str | None]] | None = None
         for frame in frames:
-            if frame.obsid not in calexp_jobs:
+            if (frame.detector, frame.obsid) not in calexp_jobs:
                 if to_come is None:
                     to_come = await self._masters_to_come()
                 await self._queue_calexp(frame, to_come)
@@ -248,8 +248,8 @@ class Science:
             products: dict[int, journal_products.ProductRow] = {}
             settled = True
             for frame in members:
-                product = calexps.get(frame.obsid)
-                state = calexp_jobs.get(frame.obsid)
+                product = calexps.get((detector, frame.obsid))
+                state = calexp_jobs.get((detector, frame.obsid))
                 if product is not None:
                     ok = bool(product.provenance["quality"]["ok"])
                     visits.setdefault(frame.curindex, VisitState.OK if ok else VisitState.BAD)
@@ -266,8 +266,8 @@ class Science:
                 deadline = chunk_end if deadline is None else min(deadline, chunk_end)
             prefix = f"{groupid}/"
             done = set()
-            for sequence in diff_jobs:
-                if sequence.startswith(prefix):
+            for job_detector, sequence in diff_jobs:
+                if job_detector == detector and sequence.startswith(prefix):
                     science, reference = sequence[len(prefix) :].split("-")
                     done.add((int(science), int(reference)))
             for pair in pairs_to_make(visits, chunk_ended=chunk_ended, done=done):
@@ -342,7 +342,7 @@ class Science:
             return
         calexps = await self.journal.read(journal_science.calexps)
         made = await self.journal.read(journal_science.science_jobs, "diff_template")
-        for obsid, calexp in calexps.items():
+        for (_, obsid), calexp in calexps.items():
             prov = calexp.provenance
             if not prov["quality"]["ok"] or not prov.get("field"):
                 continue
@@ -363,7 +363,7 @@ class Science:
             if obsid in {i["name"] for i in template.provenance["inputs"]}:
                 continue
             sequence = f"{obsid}/{template.product_id}"
-            if sequence in made:
+            if (calexp.detector, sequence) in made:
                 continue
             rf = {
                 "product_id": template.product_id,

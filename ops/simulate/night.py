@@ -89,6 +89,7 @@ def write_night(
     seq_start: int = 100,
     transient_snr: float = 20.0,
     seed: int = 0,
+    field_list: Sequence[FieldSpec] | None = None,
 ) -> list[WrittenVisit]:
     """Write one quad per field into ``inbox`` (temporary name, fsync, rename), with truth files.
 
@@ -104,6 +105,7 @@ def write_night(
         seq_start: sequence number of the first visit (after the day's calibrations).
         transient_snr: difference SNR of each field's transient.
         seed: noise seed.
+        field_list: the fields to observe instead of :func:`field_specs` (``fields`` is then ignored).
 
     Returns:
         The visits written, in observing order.
@@ -112,7 +114,7 @@ def write_night(
     shape = spec.detector_shape_px
     truth = detector_truth(spec, instrument, detector)
     response = true_flat(spec, truth.flat_seed).astype(np.float64)
-    specs = field_specs(fields, small=small)
+    specs = list(field_list) if field_list is not None else field_specs(fields, small=small)
     probe = build_primary_header(instrument, dayobs=dayobs, seqnum=seq_start, detector=detector)
     camera_code = str(probe["OBSID"]).split("_")[0]
     injections = {fs.name: [_transient(fs, shape, transient_snr, seed)] for fs in specs}
