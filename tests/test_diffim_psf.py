@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,38 @@ def test_visit_quality_on_arrival() -> None:
         to_calibrated(simulate_visit(blank, VisitSpec(index=1), shape=SHAPE), obsid="y"), DiffParams()
     )
     assert none is None and not bad.ok and "psf_stars" in bad.reasons
+
+
+def test_a_calexp_file_carries_its_psf_and_a_difference_uses_it(tmp_path: Path) -> None:
+    """A calexp written with its PSF reads back with the same PSF and peak count; a difference of two such
+    files gives exactly the sources and kernel of one that measures both PSFs itself."""
+    import dataclasses
+
+    from ops.simulate.sky import to_calibrated
+    from processors.diffim import DiffParams, difference_pair, visit_quality
+    from processors.diffim.calexp import CalibratedImage
+
+    params = DiffParams()
+    written = []
+    for index, seeing, dither in ((1, 0.8, (0.0, 0.0)), (2, 1.1, (2.5, -3.0))):
+        visit = VisitSpec(index=index, seeing_fwhm_arcsec=seeing, dither_arcsec=dither, mjd_tai=61000.0 + index / 100)
+        image = to_calibrated(simulate_visit(FIELD, visit, shape=SHAPE), obsid=f"MC_O_20260114_00000{index}")
+        psf, quality = visit_quality(image, params)
+        path = tmp_path / f"{index}.fits"
+        dataclasses.replace(image, psf=psf, n_peaks=quality.n_sources).to_fits(str(path), {"GROUPID": "g"})
+        written.append((image, psf, quality, path))
+    for _image, psf, quality, path in written:
+        back = CalibratedImage.from_fits(str(path))
+        assert back.psf is not None and psf is not None
+        assert back.psf.sigma_px == psf.sigma_px and back.psf.n_stars == psf.n_stars
+        assert np.array_equal(back.psf.stamp, psf.stamp) and back.n_peaks == quality.n_sources
+    (sci, _, _, sci_path), (ref, _, _, ref_path) = written[1], written[0]
+    measured = difference_pair(sci, ref, params)
+    carried = difference_pair(
+        CalibratedImage.from_fits(str(sci_path)), CalibratedImage.from_fits(str(ref_path)), params
+    )
+    assert carried.science_psf.sigma_px == measured.science_psf.sigma_px
+    assert carried.reference_quality == measured.reference_quality
+    assert [(s.x_px, s.y_px) for s in carried.detections.sources] == [
+        (s.x_px, s.y_px) for s in measured.detections.sources
+    ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +56,7 @@ class CalibratedImage:
         midpoint_mjd_tai: exposure midpoint, MJD in TAI.
         pixel_scale_arcsec: pixel scale, used to report FWHM in arcsec.
         psf: the visit's PSF when already measured (measured by the chain when None).
+        n_peaks: the 5-sigma peaks found when ``psf`` was measured (the quality cut's source count).
         extra: free-form identity the caller wants carried along (GROUPID, CURINDEX...).
     """
 
@@ -68,6 +70,7 @@ class CalibratedImage:
     midpoint_mjd_tai: float
     pixel_scale_arcsec: float = 0.2
     psf: PsfModel | None = None
+    n_peaks: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,14 +96,29 @@ class CalibratedImage:
 
         Returns:
             The image, with identity read from the primary header (OBSID, FILTER or BAND, MJD-MID or
-            MJD-OBS + EXPTIME/2).
+            MJD-OBS + EXPTIME/2), and the visit's PSF when the file carries one (a ``PSF`` extension).
         """
+        from processors.diffim.psf import PsfModel
+
+        psf: PsfModel | None = None
+        n_peaks: int | None = None
         with fits.open(path, memmap=False) as hdul:
             primary = hdul[0].header
             image = np.asarray(hdul["IMAGE"].data, dtype=np.float32)
             variance = np.asarray(hdul["VARIANCE"].data, dtype=np.float32)
             mask = np.asarray(hdul["MASK"].data).astype(np.uint16)
             wcs_header = hdul["IMAGE"].header.copy()
+            if "PSF" in hdul:
+                card = hdul["PSF"].header
+                psf = PsfModel(
+                    sigma_px=float(card["SIGMAPX"]),
+                    fwhm_px=float(card["FWHMPX"]),
+                    fwhm_arcsec=float(card["FWHMAS"]),
+                    n_stars=int(card["NSTARS"]),
+                    stamp=np.asarray(hdul["PSF"].data, dtype=np.float32),
+                    gaussian_flux_ratio=float(card["GFRATIO"]),
+                )
+                n_peaks = int(card["NPEAKS"]) if "NPEAKS" in card else None
         det = detector or primary.get("DETECTOR")
         if det is None and primary.get("RAFTBAY") and primary.get("CCDSLOT"):
             det = f"{primary['RAFTBAY']}_{primary['CCDSLOT']}"
@@ -118,21 +136,35 @@ class CalibratedImage:
             detector=str(det),
             band=str(band),
             midpoint_mjd_tai=mjd,
+            psf=psf,
+            n_peaks=n_peaks,
         )
 
-    def to_fits(self, path: str) -> None:
-        """Write the image as a calexp: empty primary with identity, IMAGE (with WCS), VARIANCE, MASK."""
+    def to_fits(self, path: str, primary_cards: Mapping[str, Any] | None = None) -> None:
+        """Write the image as a calexp, in one pass: a primary with identity (and ``primary_cards``), IMAGE
+        (with WCS), VARIANCE, MASK, and PSF (its stamp and figures) when the PSF is known, so that a
+        difference need not measure it again."""
         primary = fits.Header()
         primary["OBSID"] = self.obsid
         primary["DETECTOR"] = self.detector
         primary["BAND"] = self.band
         primary["MJD-MID"] = self.midpoint_mjd_tai
-        hdul = fits.HDUList(
-            [
-                fits.PrimaryHDU(header=primary),
-                fits.ImageHDU(self.image_e, header=self.wcs_header, name="IMAGE"),
-                fits.ImageHDU(self.variance_e2, name="VARIANCE"),
-                fits.ImageHDU(self.mask, name="MASK"),
-            ]
-        )
-        hdul.writeto(path, overwrite=True)
+        for key, value in (primary_cards or {}).items():
+            primary[key] = value
+        hdus: list[fits.PrimaryHDU | fits.ImageHDU] = [
+            fits.PrimaryHDU(header=primary),
+            fits.ImageHDU(self.image_e, header=self.wcs_header, name="IMAGE"),
+            fits.ImageHDU(self.variance_e2, name="VARIANCE"),
+            fits.ImageHDU(self.mask, name="MASK"),
+        ]
+        if self.psf is not None:
+            card = fits.Header()
+            card["SIGMAPX"] = (self.psf.sigma_px, "sigma of the best-fitting Gaussian, px")
+            card["FWHMPX"] = (self.psf.fwhm_px, "FWHM, px")
+            card["FWHMAS"] = (self.psf.fwhm_arcsec, "FWHM, arcsec")
+            card["NSTARS"] = (self.psf.n_stars, "stars the PSF rests on")
+            card["GFRATIO"] = (self.psf.gaussian_flux_ratio, "Gaussian-weighted flux per unit flux")
+            if self.n_peaks is not None:
+                card["NPEAKS"] = (self.n_peaks, "5-sigma peaks found with the PSF")
+            hdus.append(fits.ImageHDU(self.psf.stamp, header=card, name="PSF"))
+        fits.HDUList(hdus).writeto(path, overwrite=True)

@@ -148,7 +148,13 @@ def difference_pair(science: CalibratedImage, reference: CalibratedImage, params
     del sci_bg, ref_bg  # a 4k detector holds ~40 planes of 64 MB along the chain: free what is done
     clock.lap("background")
     sci_peaks = find_peaks(sci, science.variance_e2, science.mask)
-    ref_peaks = find_peaks(ref, reference.variance_e2, reference.mask)
+    # A calexp carries the PSF measured on arrival (and its peak count): only the science's peaks are needed
+    # again here, for the kernel's stars.
+    ref_peaks = (
+        find_peaks(ref, reference.variance_e2, reference.mask)
+        if reference.psf is None or reference.n_peaks is None
+        else None
+    )
     try:
         sci_psf = science.psf or measure_psf(
             sci,
@@ -164,12 +170,14 @@ def difference_pair(science: CalibratedImage, reference: CalibratedImage, params
             reference.mask,
             pixel_scale_arcsec=reference.pixel_scale_arcsec,
             saturation_e=params.saturation_e,
-            peaks=ref_peaks,
+            peaks=ref_peaks if ref_peaks is not None else find_peaks(ref, reference.variance_e2, reference.mask),
         )
     except ValueError as exc:
         raise DiffimError(f"{science.obsid} - {reference.obsid} {science.detector}: PSF: {exc}") from exc
     sci_quality = assess_quality(sci_psf, len(sci_peaks), params.quality)
-    ref_quality = assess_quality(ref_psf, len(ref_peaks), params.quality)
+    ref_quality = assess_quality(
+        ref_psf, len(ref_peaks) if ref_peaks is not None else int(reference.n_peaks or 0), params.quality
+    )
     clock.lap("psf")
     reg = register_to(
         science.wcs_header, science.shape, ref, reference.variance_e2, reference.mask, reference.wcs_header
