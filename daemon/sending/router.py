@@ -72,6 +72,9 @@ class Held:
 
 HELD_ERROR = "no usable route"
 
+STARTUP_SETTLE_S = 30.0
+"""After start-up, a route connecting for the first time and taking over new files is settling, not a change."""
+
 
 class Router:
     """Chooses and changes routes for the summit's files."""
@@ -100,6 +103,9 @@ class Router:
         self._down: dict[str, str] = {}
         """Routes seen down since they were last healthy, and why (for route_down / route_up events)."""
         self._seen_healthy: set[str] = set()
+        self._taken: set[str] = set()
+        """Routes that have been the route in use since start-up."""
+        self._started = time.monotonic()
 
     # ---- bookkeeping -----------------------------------------------------------------------
 
@@ -277,17 +283,36 @@ class Router:
             )
 
     def choose(self) -> Route | None:
-        """The route for a new file (and an event when the choice changes)."""
-        route = self.routes.choose()
-        if route is not None and route.name != self.routes.current:
-            previous, self.routes.current = self.routes.current, route.name
-            if previous is not None:
-                self._event_soon(
-                    "route_changed",
-                    f"new files now take {route.name} (was {previous})",
-                    route=route.name,
-                    previous=previous,
-                )
+        """The route for a new file (and one ``route_changed`` event per real change of the route in use).
+
+        The route in use changes only to a route files can be sent on now: while nothing is usable the
+        table's fallback (the preferred route, where held files are journaled) is not a change, so files
+        that wait do not make the choice flap. The start-up's settling is not a change either: the first
+        route taken, and a preferred route that connects for the first time shortly after start-up
+        (within ``STARTUP_SETTLE_S``) taking over from the one that happened to connect first.
+        """
+        now = time.monotonic()
+        route = self.routes.choose(now)
+        if route is None or route.name == self.routes.current or not self.routes.usable(route, now):
+            return route
+        previous, self.routes.current = self.routes.current, route.name
+        first_spell = route.name not in self._taken
+        self._taken.add(route.name)
+        settling = (
+            first_spell
+            and now - self._started < STARTUP_SETTLE_S
+            and not self.routes.has_failed(route)
+            and not any(r.name == previous and self.routes.has_failed(r) for r in self.routes.routes)
+        )
+        if previous is None or settling:
+            log.info("route_chosen", route=route.name, previous=previous, startup=True)
+            return route
+        self._event_soon(
+            "route_changed",
+            f"new files now take {route.name} (was {previous})",
+            route=route.name,
+            previous=previous,
+        )
         return route
 
     def _event_soon(self, kind: str, message: str, **details: Any) -> None:
