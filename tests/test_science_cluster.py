@@ -122,7 +122,7 @@ async def test_a_quad_gives_calexps_two_diffs_and_an_alert_at_the_transient(make
         )  # fmt: skip
         assert distance < 1.5
     out = await cli_ok("alerts", "show", str(alerts[0]["alert_id"]), "--workdir", str(cluster.workdir), "--out",
-                       str(cluster.workdir / "pngs"))  # fmt: skip
+                       str(cluster.workdir / "pngs"), "--json")  # fmt: skip
     shown = json.loads(out)
     assert shown["alert"]["alertId"] == alerts[0]["alert_id"]
     heads = [await asyncio.to_thread(Path(path).read_bytes) for path in shown["pngs"]]
