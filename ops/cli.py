@@ -349,6 +349,10 @@ def cmd_routes(args: argparse.Namespace) -> int:
             }
             for a, b in itertools.pairwise(sites)
         ]
+        # The route as a whole: the summit's own judgement, and no hop further on judged down by its site.
+        down = [f"{h['from']}->{h['to']}" for h in route["hops"] if h["healthy"] is False]
+        route["end_to_end_healthy"] = bool(route["healthy"]) and not down
+        route["down_at"] = down
     if args.json:
         output.emit_json(routes if outcome is None else {**outcome, "routes": routes})
         return Exit.OK
@@ -373,7 +377,9 @@ def cmd_routes(args: argparse.Namespace) -> int:
                 route["name"],
                 " -> ".join(route["sites"]),
                 output.styled(route["policy"], None if route["policy"] == "auto" else "yellow"),
-                output.state(route["healthy"], "healthy", "DOWN"),
+                output.state(route["end_to_end_healthy"], "healthy", f"DOWN at {', '.join(route['down_at'])}")
+                if route["down_at"]
+                else output.state(route["healthy"], "healthy", "DOWN"),
                 ev.get("queued", 0),
                 hops,
                 evidence,

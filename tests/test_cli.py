@@ -207,7 +207,8 @@ async def test_status_with_one_site_frozen_shows_the_others_and_names_it(
     make_cluster: MakeCluster, subscribe: Subscribe
 ) -> None:
     """With the archive stopped by SIGSTOP, status still shows summit and base, says the archive is
-    unreachable, and exits 6; ``routes`` shows the base's hop to the archive DOWN, as the page does."""
+    unreachable, and exits 6; ``routes`` shows the base's hop to the archive DOWN, as the page does, and the
+    primary route DOWN at that hop (not "healthy", whatever the summit counts)."""
     cluster = await make_cluster()
     archive = cluster.daemons["archive"].proc
     assert archive is not None
@@ -221,6 +222,7 @@ async def test_status_with_one_site_frozen_shows_the_others_and_names_it(
         # The archive's last will reaches the base's broker once its keepalive lapses.
         await presence.wait_for(lambda ms: any((m.data or {}).get("state") == "offline" for m in ms), timeout_s=30)
         routes = json.loads(await cli_ok("routes", "--workdir", str(cluster.workdir), "--json", timeout_s=30))
+        routes_table = await cli_ok("routes", "--workdir", str(cluster.workdir), timeout_s=30)
     finally:
         archive.send_signal(signal.SIGCONT)
     assert table.code == as_json.code == Exit.UNREACHABLE, (table, as_json)
@@ -234,6 +236,10 @@ async def test_status_with_one_site_frozen_shows_the_others_and_names_it(
     primary = next(r for r in routes if r["name"] == "primary")
     hop = next(h for h in primary["hops"] if h["from"] == "base")
     assert hop["to"] == "archive" and hop["healthy"] is False and "archive is offline" in hop["reason"], primary
+    # The route as a whole is not called healthy while a hop of it is down (the summit may still count it up).
+    assert primary["end_to_end_healthy"] is False and primary["down_at"] == ["base->archive"], primary
+    row = next(line for line in routes_table.splitlines() if " primary " in f" {line} ")
+    assert "DOWN at base->archive" in row and " healthy " not in row, routes_table
 
 
 PRODUCT = {
