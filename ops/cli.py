@@ -193,6 +193,11 @@ def _ask_every_site(target: Target, path: str, timeout_s: float) -> dict[str, An
     return answers
 
 
+FILE_STATE_WORDS = {"held": "awaiting custody"}
+"""Journal file states as ``status`` words them: a ``held`` file is kept here until the archive's custody
+comes back (not "held for want of a route", which ``queue`` shows as ``held``)."""
+
+
 def _pairs(mapping: Any) -> str:
     """``{'archived': 9, 'held': 1}`` as ``archived 9, held 1`` (``-`` when empty)."""
     if not isinstance(mapping, dict) or not mapping:
@@ -246,7 +251,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 _age(st.get("uptime_s")),
                 links,
                 st.get("pending", 0),
-                _pairs(st.get("files")),
+                _pairs({FILE_STATE_WORDS.get(k, k): v for k, v in (st.get("files") or {}).items()}),
                 output.styled(_pairs(problems), "yellow" if problems else None),
             )
         )
