@@ -542,7 +542,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if in_flight is not None and in_flight.get("files"):
         oldest = in_flight.get("oldest_age_s")
         output.say(
-            f"in flight: {in_flight['files']} file(s) registered at the summit, not yet archived"
+            f"in flight: {in_flight['files']} file(s) registered at the summit whose custody has not reached it yet"
             + (f" ({in_flight['held']} held for want of a usable route)" if in_flight.get("held") else "")
             + (f", the oldest {oldest:.0f}s ago" if oldest is not None else "")
         )
