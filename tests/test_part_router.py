@@ -39,7 +39,7 @@ from daemon.counters import SiteCounters
 from daemon.journal import FileRow, Journal
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
-from daemon.sending.router import Router
+from daemon.sending.router import HELD_REPORT_GRACE_S, Router
 from daemon.sending.routes import RouteTable
 from daemon.sending.sender import Outgoing, Sender
 from protocol import topics
@@ -300,3 +300,30 @@ async def test_start_up_settling_and_a_spell_with_nothing_healthy_announce_no_ro
         assert len(s.events.of_kind("route_up")) == 3  # direct's flaps were seen
         changes = [e["details"] for e in s.events.of_kind("route_changed")]
         assert changes == [{"route": "direct", "previous": "primary"}], changes
+
+
+async def test_a_file_held_while_the_links_first_connect_is_no_problem(tmp_path: Path) -> None:
+    """Started with no link up yet (a restart), a file held at once is offered when a link connects within the
+    start-up grace, and no no_route problem is reported for it."""
+    async with summit(tmp_path, up={"base": False, "archive": False}) as s:
+        transfer, row = await hold_file(s.journal, s.inbox, name="AT_O_20261201_000009_R00_S00.fits", data=b"x" * 64,
+                                        route=PRIMARY)  # fmt: skip
+        assert not s.router.admit(transfer, row)
+        s.link("base", True)
+        await s.events.wait_for(has_kind("held_offered"), timeout_s=10)
+        await s.reporter.problem("test_end", "everything before this is published")
+        await s.problems.wait_for(has_kind("test_end"), timeout_s=10)
+        assert s.problems.of_kind("no_route") == []
+        assert s.offers() == [("primary", "base")]
+
+
+async def test_a_file_still_held_after_the_start_up_grace_is_reported_by_the_routers_timer(tmp_path: Path) -> None:
+    """Started with no link up and none coming: the held file is reported as no_route once the start-up grace
+    has passed, by the router's own timer (nothing else wakes it)."""
+    async with summit(tmp_path, up={"base": False, "archive": False}) as s:
+        transfer, row = await hold_file(s.journal, s.inbox, name="AT_O_20261201_000010_R00_S00.fits", data=b"y" * 64,
+                                        route=PRIMARY)  # fmt: skip
+        assert not s.router.admit(transfer, row)
+        await s.problems.wait_for(has_kind("no_route"), timeout_s=HELD_REPORT_GRACE_S + 10)
+        (reported,) = s.problems.of_kind("no_route")
+        assert reported["details"]["files"] == 1 and row.name in reported["details"]["examples"]

@@ -72,6 +72,9 @@ class Held:
 
 HELD_ERROR = "no usable route"
 
+HELD_REPORT_GRACE_S = 5.0
+"""Files held before any route was healthy since start-up are reported only after this (links connect first)."""
+
 STARTUP_SETTLE_S = 30.0
 """After start-up, a route connecting for the first time and taking over new files is settling, not a change."""
 
@@ -106,6 +109,8 @@ class Router:
         self._taken: set[str] = set()
         """Routes that have been the route in use since start-up."""
         self._started = time.monotonic()
+        self._report_held_at: float | None = None
+        """When held files are reported if still held: the end of the start-up grace."""
 
     # ---- bookkeeping -----------------------------------------------------------------------
 
@@ -235,11 +240,16 @@ class Router:
 
     async def _release_held(self, now: float) -> None:
         """Offer every held file on the usable route, if there is one now; report a new spell of holding."""
+        self._report_held_at = None
         if not self.held:
             self._held_reported = False
             return
         route = self.usable_route(now)
         if route is None:
+            if not self._seen_healthy and now < self._started + HELD_REPORT_GRACE_S:
+                # Just started, links still connecting: not yet a problem (a timer looks again).
+                self._report_held_at = self._started + HELD_REPORT_GRACE_S
+                return
             if not self._held_reported:
                 self._held_reported = True
                 why = {r.name: self._why(r, now) for r in self.routes.routes}
@@ -336,7 +346,8 @@ class Router:
             await self._rescue_stranded(time.monotonic())
             next_deadline = await self._overdue()
             now = time.monotonic()
-            wake_at = [t for t in (next_deadline, self.routes.next_change_at(now)) if t is not None]
+            timers = (next_deadline, self.routes.next_change_at(now), self._report_held_at)
+            wake_at = [t for t in timers if t is not None]
             timeout = max(0.05, min(wake_at) - now) if wake_at else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
