@@ -109,6 +109,7 @@ async def test_a_refused_route_command_exits_4_with_the_summits_reason(make_clus
     assert applied.code == 0, applied.err
     answer = json.loads(applied.out)
     assert answer["applied"] is True and answer["policy"] == {"primary": "auto", "direct": "force"}
+    assert answer["message"] == "operator: routes force direct", answer  # the account named once
     assert [r["policy"] for r in answer["routes"]] == ["auto", "force"]
 
 

@@ -541,7 +541,8 @@ class Router:
             reason = f"operator command refused: {exc}"
             await self.reporter.problem("stale_control", reason, control_id=command.control_id)
             return ControlOutcome(applied=False, reason=reason, policy=self.routes.policy.as_dict())
-        message = f"operator {command.issued_by}: routes {command.command} {command.route or ''}".strip()
+        who = command.issued_by if command.issued_by.startswith("operator") else f"operator {command.issued_by}"
+        message = f"{who}: routes {command.command} {command.route or ''}".strip()
         await self.reporter.event(
             "route_policy",
             message,
