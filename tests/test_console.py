@@ -195,6 +195,10 @@ async def test_the_archive_page_shows_arrivals_a_cut_and_its_restore_live_and_ke
         reason = await page.text_content("#verdict-reason") or ""
         assert "1 file(s) held at summit: no usable route" in reason, reason
         assert "held" in (await page.text_content("#queues") or "")
+        # The sites table words the summit's own copy as kept until custody returns, not as "held".
+        await page.wait_for_function(
+            "document.getElementById('sites').textContent.includes('awaiting custody')", timeout=SEEN_S
+        )
         await page.wait_for_selector('#timeline tr[data-kind="no_route"]', timeout=SEEN_S)
         await page.screenshot(path=str(screens / "console-summit-both-routes-cut.png"), full_page=True)
         await link.set_mode("up")
