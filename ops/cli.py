@@ -454,6 +454,10 @@ def observing_day(moment: datetime.datetime | None = None) -> str:
     return (when.astimezone(datetime.UTC) - datetime.timedelta(hours=12)).strftime("%Y%m%d")
 
 
+VERIFY_TIMEOUT_S = 30.0
+"""How long ``verify`` waits for the archive by default (a large day takes it a moment)."""
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Completeness of one observing day, and what the summit still has in flight.
 
@@ -472,7 +476,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"skyrelay verify: dayobs {dayobs}, the current observing day (the date at UTC-12h); "
             "--dayobs YYYYMMDD for another"
         )
-    report = target.request_json(f"{http}/v1/verify?dayobs={urllib.parse.quote(dayobs)}", timeout_s=30)
+    report = target.request_json(f"{http}/v1/verify?dayobs={urllib.parse.quote(dayobs)}", timeout_s=args.timeout)
     report["dayobs_is_current"] = current
     timeout_s = (target.topology.tuning if target.topology is not None else Tuning()).end_to_end_timeout_s
     summit = target.http[target.summit]
@@ -854,6 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
         "5 the archive has no data for that day. In-flight files that are not overdue do not fail verify.",
     )
     p.add_argument("--dayobs", default=None, help="YYYYMMDD (default: the current observing day, the date at UTC-12h)")
+    p.add_argument(
+        "--timeout", type=float, default=VERIFY_TIMEOUT_S, help="seconds to wait for the archive (exit 6 after)"
+    )
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(

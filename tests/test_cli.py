@@ -209,16 +209,18 @@ async def test_status_with_one_site_frozen_shows_the_others_and_names_it(
 ) -> None:
     """With the archive stopped by SIGSTOP, status still shows summit and base, says the archive is
     unreachable, and exits 6; ``routes`` shows the base's hop to the archive DOWN, as the page does, and the
-    primary route DOWN at that hop (not "healthy", whatever the summit counts)."""
+    primary route DOWN at that hop (not "healthy", whatever the summit counts); ``verify --timeout 2`` gives up
+    on the archive after 2 s with exit 6."""
     cluster = await make_cluster()
     archive = cluster.daemons["archive"].proc
     assert archive is not None
     presence = await subscribe(cluster, "base", "skyrelay/v1/presence/archive")
     archive.send_signal(signal.SIGSTOP)
     try:
-        table, as_json = await asyncio.gather(
+        table, as_json, verify = await asyncio.gather(
             run_cli("status", "--workdir", str(cluster.workdir), "--timeout", "2", timeout_s=30),
             run_cli("status", "--workdir", str(cluster.workdir), "--timeout", "2", "--json", timeout_s=30),
+            run_cli("verify", "--workdir", str(cluster.workdir), "--timeout", "2", timeout_s=30),
         )
         # The archive's last will reaches the base's broker once its keepalive lapses.
         await presence.wait_for(lambda ms: any((m.data or {}).get("state") == "offline" for m in ms), timeout_s=30)
@@ -227,6 +229,7 @@ async def test_status_with_one_site_frozen_shows_the_others_and_names_it(
     finally:
         archive.send_signal(signal.SIGCONT)
     assert table.code == as_json.code == Exit.UNREACHABLE, (table, as_json)
+    assert verify.code == Exit.UNREACHABLE and "no answer within 2s" in verify.err, verify  # not 30 s of silence
     rows = {line.split()[0]: line for line in table.out.splitlines() if line.strip()}
     assert "summit" in rows["summit"] and "relay" in rows["base"], table.out
     assert "UNREACHABLE" in rows["archive"], table.out
