@@ -101,6 +101,7 @@ class Mailbox:
         self._latest_own: bytes | None = None
         self._peer_presence_at: dict[str, float] = {}
         self._leaving = False
+        self._started_at = time.time()
         self.local_ready = asyncio.Event()
         self._listeners: list[PeerListener] = []
         # A link that comes back should be noticed within seconds, whatever the delivery backoff is.
@@ -236,12 +237,26 @@ class Mailbox:
         latest = self._latest_own
         if latest is None or payload == latest or self._leaving:
             return  # (after goodbye our offline presence stands)
-        if payload not in self._own_presences:
+        if payload in self._own_presences:
+            pass  # an earlier publish of this run, coming back
+        elif self._from_earlier_run(payload):
+            # Our previous incarnation's last will (or presence) that the broker hands over after a crash
+            # or a restart: ours, not a problem; the current one is put back all the same.
+            log.info("own_earlier_presence_replaced", payload_bytes=len(payload))
+        else:
             log.warning("own_presence_replaced", payload_bytes=len(payload))
             if self._on_rejected is not None:
                 reason = "our retained presence was replaced; ours is put back"
                 await self._on_rejected(topics.presence(self.site), reason, payload, "presence_replaced")
         await self.publish_local(topics.presence(self.site), latest, retain=True)
+
+    def _from_earlier_run(self, payload: bytes) -> bool:
+        """Whether ``payload`` is a presence this site signed before this run started (its last run's)."""
+        try:
+            presence = Presence.from_json(self.trust.open_presence(self.site, payload).body)
+        except (ProtocolError, SignatureError):
+            return False
+        return presence.site == self.site and presence.at < self._started_at
 
     async def _on_presence(self, peer: str, payload: object) -> None:
         if not isinstance(payload, bytes):

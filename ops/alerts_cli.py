@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ def add_alerts_commands(subparsers: Any) -> None:
     )
     p = alerts.add_parser(
         "show",
-        help="print an alert as JSON (always) and write its cutouts as PNG; exit 5 when there is no such alert",
+        help="print an alert (a table, or with --json the packet without cutouts) and write its cutouts as PNG; "
+        "exit 5 when there is no such alert",
         parents=[output.json_option(), target_options()],
     )
     p.add_argument("alert_id", type=int, help="alertId (= diaSourceId)")
@@ -104,6 +104,33 @@ def cmd_alerts_show(args: argparse.Namespace) -> int:
         raise CliError(f"no alert {args.alert_id} in the archive's notice log", Exit.NO_DATA)
     paths = write_cutout_pngs(notice, args.out)
     summary = {key: value for key, value in notice.alert.items() if not key.startswith("cutout")}
-    print(json.dumps({"alert": summary, "visits": list(notice.visits), "position": notice.position,
-                      "pngs": [str(p) for p in paths]}))  # fmt: skip
-    return 0
+    if args.json:
+        output.emit_json(
+            {
+                "alert": summary,
+                "visits": list(notice.visits),
+                "position": notice.position,
+                "pngs": [str(p) for p in paths],
+            }
+        )
+        return Exit.OK
+    source = summary.get("diaSource") or {}
+    rows: list[tuple[str, object]] = [
+        ("alert", notice.alert_id),
+        ("instrument", f"{notice.instrument} {notice.detector}"),
+        ("visits", " - ".join(notice.visits) + "  (science - reference)"),
+        ("difference", notice.diff_product_id),
+        ("notice log", notice.position if notice.position is not None else ""),
+    ]
+    rows += [(key, _cell(source[key])) for key in SOURCE_FIELDS if key in source]
+    rows += [("png", str(path)) for path in paths]
+    output.table(["field", "value"], rows, title=f"alert {notice.alert_id}")
+    return Exit.OK
+
+
+SOURCE_FIELDS = ("visit", "midpointMjdTai", "ra", "dec", "x", "y", "psfFlux", "psfFluxErr", "snr")
+"""The diaSource fields shown in the text form (``--json`` has them all)."""
+
+
+def _cell(value: object) -> object:
+    return f"{value:.6g}" if isinstance(value, float) else value

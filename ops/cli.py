@@ -193,6 +193,11 @@ def _ask_every_site(target: Target, path: str, timeout_s: float) -> dict[str, An
     return answers
 
 
+FILE_STATE_WORDS = {"held": "awaiting custody"}
+"""Journal file states as ``status`` words them: a ``held`` file is kept here until the archive's custody
+comes back (not "held for want of a route", which ``queue`` shows as ``held``)."""
+
+
 def _pairs(mapping: Any) -> str:
     """``{'archived': 9, 'held': 1}`` as ``archived 9, held 1`` (``-`` when empty)."""
     if not isinstance(mapping, dict) or not mapping:
@@ -246,7 +251,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 _age(st.get("uptime_s")),
                 links,
                 st.get("pending", 0),
-                _pairs(st.get("files")),
+                _pairs({FILE_STATE_WORDS.get(k, k): v for k, v in (st.get("files") or {}).items()}),
                 output.styled(_pairs(problems), "yellow" if problems else None),
             )
         )
@@ -349,6 +354,10 @@ def cmd_routes(args: argparse.Namespace) -> int:
             }
             for a, b in itertools.pairwise(sites)
         ]
+        # The route as a whole: the summit's own judgement, and no hop further on judged down by its site.
+        down = [f"{h['from']}->{h['to']}" for h in route["hops"] if h["healthy"] is False]
+        route["end_to_end_healthy"] = bool(route["healthy"]) and not down
+        route["down_at"] = down
     if args.json:
         output.emit_json(routes if outcome is None else {**outcome, "routes": routes})
         return Exit.OK
@@ -373,7 +382,9 @@ def cmd_routes(args: argparse.Namespace) -> int:
                 route["name"],
                 " -> ".join(route["sites"]),
                 output.styled(route["policy"], None if route["policy"] == "auto" else "yellow"),
-                output.state(route["healthy"], "healthy", "DOWN"),
+                output.state(route["end_to_end_healthy"], "healthy", f"DOWN at {', '.join(route['down_at'])}")
+                if route["down_at"]
+                else output.state(route["healthy"], "healthy", "DOWN"),
                 ev.get("queued", 0),
                 hops,
                 evidence,
@@ -443,6 +454,10 @@ def observing_day(moment: datetime.datetime | None = None) -> str:
     return (when.astimezone(datetime.UTC) - datetime.timedelta(hours=12)).strftime("%Y%m%d")
 
 
+VERIFY_TIMEOUT_S = 30.0
+"""How long ``verify`` waits for the archive by default (a large day takes it a moment)."""
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Completeness of one observing day, and what the summit still has in flight.
 
@@ -461,7 +476,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"skyrelay verify: dayobs {dayobs}, the current observing day (the date at UTC-12h); "
             "--dayobs YYYYMMDD for another"
         )
-    report = target.request_json(f"{http}/v1/verify?dayobs={urllib.parse.quote(dayobs)}", timeout_s=30)
+    report = target.request_json(f"{http}/v1/verify?dayobs={urllib.parse.quote(dayobs)}", timeout_s=args.timeout)
     report["dayobs_is_current"] = current
     timeout_s = (target.topology.tuning if target.topology is not None else Tuning()).end_to_end_timeout_s
     summit = target.http[target.summit]
@@ -531,7 +546,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if in_flight is not None and in_flight.get("files"):
         oldest = in_flight.get("oldest_age_s")
         output.say(
-            f"in flight: {in_flight['files']} file(s) registered at the summit, not yet archived"
+            f"in flight: {in_flight['files']} file(s) registered at the summit whose custody has not reached it yet"
             + (f" ({in_flight['held']} held for want of a usable route)" if in_flight.get("held") else "")
             + (f", the oldest {oldest:.0f}s ago" if oldest is not None else "")
         )
@@ -843,6 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
         "5 the archive has no data for that day. In-flight files that are not overdue do not fail verify.",
     )
     p.add_argument("--dayobs", default=None, help="YYYYMMDD (default: the current observing day, the date at UTC-12h)")
+    p.add_argument(
+        "--timeout", type=float, default=VERIFY_TIMEOUT_S, help="seconds to wait for the archive (exit 6 after)"
+    )
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(

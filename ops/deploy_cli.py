@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from ops import output
 
 EXIT_PROBLEMS = 2
 
@@ -17,6 +17,7 @@ def add_deploy_commands(sub: Any) -> None:
     """Register ``check`` and ``render`` on the ``skyrelay`` subcommands."""
     p = sub.add_parser(
         "check",
+        parents=[output.json_option()],
         help="validate a topology for deployment: every problem at once (exit 2 when there is any)",
         description="Load the topology as the daemons do and list every problem at once, then check what a "
         "deployment needs: no two listeners on one address and, for each --site (the sites on this host), its "
@@ -26,11 +27,11 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument(
         "--site", action="append", default=[], help="a site installed on this host: check its files too (repeatable)"
     )
-    p.add_argument("--json", action="store_true", help="print {ok, problems} as JSON")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
         "render",
+        parents=[output.json_option()],
         help="write one site's mosquitto config, broker files, unit drop-ins and install notes from the topology",
         description="Write under OUT, laid out like the host's /, what the host of SITE needs: "
         "etc/skyrelay/mosquitto-SITE.conf, the broker's ACL (and with --secrets its password file, the daemon's "
@@ -69,7 +70,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         problems += deployment_problems(topology, args.site)
     if args.json:
-        print(json.dumps({"topology": str(path), "ok": not problems, "problems": problems}, indent=2))
+        output.emit_json({"topology": str(path), "ok": not problems, "problems": problems})
     elif problems:
         print(f"skyrelay check: {path}: {len(problems)} problem(s)")
         for problem in problems:
@@ -113,8 +114,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     try:
         topology = load_topology(args.topology, check_dirs=False)
     except TopologyError as exc:
-        print(f"skyrelay render: {exc}", file=sys.stderr)
-        return EXIT_PROBLEMS
+        raise output.CliError(str(exc), EXIT_PROBLEMS) from None
     out = Path(args.out)
     try:
         rendered = render(
@@ -128,20 +128,16 @@ def cmd_render(args: argparse.Namespace) -> int:
             units_dir=Path(args.units_dir) if args.units_dir else None,
         )
     except (RenderError, AccountsError) as exc:
-        print(f"skyrelay render: {exc}", file=sys.stderr)
-        return EXIT_PROBLEMS
+        raise output.CliError(str(exc), EXIT_PROBLEMS) from None
     files = sorted(p for p in out.rglob("*") if p.is_file())
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "site": args.site,
-                    "out": str(out),
-                    "files": [str(f.relative_to(out)) for f in files],
-                    "install_notes": str(rendered.install_notes),
-                },
-                indent=2,
-            )
+        output.emit_json(
+            {
+                "site": args.site,
+                "out": str(out),
+                "install_notes": str(rendered.install_notes),
+                "files": [str(file.relative_to(out)) for file in files],
+            }
         )
         return 0
     print(f"skyrelay render: {args.site}: {len(files)} file(s) under {out}; see {rendered.install_notes}")

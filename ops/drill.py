@@ -145,7 +145,8 @@ def drill_main(args: argparse.Namespace) -> int:
     if as_json:
         output.emit_json({"link": name, "before": old, "now": reply["state"]})
     else:
-        output.say(f"{name}: {old} -> {_describe(reply['state'])}")
+        shown = name if args.link == name else f"{args.link} (link {name})"  # as the operator typed it
+        output.say(f"{shown}: {old} -> {_describe(reply['state'])}")
     return 0
 
 

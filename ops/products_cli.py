@@ -82,56 +82,110 @@ def cmd_products_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utc(at: float | None) -> str:
+    if at is None:
+        return ""
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def cmd_products_show(args: argparse.Namespace) -> int:
-    """Print one product with its provenance."""
+    """Print one product with its provenance: what it is, what it was made from and how, its statistics."""
     target, http = _archive(args)
     product = _request(target, urllib.request.Request(f"{http}/v1/products/{args.product_id}"), 30)
     if args.json:
         output.emit_json(product)
-        return 0
+        return Exit.OK
+    show_product(product)
+    return Exit.OK
+
+
+def show_product(product: dict[str, Any]) -> None:
+    """The text form of ``products show``: one table per part, in the CLI's conventions (see ops/output.py)."""
     prov = product["provenance"]
-    print(f"product   {product['product_id']} ({product['kind']}, {product['instrument']} {product['detector']})")
-    print(f"file      {product['archive_path']}")
-    print(f"checksum  {product['checksum']}")
-    print(f"code      {prov['code_version']}   executor {prov.get('executor')}   job {prov['job_key'][:16]}")
-    for kind in ("bias", "dark"):
-        if prov.get(kind):
-            print(f"{kind:9} {prov[kind]['product_id']} {prov[kind]['checksum']}")
-    for note in prov.get("notes", []):
-        print(f"note      {note}")
+    expired = product.get("expired")
+    fields: list[tuple[str, object]] = [
+        ("kind", f"{product['kind']}, {product['instrument']} {product['detector']}"),
+        ("filter", product.get("filter") or ""),
+        ("created (UTC)", _utc(product.get("created_at"))),
+        ("file", product["archive_path"]),
+        ("checksum", product["checksum"]),
+        ("code", prov.get("code_version") or ""),
+        ("executor", prov.get("executor") or ""),
+        ("job", str(prov.get("job_key") or "")[:16]),
+    ]
+    if expired:
+        fields.append(
+            (
+                "expired",
+                output.styled(f"file deleted {_utc(expired.get('at'))} UTC (row and provenance stay)", "yellow"),
+            )
+        )
+    fields += [
+        (kind, f"{prov[kind]['product_id']} {prov[kind]['checksum']}") for kind in ("bias", "dark") if prov.get(kind)
+    ]
+    fields += [("note", note) for note in prov.get("notes", [])]
+    fields.append(("parameters", json.dumps(prov.get("params"), sort_keys=True)))
+    output.table(["field", "value"], fields, title=f"product {product['product_id']}")
+
     reasons = {item["name"]: item["reason"] for item in prov.get("left_out", [])}
-    print(f"inputs    {len(prov['inputs'])}, used {len(prov['inputs']) - len(reasons)}")
-    for item in prov["inputs"]:
-        mark = f"LEFT OUT: {reasons[item['name']]}" if item["name"] in reasons else "used"
-        print(f"  {item['name']:40} {item['checksum']}  {mark}")
-    print("parameters " + json.dumps(prov.get("params"), sort_keys=True))
+    inputs = prov.get("inputs", [])
+    output.say()
+    output.table(
+        ["input", "checksum", "used"],
+        [
+            (
+                item["name"],
+                item["checksum"],
+                output.styled(f"LEFT OUT: {reasons[item['name']]}", "bold red") if item["name"] in reasons else "used",
+            )
+            for item in inputs
+        ],
+        title=f"inputs: {len(inputs)}, used {len(inputs) - len(reasons)}",
+    )
+
     stats = prov.get("stats") or prov.get("quality") or {}
-    if "amps" not in stats:  # a science product: its figures as they are
-        print("statistics " + json.dumps(stats, sort_keys=True))
+    if "amps" not in stats:  # a science product (calexp, diff, template, alerts): its figures as they are
+        output.say()
+        output.table(["figure", "value"], [(k, json.dumps(v)) for k, v in sorted(stats.items())], title="statistics")
         for note in prov.get("warnings", []):
-            print(f"warning   {note}")
-        return 0
-    print(f"statistics frames_used {stats['frames_used']}  mean {stats['mean']}  stdev {stats['stdev']}")
-    for amp, values in stats["amps"].items():
-        shown = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-        print(f"  {amp:10} " + "  ".join(shown))
+            output.say(f"warning: {note}", "yellow")
+        return
+    amps: dict[str, dict[str, object]] = stats.get("amps", {})
+    keys = list(dict.fromkeys(k for values in amps.values() for k in values))
+    output.say()
+    output.table(
+        ["amplifier", *keys],
+        [
+            (amp, *(f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v) for v in map(values.get, keys)))
+            for amp, values in amps.items()
+        ],
+        title=f"statistics: frames used {stats['frames_used']}, mean {stats['mean']}, stdev {stats['stdev']}",
+        right=keys,
+    )
     for warning in prov.get("warnings", []):
-        print(f"warning   {warning}")
-    return 0
+        output.say(f"warning: {warning}", "yellow")
 
 
 def cmd_products_reprocess(args: argparse.Namespace) -> int:
     """Rebuild a product at the archive; exit 0 when the rebuild is byte-identical, 1 when it differs."""
     target, http = _archive(args)
     request = urllib.request.Request(f"{http}/v1/products/{args.product_id}/reprocess", method="POST")
-    result = _request(target, request, 600)
+    with output.progress(f"rebuilding {args.product_id} at the archive"):
+        result = _request(target, request, 600)
     if args.json:
         output.emit_json(result)
     else:
-        verdict = "SAME: the rebuild is byte-identical" if result["same"] else "DIFFERENT: the rebuild differs"
-        print(f"{result['product_id']}: recorded {result['recorded_checksum']}")
-        print(f"{'':{len(result['product_id'])}}  rebuilt  {result['checksum']}")
-        print(verdict)
+        output.table(
+            ["product", "recorded checksum", "rebuilt checksum", "verdict"],
+            [
+                (
+                    result["product_id"],
+                    result["recorded_checksum"],
+                    result["checksum"],
+                    output.state(result["same"], "SAME: byte-identical", "DIFFERENT: the rebuild differs"),
+                )
+            ],
+        )
     return Exit.OK if result["same"] else Exit.FAILED
 
 

@@ -1029,3 +1029,25 @@ async def test_supervise_restarts_a_killed_broker_and_a_killed_daemon(make_clust
             assert cluster.brokers["base"].pid is not None and cluster.daemons["archive"].restarts == 1
         finally:
             stop.set()
+
+
+async def test_a_restarted_site_takes_its_own_last_will_for_its_own_not_for_a_forgery(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
+    """After a SIGKILL and a restart, the summit reports no ``presence_replaced`` problem about its previous
+    run's last will or presence (files flow through it again); a presence of the summit forged on its own
+    broker with its stolen account is still reported, once."""
+    cluster = await started(make_cluster)
+    problems = await subscribe(cluster, "summit", topics.problems("summit"))
+    await cluster.daemons["summit"].kill()
+    await cluster.restart_daemon("summit")
+    await converged(cluster)
+    await assert_still_works(cluster, {}, seqnum=1)
+
+    report = Presence(site="summit", state="offline", at=time.time()).to_json()
+    forgery = forged(report, kind="presence", signer="summit", to="")
+    await inject(cluster, "summit", "site-summit", topics.presence("summit"), forgery, retain=True)
+    replaced = await wait_problems(problems, "presence_replaced", 1)
+    assert len(replaced) == 1, replaced
+    assert forgery.decode().startswith(replaced[0]["details"]["payload_preview"]), "reported: not the forgery"
+    assert await primary_healthy(cluster)

@@ -109,6 +109,7 @@ async def test_a_refused_route_command_exits_4_with_the_summits_reason(make_clus
     assert applied.code == 0, applied.err
     answer = json.loads(applied.out)
     assert answer["applied"] is True and answer["policy"] == {"primary": "auto", "direct": "force"}
+    assert answer["message"] == "operator: routes force direct", answer  # the account named once
     assert [r["policy"] for r in answer["routes"]] == ["auto", "force"]
 
 
@@ -207,23 +208,28 @@ async def test_status_with_one_site_frozen_shows_the_others_and_names_it(
     make_cluster: MakeCluster, subscribe: Subscribe
 ) -> None:
     """With the archive stopped by SIGSTOP, status still shows summit and base, says the archive is
-    unreachable, and exits 6; ``routes`` shows the base's hop to the archive DOWN, as the page does."""
+    unreachable, and exits 6; ``routes`` shows the base's hop to the archive DOWN, as the page does, and the
+    primary route DOWN at that hop (not "healthy", whatever the summit counts); ``verify --timeout 2`` gives up
+    on the archive after 2 s with exit 6."""
     cluster = await make_cluster()
     archive = cluster.daemons["archive"].proc
     assert archive is not None
     presence = await subscribe(cluster, "base", "skyrelay/v1/presence/archive")
     archive.send_signal(signal.SIGSTOP)
     try:
-        table, as_json = await asyncio.gather(
+        table, as_json, verify = await asyncio.gather(
             run_cli("status", "--workdir", str(cluster.workdir), "--timeout", "2", timeout_s=30),
             run_cli("status", "--workdir", str(cluster.workdir), "--timeout", "2", "--json", timeout_s=30),
+            run_cli("verify", "--workdir", str(cluster.workdir), "--timeout", "2", timeout_s=30),
         )
         # The archive's last will reaches the base's broker once its keepalive lapses.
         await presence.wait_for(lambda ms: any((m.data or {}).get("state") == "offline" for m in ms), timeout_s=30)
         routes = json.loads(await cli_ok("routes", "--workdir", str(cluster.workdir), "--json", timeout_s=30))
+        routes_table = await cli_ok("routes", "--workdir", str(cluster.workdir), timeout_s=30)
     finally:
         archive.send_signal(signal.SIGCONT)
     assert table.code == as_json.code == Exit.UNREACHABLE, (table, as_json)
+    assert verify.code == Exit.UNREACHABLE and "no answer within 2s" in verify.err, verify  # not 30 s of silence
     rows = {line.split()[0]: line for line in table.out.splitlines() if line.strip()}
     assert "summit" in rows["summit"] and "relay" in rows["base"], table.out
     assert "UNREACHABLE" in rows["archive"], table.out
@@ -234,3 +240,65 @@ async def test_status_with_one_site_frozen_shows_the_others_and_names_it(
     primary = next(r for r in routes if r["name"] == "primary")
     hop = next(h for h in primary["hops"] if h["from"] == "base")
     assert hop["to"] == "archive" and hop["healthy"] is False and "archive is offline" in hop["reason"], primary
+    # The route as a whole is not called healthy while a hop of it is down (the summit may still count it up).
+    assert primary["end_to_end_healthy"] is False and primary["down_at"] == ["base->archive"], primary
+    row = next(line for line in routes_table.splitlines() if " primary " in f" {line} ")
+    assert "DOWN at base->archive" in row and " healthy " not in row, routes_table
+
+
+PRODUCT = {
+    "product_id": "flat-ComCam-R22_S11-r-20261201-ab12",
+    "kind": "flat",
+    "instrument": "ComCam",
+    "detector": "R22_S11",
+    "filter": "r",
+    "archive_path": "calib/ComCam/flat/20261201/flat-ComCam-R22_S11-r-20261201-ab12.fits",
+    "checksum": "c" * 64,
+    "created_at": 1796193625.0,
+    "job_key": "k" * 64,
+    "expired": {"at": 1796280025.0, "kind": "flat", "archive_path": "calib/.../x.fits"},
+    "provenance": {
+        "code_version": "0.9.0",
+        "executor": "local",
+        "job_key": "k" * 64,
+        "bias": {"product_id": "bias-ComCam-R22_S11-20261201-0001", "checksum": "b" * 64},
+        "notes": ["built without dark: none within 30 days"],
+        "inputs": [
+            {"name": "CC_C_20261201_000010_R22_S11.fits", "checksum": "1" * 64},
+            {"name": "CC_C_20261201_000011_R22_S11.fits", "checksum": "2" * 64},
+        ],
+        "left_out": [{"name": "CC_C_20261201_000011_R22_S11.fits", "reason": "lamp level 0.5 of the median"}],
+        "params": {"min_frames": 3, "clip_sigma": 3.0},
+        "stats": {"frames_used": 1, "mean": 1.0, "stdev": 0.01, "amps": {"C00": {"gain": 1.0123456, "level": 7}}},
+        "warnings": ["only one frame used"],
+    },
+}
+
+
+async def test_products_show_prints_tables_in_the_clis_conventions() -> None:
+    """``products show``'s text is the CLI's plain tables when piped: no Python reprs or colour codes, each input
+    on one row with its checksum and whether it was used (with the reason when left out), the expiry marked."""
+    script = "import json, sys; from ops.products_cli import show_product; show_product(json.load(sys.stdin))"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        cwd=REPO,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out_b, err_b = await asyncio.wait_for(proc.communicate(json.dumps(PRODUCT).encode()), 60)
+    out = out_b.decode()
+    assert proc.returncode == 0, err_b.decode()
+    assert "\x1b[" not in out and "{'" not in out, out
+    lines = out.splitlines()
+    assert lines[0] == f"product {PRODUCT['product_id']}", out
+    used = next(line for line in lines if line.startswith("CC_C_20261201_000010_R22_S11.fits"))
+    left = next(line for line in lines if line.startswith("CC_C_20261201_000011_R22_S11.fits"))
+    assert used.split()[1:] == ["1" * 64, "used"], used
+    assert left.split()[1] == "2" * 64 and "LEFT OUT: lamp level 0.5 of the median" in left, left
+    assert any(line.startswith("expired") and "file deleted 2026-12-03" in line for line in lines), out
+    assert any(line.startswith("note") and "built without dark" in line for line in lines), out
+    assert any(line.split()[:3] == ["C00", "1.012", "7"] for line in lines), out
+    assert "inputs: 2, used 1" in out and "warning: only one frame used" in out

@@ -113,6 +113,18 @@ def test_exactly_one_summit_and_one_archive_are_required(tmp_path: Path) -> None
     assert any("exactly one site must have role = 'summit' (found 2)" in p for p in caught.value.problems)
 
 
+def test_a_broken_summit_is_still_the_summit_and_each_address_gets_a_fitting_example(tmp_path: Path) -> None:
+    """A summit table missing its addresses is reported for them, not also as "no summit" (found 0); the
+    data server's listen address is explained with a host:port example, the broker's with an mqtt:// one."""
+    broken = VALID.replace('broker = "mqtt://127.0.0.1:1884"\nhttp_listen = "127.0.0.1:8081"\n', "")
+    with pytest.raises(TopologyError) as caught:
+        load_topology(write(tmp_path, broken))
+    problems = caught.value.problems
+    assert "sites.summit.broker: must be a string like 'mqtt://127.0.0.1:1883'" in problems, problems
+    assert "sites.summit.http_listen: must be a string like '127.0.0.1:8081'" in problems, problems
+    assert not any("role = 'summit'" in p for p in problems), problems
+
+
 def test_unreadable_or_invalid_toml_is_a_clear_error(tmp_path: Path) -> None:
     """A missing file or a TOML syntax error names the file and the cause."""
     with pytest.raises(TopologyError, match="cannot read"):

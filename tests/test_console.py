@@ -20,10 +20,13 @@ import aiohttp
 import pytest
 from browser import open_page, require_browser
 from conftest import MakeCluster, http_ssl, login, operator_headers, write_files
-from parts import topology
+from parts import open_journal, topology
 
+from daemon.counters import SiteCounters
 from daemon.http.console import PeerFeed, system_view
 from daemon.http.status import conditions
+from daemon.journal import console as journal_console
+from daemon.report import Reporter
 from ops.cluster import Cluster
 from ops.linksim import link_name
 
@@ -192,6 +195,10 @@ async def test_the_archive_page_shows_arrivals_a_cut_and_its_restore_live_and_ke
         reason = await page.text_content("#verdict-reason") or ""
         assert "1 file(s) held at summit: no usable route" in reason, reason
         assert "held" in (await page.text_content("#queues") or "")
+        # The sites table words the summit's own copy as kept until custody returns, not as "held".
+        await page.wait_for_function(
+            "document.getElementById('sites').textContent.includes('awaiting custody')", timeout=SEEN_S
+        )
         await page.wait_for_selector('#timeline tr[data-kind="no_route"]', timeout=SEEN_S)
         await page.screenshot(path=str(screens / "console-summit-both-routes-cut.png"), full_page=True)
         await link.set_mode("up")
@@ -330,3 +337,22 @@ def test_a_summit_no_site_reaches_makes_the_archives_verdict_failing(tmp_path: P
         view["verdict"]["reason"]
         == "summit is unreachable: no site that can be read has it online (no file can leave it)"
     )
+
+
+async def test_routine_deletions_do_not_push_a_failover_out_of_the_timeline(tmp_path: Path) -> None:
+    """A night of routine retention events after a route went down: the timeline still shows the route_down
+    (and the problem) among its 40 entries, with only the newest few routine events, oldest first."""
+    journal = await open_journal(tmp_path / "journal.sqlite")
+    try:
+        reporter = Reporter("base", journal, SiteCounters())
+        await reporter.event("route_down", "route primary down: no connection to archive's mailbox", route="primary")
+        await reporter.problem("no_route", "3 file(s) held: no usable route")
+        for n in range(200):
+            await reporter.event("retention_deleted", f"deleted 9 relay copies ({n})", what="relay")
+        shown = await journal.read(journal_console.timeline, 40)
+    finally:
+        await journal.close()
+    kinds = [e["kind"] for e in shown]
+    assert kinds[:2] == ["route_down", "no_route"], kinds
+    assert kinds[2:] == ["retention_deleted"] * journal_console.ROUTINE_KEPT, kinds
+    assert shown[-1]["message"] == "deleted 9 relay copies (199)" and shown[1]["stream"] == "problem"

@@ -174,8 +174,11 @@ async def test_render_output_starts_a_broker_that_takes_the_sites_daemon_and_ref
     code = await run_cli(
         "render", "--topology", str(secured), "--site", "base", "--out", str(host),
         "--secrets", str(tmp_path / "secrets"), "--install-root", str(etc), "--broker-state", str(host / "var"),
+        "--json",
     )  # fmt: skip
     assert code.code == 0, code
+    written = json.loads(code.out)  # --json: what was written, as one document
+    assert written["site"] == "base" and "etc/skyrelay/mosquitto-base.conf" in written["files"], written
     broker_unit = (host / "etc" / "systemd" / "system" / "mosquitto-skyrelay@.service").read_text()
     assert f"ExecStart=/usr/sbin/mosquitto -c {etc}/mosquitto-%i.conf" in broker_unit
     (host / "var" / "base").mkdir(parents=True)

@@ -46,8 +46,8 @@ def _value(samples: Samples, name: str, **labels: str) -> float:
 
 async def test_the_operators_metric_families_exist_and_move_with_a_transfer(make_cluster: MakeCluster) -> None:
     """After one exposure is archived, bytes moved (by direction and peer) count its bytes at every hop, the
-    summit shows the one route in use, its breakers closed and nothing held, the archive its catalog, and every
-    site its build info and process metrics."""
+    summit shows the one route in use, its breakers closed and nothing held, the archive its catalog (and failed
+    jobs at 0), and every site its build info and process metrics."""
     cluster = await make_cluster()
     paths = await write_files(cluster, seqnum=1, size_bytes=64 * 1024)
     total = sum(p.stat().st_size for p in paths)
@@ -70,6 +70,8 @@ async def test_the_operators_metric_families_exist_and_move_with_a_transfer(make
     assert _value(summit, "skyrelay_oldest_held_age_seconds", site="summit") == 0.0
     assert _value(archive, "skyrelay_catalog_files", status="archived") == len(paths)
     assert _value(archive, "skyrelay_catalog_files", status="quarantined") == 0.0
+    # At 0 before the first failed job, so that the alert rule's increase() sees the first one.
+    assert _value(archive, "skyrelay_problems_total", site="archive", kind="job_failed") == 0.0
 
     for site, samples in scraped.items():
         build = samples["skyrelay_build_info"]

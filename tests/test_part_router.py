@@ -39,7 +39,7 @@ from daemon.counters import SiteCounters
 from daemon.journal import FileRow, Journal
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
-from daemon.sending.router import Router
+from daemon.sending.router import HELD_REPORT_GRACE_S, Router
 from daemon.sending.routes import RouteTable
 from daemon.sending.sender import Outgoing, Sender
 from protocol import topics
@@ -55,9 +55,11 @@ class CountingRoutes(RouteTable):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.iterations = 0
+        self.ticked = asyncio.Event()
 
     def next_change_at(self, now: float) -> float | None:
         self.iterations += 1
+        self.ticked.set()
         return super().next_change_at(now)
 
 
@@ -99,8 +101,9 @@ class Summit:
 
 
 @contextlib.asynccontextmanager
-async def summit(tmp_path: Path, **tuning: Any) -> AsyncIterator[Summit]:
-    """The summit's router, sender, mailbox and report publisher running; every hop connected at first."""
+async def summit(tmp_path: Path, *, up: dict[str, bool] | None = None, **tuning: Any) -> AsyncIterator[Summit]:
+    """The summit's router, sender, mailbox and report publisher running; every hop connected at first
+    (or as ``up`` says)."""
     async with brokers(tmp_path, "summit") as started:
         port = started["summit"].port
         topo = topology(tmp_path, broker_ports={"summit": port}, **tuning)
@@ -113,7 +116,7 @@ async def summit(tmp_path: Path, **tuning: Any) -> AsyncIterator[Summit]:
 
         mailbox = make_mailbox(topo, "summit", ignore)
         reporter.publisher = publisher = report_publisher(journal, mailbox)
-        up = {"base": True, "archive": True}
+        up = {"base": True, "archive": True} if up is None else dict(up)
         routes = CountingRoutes(topo, "summit", lambda peer: up[peer])
         sender = Sender("summit", topo, mailbox, reporter, routes, counters)
         items = ItemFactory("summit", journal)
@@ -262,3 +265,65 @@ async def test_the_operators_route_policy_takes_effect_and_survives_a_restart(tm
         chosen = restarted.choose()
         assert chosen is not None and chosen.name == "direct"
         assert row.file_key in restarted.awaiting
+
+
+async def settle(s: Summit) -> None:
+    """After a change, wait until the router has finished a loop iteration with nothing left to wake it."""
+    async with asyncio.timeout(10):
+        while True:
+            s.routes.ticked.clear()
+            await s.routes.ticked.wait()
+            if not s.router.wake.is_set():
+                return
+
+
+async def test_start_up_settling_and_a_spell_with_nothing_healthy_announce_no_route_change(tmp_path: Path) -> None:
+    """Started with no link up, then direct connecting before primary: the start-up's choices are no route
+    change; with both down again and direct flapping, new files stay announced on direct once, not back
+    and forth with primary (the route they would wait on)."""
+    async with summit(tmp_path, up={"base": False, "archive": False}) as s:
+        s.link("archive", True)
+        await settle(s)
+        assert s.routes.current == "direct"
+        s.link("base", True)
+        await settle(s)
+        assert s.routes.current == "primary"
+        s.link("base", False)  # a real change: primary fails, new files take direct
+        await s.events.wait_for(has_kind("route_changed"), timeout_s=10)
+        for _ in range(3):  # direct flaps while primary stays down
+            s.link("archive", False)
+            await settle(s)
+            s.link("archive", True)
+            await settle(s)
+        await s.reporter.event("test_end", "everything before this is published")
+        await s.events.wait_for(has_kind("test_end"), timeout_s=10)
+        assert len(s.events.of_kind("route_up")) == 3  # direct's flaps were seen
+        changes = [e["details"] for e in s.events.of_kind("route_changed")]
+        assert changes == [{"route": "direct", "previous": "primary"}], changes
+
+
+async def test_a_file_held_while_the_links_first_connect_is_no_problem(tmp_path: Path) -> None:
+    """Started with no link up yet (a restart), a file held at once is offered when a link connects within the
+    start-up grace, and no no_route problem is reported for it."""
+    async with summit(tmp_path, up={"base": False, "archive": False}) as s:
+        transfer, row = await hold_file(s.journal, s.inbox, name="AT_O_20261201_000009_R00_S00.fits", data=b"x" * 64,
+                                        route=PRIMARY)  # fmt: skip
+        assert not s.router.admit(transfer, row)
+        s.link("base", True)
+        await s.events.wait_for(has_kind("held_offered"), timeout_s=10)
+        await s.reporter.problem("test_end", "everything before this is published")
+        await s.problems.wait_for(has_kind("test_end"), timeout_s=10)
+        assert s.problems.of_kind("no_route") == []
+        assert s.offers() == [("primary", "base")]
+
+
+async def test_a_file_still_held_after_the_start_up_grace_is_reported_by_the_routers_timer(tmp_path: Path) -> None:
+    """Started with no link up and none coming: the held file is reported as no_route once the start-up grace
+    has passed, by the router's own timer (nothing else wakes it)."""
+    async with summit(tmp_path, up={"base": False, "archive": False}) as s:
+        transfer, row = await hold_file(s.journal, s.inbox, name="AT_O_20261201_000010_R00_S00.fits", data=b"y" * 64,
+                                        route=PRIMARY)  # fmt: skip
+        assert not s.router.admit(transfer, row)
+        await s.problems.wait_for(has_kind("no_route"), timeout_s=HELD_REPORT_GRACE_S + 10)
+        (reported,) = s.problems.of_kind("no_route")
+        assert reported["details"]["files"] == 1 and row.name in reported["details"]["examples"]

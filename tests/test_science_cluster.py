@@ -124,11 +124,15 @@ async def test_a_quad_gives_calexps_two_diffs_and_an_alert_at_the_transient(make
         )  # fmt: skip
         assert distance < 1.5
     out = await cli_ok("alerts", "show", str(alerts[0]["alert_id"]), "--workdir", str(cluster.workdir), "--out",
-                       str(cluster.workdir / "pngs"))  # fmt: skip
+                       str(cluster.workdir / "pngs"), "--json")  # fmt: skip
     shown = json.loads(out)
     assert shown["alert"]["alertId"] == alerts[0]["alert_id"]
     heads = [await asyncio.to_thread(Path(path).read_bytes) for path in shown["pngs"]]
     assert len(heads) == 3 and all(head[:8] == b"\x89PNG\r\n\x1a\n" for head in heads)
+    text = await cli_ok("alerts", "show", str(alerts[0]["alert_id"]), "--workdir", str(cluster.workdir), "--out",
+                        str(cluster.workdir / "pngs"))  # fmt: skip
+    assert text.splitlines()[0] == f"alert {alerts[0]['alert_id']}" and "{" not in text, text
+    assert all(path in text for path in shown["pngs"]), text
 
 
 async def test_a_lost_third_visit_pairs_2_1_and_then_4_2_at_the_chunk_end(make_cluster: MakeCluster) -> None:

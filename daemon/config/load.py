@@ -182,7 +182,8 @@ def _read_sites(raw_sites: Mapping[str, Any], reading: _Reading) -> dict[str, Si
         if site is not None:
             sites[name] = site
     for role in ("summit", "archive"):
-        count = sum(1 for s in sites.values() if s.role == role)
+        # Counted from the tables as written: a site with other problems (reported above) still has its role.
+        count = sum(1 for spec in raw_sites.values() if isinstance(spec, dict) and spec.get("role") == role)
         if raw_sites and count != 1:
             reading.problem(f"[sites]: exactly one site must have role = {role!r} (found {count})")
     return sites
@@ -617,7 +618,8 @@ def _check_tls_is_verifiable(
 
 def _endpoint(value: Any, where: str, reading: _Reading, *, scheme: str | None = None) -> Endpoint | None:
     if not isinstance(value, str):
-        reading.problem(f"{where}: must be a string like '{scheme or 'host'}://127.0.0.1:1883'")
+        example = f"{scheme}://127.0.0.1:1883" if scheme is not None else "127.0.0.1:8081"
+        reading.problem(f"{where}: must be a string like '{example}'")
         return None
     text = value if "://" in value else f"tcp://{value}"
     parts = urlsplit(text)

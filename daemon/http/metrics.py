@@ -68,6 +68,10 @@ class MetricsSource(Protocol):
 
 BREAKER_STATES = ("closed", "open", "half_open")
 
+SEEDED_PROBLEMS: dict[str, tuple[str, ...]] = {"archive": ("job_failed",)}
+"""Problem kinds exported at 0 before their first occurrence, by role: an alert rule's ``increase()`` sees a
+counter's first step only when the series existed before it (``SkyrelayJobsFailing``)."""
+
 
 class SiteCollector(Collector):
     """Counters, queue depth, link and route health, and the age of the oldest pending delivery."""
@@ -84,7 +88,7 @@ class SiteCollector(Collector):
             files.add_metric([name, outcome], count)
         yield files
         problems = CounterMetricFamily("skyrelay_problems", "Problems reported, by kind", labels=["site", "kind"])
-        for kind, count in counters.problems.items():
+        for kind, count in {**dict.fromkeys(SEEDED_PROBLEMS.get(source.role, ()), 0), **counters.problems}.items():
             problems.add_metric([name, kind], count)
         yield problems
         events = CounterMetricFamily("skyrelay_events", "Decisions reported, by kind", labels=["site", "kind"])

@@ -11,9 +11,28 @@ RECENT_WINDOW = 5000
 """How many of the newest notices are searched for the recent products and alerts."""
 
 
+ROUTINE_KINDS = ("retention_deleted", "held_offered")
+"""Events of everyday work: at most ``ROUTINE_KEPT`` of them in the timeline, so that they do not push a
+failover or a problem out of it (each is still journaled, published and counted)."""
+ROUTINE_KEPT = 5
+TIMELINE_WINDOW = 20_000
+"""How many of the newest reports the timeline is chosen from."""
+
+
 def timeline(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
-    """The newest problems and events (the journaled report log), oldest first, as published plus their stream."""
-    rows = db.execute("SELECT stream, payload FROM reports ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+    """The newest problems and events (the journaled report log), oldest first, as published plus their stream;
+    of the routine kinds only the newest few."""
+    marks = ", ".join("?" for _ in ROUTINE_KINDS)
+    newest = "seq > (SELECT COALESCE(MAX(seq), 0) FROM reports) - ?"  # a bounded scan, by the primary key
+    rows = db.execute(
+        f"SELECT seq, stream, payload FROM reports WHERE {newest} AND kind NOT IN ({marks}) ORDER BY seq DESC LIMIT ?",
+        (TIMELINE_WINDOW, *ROUTINE_KINDS, limit),
+    ).fetchall()
+    rows += db.execute(
+        f"SELECT seq, stream, payload FROM reports WHERE {newest} AND kind IN ({marks}) ORDER BY seq DESC LIMIT ?",
+        (TIMELINE_WINDOW, *ROUTINE_KINDS, min(ROUTINE_KEPT, limit)),
+    ).fetchall()
+    rows = sorted(rows, key=lambda r: int(r["seq"]), reverse=True)[:limit]
     out: list[dict[str, Any]] = []
     for row in reversed(rows):
         entry = json.loads(row["payload"])

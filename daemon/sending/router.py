@@ -72,6 +72,12 @@ class Held:
 
 HELD_ERROR = "no usable route"
 
+HELD_REPORT_GRACE_S = 5.0
+"""Files held before any route was healthy since start-up are reported only after this (links connect first)."""
+
+STARTUP_SETTLE_S = 30.0
+"""After start-up, a route connecting for the first time and taking over new files is settling, not a change."""
+
 
 class Router:
     """Chooses and changes routes for the summit's files."""
@@ -100,6 +106,11 @@ class Router:
         self._down: dict[str, str] = {}
         """Routes seen down since they were last healthy, and why (for route_down / route_up events)."""
         self._seen_healthy: set[str] = set()
+        self._taken: set[str] = set()
+        """Routes that have been the route in use since start-up."""
+        self._started = time.monotonic()
+        self._report_held_at: float | None = None
+        """When held files are reported if still held: the end of the start-up grace."""
 
     # ---- bookkeeping -----------------------------------------------------------------------
 
@@ -229,11 +240,16 @@ class Router:
 
     async def _release_held(self, now: float) -> None:
         """Offer every held file on the usable route, if there is one now; report a new spell of holding."""
+        self._report_held_at = None
         if not self.held:
             self._held_reported = False
             return
         route = self.usable_route(now)
         if route is None:
+            if not self._seen_healthy and now < self._started + HELD_REPORT_GRACE_S:
+                # Just started, links still connecting: not yet a problem (a timer looks again).
+                self._report_held_at = self._started + HELD_REPORT_GRACE_S
+                return
             if not self._held_reported:
                 self._held_reported = True
                 why = {r.name: self._why(r, now) for r in self.routes.routes}
@@ -277,17 +293,36 @@ class Router:
             )
 
     def choose(self) -> Route | None:
-        """The route for a new file (and an event when the choice changes)."""
-        route = self.routes.choose()
-        if route is not None and route.name != self.routes.current:
-            previous, self.routes.current = self.routes.current, route.name
-            if previous is not None:
-                self._event_soon(
-                    "route_changed",
-                    f"new files now take {route.name} (was {previous})",
-                    route=route.name,
-                    previous=previous,
-                )
+        """The route for a new file (and one ``route_changed`` event per real change of the route in use).
+
+        The route in use changes only to a route files can be sent on now: while nothing is usable the
+        table's fallback (the preferred route, where held files are journaled) is not a change, so files
+        that wait do not make the choice flap. The start-up's settling is not a change either: the first
+        route taken, and a preferred route that connects for the first time shortly after start-up
+        (within ``STARTUP_SETTLE_S``) taking over from the one that happened to connect first.
+        """
+        now = time.monotonic()
+        route = self.routes.choose(now)
+        if route is None or route.name == self.routes.current or not self.routes.usable(route, now):
+            return route
+        previous, self.routes.current = self.routes.current, route.name
+        first_spell = route.name not in self._taken
+        self._taken.add(route.name)
+        settling = (
+            first_spell
+            and now - self._started < STARTUP_SETTLE_S
+            and not self.routes.has_failed(route)
+            and not any(r.name == previous and self.routes.has_failed(r) for r in self.routes.routes)
+        )
+        if previous is None or settling:
+            log.info("route_chosen", route=route.name, previous=previous, startup=True)
+            return route
+        self._event_soon(
+            "route_changed",
+            f"new files now take {route.name} (was {previous})",
+            route=route.name,
+            previous=previous,
+        )
         return route
 
     def _event_soon(self, kind: str, message: str, **details: Any) -> None:
@@ -311,7 +346,8 @@ class Router:
             await self._rescue_stranded(time.monotonic())
             next_deadline = await self._overdue()
             now = time.monotonic()
-            wake_at = [t for t in (next_deadline, self.routes.next_change_at(now)) if t is not None]
+            timers = (next_deadline, self.routes.next_change_at(now), self._report_held_at)
+            wake_at = [t for t in timers if t is not None]
             timeout = max(0.05, min(wake_at) - now) if wake_at else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -505,7 +541,8 @@ class Router:
             reason = f"operator command refused: {exc}"
             await self.reporter.problem("stale_control", reason, control_id=command.control_id)
             return ControlOutcome(applied=False, reason=reason, policy=self.routes.policy.as_dict())
-        message = f"operator {command.issued_by}: routes {command.command} {command.route or ''}".strip()
+        who = command.issued_by if command.issued_by.startswith("operator") else f"operator {command.issued_by}"
+        message = f"{who}: routes {command.command} {command.route or ''}".strip()
         await self.reporter.event(
             "route_policy",
             message,

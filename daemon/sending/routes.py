@@ -267,6 +267,10 @@ class RouteTable:
         # Nothing healthy: keep the files on the preferred allowed route; they wait there.
         return allowed[0]
 
+    def has_failed(self, route: Route) -> bool:
+        """Whether ``route`` has been healthy and then failed since start-up."""
+        return route.name in self._has_failed
+
     def _current_ok(self, now: float) -> bool:
         current = next((r for r in self.routes if r.name == self.current), None)
         return current is not None and self.policy[current.name] != "disable" and self.route_healthy(current, now)

@@ -123,8 +123,7 @@ def bench_main(args: argparse.Namespace) -> int:
         with output.progress("bench: starting") as step:
             report = asyncio.run(run_bench(config, on_step=lambda name: step(0, description=f"bench: {name}")))
     except (BenchError, OSError) as exc:
-        print(f"skyrelay bench: {exc}", file=sys.stderr)
-        return 2
+        raise output.CliError(str(exc), output.Exit.USAGE) from None
     encoded = json.dumps(report, indent=2) + "\n"
     if args.json_out is not None:
         args.json_out.write_text(encoded)
@@ -134,7 +133,7 @@ def bench_main(args: argparse.Namespace) -> int:
         print(table, file=sys.stderr)
     else:
         print(table)
-    return 1 if report["errors"] else 0
+    return output.Exit.FAILED if report["errors"] else output.Exit.OK
 
 
 def _processing_main(args: argparse.Namespace) -> int:
