@@ -48,7 +48,6 @@ def add_deploy_commands(sub: Any) -> None:
         "--broker-state", default="/var/lib/mosquitto-skyrelay", help="parent of the broker's persistence folder"
     )
     p.add_argument("--units-dir", help="the shipped unit files (default: the source tree's systemd/)")
-    p.add_argument("--json", action="store_true", help="print {site, out, files, install_notes} as JSON")
     p.set_defaults(func=cmd_render)
 
 
