@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from typing import Any
 
 import pytest
 from conftest import MakeCluster, Subscribe, cli_ok, operator_headers, wait_settled
@@ -25,8 +26,17 @@ async def test_metrics_count_the_exposure_and_the_base_expires_its_copies(
     """After an exposure is archived, /metrics shows it, the status page is served, and the base holds no relay copy."""
     cluster = await make_cluster()
     arrivals = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
+    events = await subscribe(cluster, "base", "skyrelay/v1/events/base")
     await asyncio.to_thread(write_exposure, cluster.inbox, "ComCam", dayobs="20261120", seqnum=1, size_bytes=200_000)
     await wait_settled(cluster, archived=9, wake=arrivals)
+
+    def deleted(messages: list[Any]) -> int:
+        return sum(
+            len(m.data["details"]["files"]) for m in messages if (m.data or {}).get("kind") == "retention_deleted"
+        )
+
+    # The base deletes its relay copies once custody is back (a burst of receipts in one sweep).
+    await events.wait_for(lambda ms: deleted(ms) >= 9, timeout_s=30)
 
     archive = await asyncio.to_thread(
         _get, f"http://127.0.0.1:{cluster.http_ports['archive']}/metrics", operator_headers(cluster)
