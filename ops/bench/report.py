@@ -39,7 +39,7 @@ def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             entry = workloads[key]
             ratio = entry.get("vs_rsync")
             ok = None if ratio is None else bool(entry.get("complete")) and ratio >= goal
-            add(f"{key} throughput >= {goal:.1f}x rsync --fsync", ratio, ok, f"{ratio:.2f}x" if ratio else "n/a")
+            add(f"{key} throughput >= {goal:g}x rsync --fsync", ratio, ok, f"{ratio:.2f}x" if ratio else "n/a")
     if "idle" in workloads:
         entry = workloads["idle"]
         p99 = entry.get("latency", {}).get("p99_s")
@@ -55,7 +55,7 @@ def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             entry = workloads[key]
             ratio = entry.get("vs_rsync")
             ok = None if ratio is None else bool(entry.get("complete")) and ratio >= goal
-            add(f"{what} files/s >= {goal:.1f}x rsync --fsync", ratio, ok, f"{ratio:.2f}x" if ratio else "n/a")
+            add(f"{what} files/s >= {goal:g}x rsync --fsync", ratio, ok, f"{ratio:.2f}x" if ratio else "n/a")
     lone = workloads.get("small", {}).get("lone", {}).get("latency", {}).get("p99_s")
     if lone is not None:
         add(
