@@ -15,6 +15,7 @@ is run at once: batching adds no wait when there is nothing to batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sqlite3
 import threading
@@ -151,9 +152,24 @@ class Journal:
                 if not batch:
                     self._flush_queued = False
                     return
-            self._commit_group(batch)
+            try:
+                self._commit_group(batch)
+            except BaseException as exc:  # an undo that failed: nothing of this group is committed
+                log.exception("journal_group_failed", transactions=len(batch))
+                self._abandon(batch, exc)
             for item in batch:
-                item.loop.call_soon_threadsafe(_settle, item)
+                with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
+                    item.loop.call_soon_threadsafe(_settle, item)
+
+    def _abandon(self, batch: list[_Pending], exc: BaseException) -> None:
+        """Roll back whatever is open and hand ``exc`` to every caller of the group."""
+        db = self._db
+        if db is not None and db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        for item in batch:
+            item.error = exc
+            item.result = None
 
     def _commit_group(self, batch: list[_Pending]) -> None:
         try:
