@@ -3,11 +3,18 @@
 A message must be sealed by a signer allowed to send its kind here and name that signer as its
 sender; an unsigned or wrongly signed one is rejected with a ``bad_signature`` problem, a malformed
 or misaddressed one with ``bad_message``. Nothing it carries changes any state, and no task ends.
+
+From the mailbox (:meth:`Dispatcher.deliver`), messages about different files are handled
+concurrently (so their journal writes share group commits); messages about one file keep their
+order, one after the other, as do all messages of other kinds, which wait for everything before
+them. Verification and parsing happen in arrival order, before any handling.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import structlog
 
@@ -26,6 +33,9 @@ from protocol.signing import SignatureError
 from protocol.transfer import Ack, Offer
 
 log = structlog.get_logger()
+
+MAX_CONCURRENT: Final = 64
+"""Messages handled at once; the mailbox waits for a place beyond this (back-pressure on the broker)."""
 
 
 class Dispatcher:
@@ -48,9 +58,62 @@ class Dispatcher:
         self.custody = custody
         self.receiver = receiver
         self.router = router
+        self.tg: asyncio.TaskGroup | None = None
+        """Where :meth:`deliver` runs its handlers; without one, it handles each message before returning."""
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self._lanes: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def deliver(self, topic: str, payload: bytes) -> None:
+        """A message from the mailbox: verify and parse it now, handle it in its file's lane.
+
+        Returns once the message is verified and its handling has started its turn (or, for kinds
+        that are not about one file, once it is handled).
+        """
+        if self.tg is None:
+            await self.on_message(topic, payload)
+            return
+        handle = await self._prepare(topic, payload)
+        if handle is None:
+            return
+        lane, run = handle
+        if lane is None:
+            if self._running:  # control and the like: after everything before it, alone
+                await asyncio.wait(set(self._running))
+            await run()
+            return
+        await self._slots.acquire()
+        locks = self._lanes
+        lock, users = locks.get(lane, (asyncio.Lock(), 0))
+        locks[lane] = (lock, users + 1)
+
+        async def in_lane() -> None:
+            try:
+                async with lock:
+                    await run()
+            finally:
+                lock_now, left = locks[lane]
+                if left == 1:
+                    del locks[lane]
+                else:
+                    locks[lane] = (lock_now, left - 1)
+                self._slots.release()
+
+        task = self.tg.create_task(in_lane(), name=f"{self.site}.dispatch")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def on_message(self, topic: str, payload: bytes) -> None:
         """Dispatch one message from the site's own mailbox; reject anything malformed."""
+        handle = await self._prepare(topic, payload)
+        if handle is not None:
+            await handle[1]()
+
+    async def _prepare(self, topic: str, payload: bytes) -> tuple[str | None, Callable[[], Awaitable[None]]] | None:
+        """Verify and parse a message; return its lane (None: not about one file) and its handling.
+
+        A message that does not verify or parse is reported here and gives None.
+        """
         kind = "?"
         try:
             site, kind = topics.parse_site(topic)
@@ -59,29 +122,59 @@ class Dispatcher:
             sealed = self.trust.open(kind, payload)
             body = sealed.body
             if kind == "offer":
-                if self.receiver is None:
+                receiver = self.receiver
+                if receiver is None:
                     raise ProtocolError(f"{self.site} takes no offers", field="topic")
                 offer = Offer.from_json(body)
                 _signed_by(offer.sender, sealed.signer)
-                with bound_file(offer.name, transfer_id=offer.transfer_id):
-                    await self.receiver.on_offer(offer)
-            elif kind == "ack":
+
+                async def offered() -> None:
+                    with bound_file(offer.name, transfer_id=offer.transfer_id):
+                        await receiver.on_offer(offer)
+
+                return f"file:{offer.identity.key}", lambda: self._guarded(topic, payload, kind, offered)
+            if kind == "ack":
                 ack = Ack.from_json(body)
                 _signed_by(ack.sender, sealed.signer)
                 acked = self.sender.items.get(ack.transfer_id)
-                with bound_file(acked.name if acked is not None else None, transfer_id=ack.transfer_id):
-                    await self.sender.on_ack(ack)
-            elif kind == "custody":
+
+                async def answered() -> None:
+                    with bound_file(acked.name if acked is not None else None, transfer_id=ack.transfer_id):
+                        await self.sender.on_ack(ack)
+
+                lane = f"file:{acked.file_key}" if acked is not None else f"ack:{ack.transfer_id}"
+                return lane, lambda: self._guarded(topic, payload, kind, answered)
+            if kind == "custody":
                 custody = Custody.from_json(body)
                 _signed_by(custody.sender, sealed.signer)
                 receipt = self.trust.open_receipt(custody.receipt)
-                with bound_file(receipt.name):
-                    await self.custody.on_custody(custody, receipt)
-            elif kind == "control":
-                await self._control(body, sealed.signer)
+
+                async def held() -> None:
+                    with bound_file(receipt.name):
+                        await self.custody.on_custody(custody, receipt)
+
+                return f"file:{receipt.file_key}", lambda: self._guarded(topic, payload, kind, held)
+            if kind == "control":
+                signer = sealed.signer
+
+                async def controlled() -> None:
+                    await self._control(body, signer)
+
+                return None, lambda: self._guarded(topic, payload, kind, controlled)
         except SignatureError as exc:
             # Bytes that are no envelope at all are a bad message; a readable envelope that does not
             # verify, or comes from the wrong signer, is a bad signature.
+            problem = "bad_message" if exc.reason == "malformed" else "bad_signature"
+            await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind=problem, signer=exc.signer)
+        except ProtocolError as exc:
+            await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind="bad_message", field=exc.field)
+        return None
+
+    async def _guarded(self, topic: str, payload: bytes, kind: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run a handler; a message it refuses is reported as rejected, not raised."""
+        try:
+            await work()
+        except SignatureError as exc:
             problem = "bad_message" if exc.reason == "malformed" else "bad_signature"
             await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind=problem, signer=exc.signer)
         except ProtocolError as exc:

@@ -341,6 +341,21 @@ def _finish(fd: int) -> None:
         os.close(fd)
 
 
+def _open(dest: Path) -> int:
+    return os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+
+
+def _write_whole(dest: Path, hasher: blake3.blake3, chunks: list[bytes]) -> None:
+    """A small file in one thread hop: create, write, fsync, close."""
+    fd = _open(dest)
+    try:
+        _write_all(fd, hasher, chunks)
+    except BaseException:
+        os.close(fd)
+        raise
+    _finish(fd)
+
+
 async def pull_file(
     session: aiohttp.ClientSession,
     url: str,
@@ -364,7 +379,9 @@ async def pull_file(
     """
     hasher = blake3.blake3(max_threads=1)
     received = 0
-    fd = await asyncio.to_thread(os.open, dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    # A file that fits in one write batch is written, fsynced and closed in one thread hop at the end.
+    whole = size <= WRITE_BATCH_BYTES
+    fd = -1 if whole else await asyncio.to_thread(_open, dest)
     ok = False
     pending: list[bytes] = []
     pending_bytes = 0
@@ -381,12 +398,15 @@ async def pull_file(
                     break
                 pending.append(chunk)
                 pending_bytes += len(chunk)
-                if pending_bytes >= WRITE_BATCH_BYTES:
+                if pending_bytes >= WRITE_BATCH_BYTES and not whole:
                     await asyncio.to_thread(_write_all, fd, hasher, pending)
                     pending, pending_bytes = [], 0
-        await asyncio.to_thread(_write_all, fd, hasher, pending)
-        await asyncio.to_thread(_finish, fd)
-        fd = -1
+        if whole:
+            await asyncio.to_thread(_write_whole, dest, hasher, pending)
+        else:
+            await asyncio.to_thread(_write_all, fd, hasher, pending)
+            await asyncio.to_thread(_finish, fd)
+            fd = -1
         computed = format_checksum(hasher.hexdigest())
         if received != size:
             raise ChecksumMismatch(f"received {received} bytes, offered {size}", checksum=computed, size=received)

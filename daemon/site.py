@@ -246,7 +246,7 @@ class Site:
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         assert self.dispatcher is not None
-        await self.dispatcher.on_message(topic, payload)
+        await self.dispatcher.deliver(topic, payload)
 
     async def _on_rejected(self, topic: str, reason: str, payload: bytes, kind: str) -> None:
         assert self.dispatcher is not None
@@ -309,6 +309,8 @@ class Site:
                 server = serve(app, cfg.http_listen, http_ready, cfg.http_server_tls_context())
                 tg.create_task(server, name=f"{self.name}.http")
                 tg.create_task(self.reports.run(), name=f"{self.name}.reports")
+                if self.dispatcher is not None:
+                    self.dispatcher.tg = tg  # messages about different files are handled concurrently
                 await self.mailbox.run(tg)
                 await self.sender.run(tg)
                 if self.receiver is not None:

@@ -23,10 +23,13 @@ async def test_quick_bench_reports_every_workload_beside_rsync_and_dd(tmp_path: 
     """Throughput, latency, RSS and CPU per workload, the rsync and dd baselines, and the targets."""
     if shutil.which("rsync") is None:
         pytest.skip("rsync is needed for the baseline (.ci/install installs it)")
-    workloads = ["direct", "idle", "cpu", "headers"] + (["https"] if shutil.which("openssl") else [])
+    workloads = ["direct", "idle", "small", "backlog", "cpu", "headers"] + (
+        ["https"] if shutil.which("openssl") else []
+    )
     run = await run_cli(
         "bench", "--quick", "--json", "--workdir", str(tmp_path),
         "--workloads", ",".join(workloads), "--files", "12", "--idle-files", "3",
+        "--small-files", "12", "--backlog-files", "20",
         timeout_s=220,
     )  # fmt: skip
     assert run.code == 0, run.err[-3000:]
@@ -43,10 +46,26 @@ async def test_quick_bench_reports_every_workload_beside_rsync_and_dd(tmp_path: 
         assert entry["duplicate_notices"] == 0
         assert all(0 < rss < 1024 for rss in entry["peak_rss_mib"].values())
     assert report["workloads"]["idle"]["complete"] and report["workloads"]["idle"]["received"] == 3
+    assert report["baselines"]["rsync"]["cpu_s_per_gb"] > 0 and report["baselines"]["rsync_small"]["files_per_s"] > 0
+    small = report["workloads"]["small"]
+    assert small["complete"] and small["received"] == 7 and small["lone"]["received"] == 5, small
+    assert small["vs_rsync"] > 0 and small["cpu_s_per_gb_per_hop"] > 0 and small["cpu_vs_rsync"] > 0
+    backlog = report["workloads"]["backlog"]
+    assert backlog["complete"] and backlog["received"] == 20 and backlog["vs_rsync"] > 0, backlog
+    assert backlog["duplicate_notices"] == 0 and set(backlog["journal_bytes_per_file"]) == {"summit", "base", "archive"}
+    assert report["workloads"]["direct"]["cpu_s_per_gb_per_hop"] > 0
     cpu = report["workloads"]["cpu"]
     assert set(cpu["percent"]) == set(cpu["tail"]) == {"summit", "base", "archive"}
     assert report["workloads"]["headers"]["verify_us_per_header"] > 0
-    assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"direct", "idle", "peak"}
+    assert {t["target"].split(" ")[0] for t in report["targets"]} >= {
+        "direct",
+        "idle",
+        "peak",
+        "small",
+        "backlog",
+        "CPU-s/GB",
+    }
+    assert all(t["pass"] is not None for t in report["targets"]), report["targets"]
     assert "rsync    loopback daemon" in table and "x rsync" in table
     leftovers = await asyncio.to_thread(lambda: list(tmp_path.iterdir()))
     assert leftovers == [], "the run directory is removed unless --keep"

@@ -13,6 +13,7 @@ import hashlib
 import shutil
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,45 @@ async def test_journal_work_runs_on_the_journal_thread_while_the_loop_keeps_runn
     assert write_saw_loop and read_saw_loop
     assert write_thread.startswith("journal-") and read_thread == write_thread
     assert write_thread != threading.current_thread().name
+
+
+async def test_transactions_asked_for_together_share_commits_and_fail_alone(tmp_path: Path) -> None:
+    """Transactions asked for while the journal is busy are committed together (fewer COMMITs than
+    transactions), each sees the ones before it, and one that raises undoes only its own writes."""
+    path = tmp_path / "journal.sqlite"
+    journal = await open_journal(path)
+    gate = threading.Event()
+
+    def hold_the_thread(db: sqlite3.Connection) -> None:
+        journal_settings.put(db, "k-first", "1")
+        gate.wait(timeout=10.0)  # the others queue up behind this one meanwhile
+
+    def put(key: str) -> Callable[[sqlite3.Connection], str | None]:
+        def fn(db: sqlite3.Connection) -> str | None:
+            journal_settings.put(db, key, "v")
+            return journal_settings.get(db, "k-first")
+
+        return fn
+
+    def write_then_fail(db: sqlite3.Connection) -> None:
+        journal_settings.put(db, "k-failed", "v")
+        raise ValueError("changed my mind")
+
+    first = asyncio.ensure_future(journal.transaction(hold_the_thread))
+    await asyncio.sleep(0)  # let the first reach the thread before the rest are asked for
+    keys = [f"k-{i}" for i in range(50)]
+    rest = [asyncio.ensure_future(journal.transaction(put(k))) for k in keys[:25]]
+    failing = asyncio.ensure_future(journal.transaction(write_then_fail))
+    rest += [asyncio.ensure_future(journal.transaction(put(k))) for k in keys[25:]]
+    gate.set()
+    await first
+    assert await asyncio.gather(*rest) == ["1"] * 50
+    with pytest.raises(ValueError, match="changed my mind"):
+        await failing
+    assert journal.transactions == 51 and journal.commits < journal.transactions
+    await journal.close()
+
+    db = sqlite3.connect(path)
+    stored = {k for (k,) in db.execute("SELECT key FROM settings")}
+    db.close()
+    assert stored >= {"k-first", *keys} and "k-failed" not in stored

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -137,16 +138,28 @@ async def _wait_rsyncd(proc: asyncio.subprocess.Process, port: int, directory: P
         await asyncio.sleep(0.05)
 
 
-async def rsync_baseline(run_dir: Path, files: Sequence[Path]) -> dict[str, Any]:
-    """Time ``rsync -a --whole-file --fsync`` of ``files`` over loopback into a fresh directory."""
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of every reaped child of this process (and of their reaped children)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def rsync_baseline(run_dir: Path, files: Sequence[Path], *, label: str = "rsync") -> dict[str, Any]:
+    """Time ``rsync -a --whole-file --fsync`` of ``files`` over loopback into a fresh directory.
+
+    CPU is the client's plus the daemon's (with the children it forks per connection), measured as
+    the CPU of this process's reaped children across the run: nothing else is started or reaped
+    meanwhile (baselines run before any cluster).
+    """
     fsync = await asyncio.to_thread(_rsync_supports_fsync)
-    source = run_dir / "rsync-src"
-    dest = run_dir / "rsync-dest"
+    source = run_dir / f"{label}-src"
+    dest = run_dir / f"{label}-dest"
     await asyncio.to_thread(link_files, files, source)
     total = await asyncio.to_thread(total_size, files)
     options = ["-a", "--whole-file", *(["--fsync"] if fsync else [])]
+    cpu_before = _children_cpu_s()
     try:
-        async with rsync_daemon(run_dir / "rsyncd", dest) as port:
+        async with rsync_daemon(run_dir / f"{label}d", dest) as port:
             url = f"rsync://127.0.0.1:{port}/bench/"
             started = time.perf_counter()
             proc = await asyncio.create_subprocess_exec(
@@ -154,6 +167,7 @@ async def rsync_baseline(run_dir: Path, files: Sequence[Path]) -> dict[str, Any]
             )
             _, stderr = await proc.communicate()
             elapsed = time.perf_counter() - started
+        cpu_s = _children_cpu_s() - cpu_before  # the daemon is reaped by now: its CPU is counted
         if proc.returncode != 0:
             raise BenchError(f"rsync failed ({proc.returncode}): {stderr.decode(errors='replace').strip()[-300:]}")
     finally:
@@ -167,6 +181,8 @@ async def rsync_baseline(run_dir: Path, files: Sequence[Path]) -> dict[str, Any]
         "seconds": round(elapsed, 3),
         "mb_per_s": round(total / elapsed / MB, 1),
         "files_per_s": round(len(files) / elapsed, 1),
+        "cpu_s": round(cpu_s, 3),
+        "cpu_s_per_gb": round(cpu_s / (total / 1e9), 3) if total else None,
     }
     if not fsync:
         result["note"] = "this rsync has no --fsync: baseline is NOT durable (page cache only); ratios flatter it"

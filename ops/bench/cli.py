@@ -67,6 +67,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--idle-files", type=_positive_int, default=None, help="idle-latency files (default 20; quick 5)"
     )
     parser.add_argument("--small-files", type=_positive_int, default=None, help="small files (default 500; quick 200)")
+    parser.add_argument(
+        "--backlog-files",
+        type=_positive_int,
+        default=None,
+        help="files registered while the archive is down, then drained (default 20000; quick 60)",
+    )
     parser.add_argument("--small-kb", type=_positive_float, default=100.0, help="KB per small file (default 100)")
     parser.add_argument(
         "--idle-window-s", type=_positive_float, default=None, help="idle CPU window in seconds (default 10; quick 3)"
@@ -97,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         idle_files=int(pick(args.idle_files, 20, 5)),
         small_files=int(pick(args.small_files, 500, 200)),
         small_size_bytes=int(args.small_kb * 1000),
+        backlog_files=int(pick(args.backlog_files, 20_000, 60)),
         idle_window_s=float(pick(args.idle_window_s, 10.0, 3.0)),
         workloads=tuple(args.workloads),
         keep=bool(args.keep),

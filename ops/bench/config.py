@@ -9,7 +9,7 @@ from typing import Final
 __all__ = ["INSTRUMENT", "MB", "MIB", "WORKLOADS", "BenchConfig"]
 
 
-WORKLOADS: Final = ("direct", "primary", "https", "idle", "small", "cpu", "headers")
+WORKLOADS: Final = ("direct", "primary", "https", "idle", "small", "small-primary", "backlog", "cpu", "headers")
 INSTRUMENT: Final = "LSSTCam"
 MB: Final = 1_000_000
 MIB: Final = 1 << 20
@@ -25,6 +25,7 @@ class BenchConfig:
     idle_files: int
     small_files: int
     small_size_bytes: int
+    backlog_files: int
     idle_window_s: float
     workloads: tuple[str, ...]
     keep: bool

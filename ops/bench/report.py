@@ -13,7 +13,14 @@ __all__ = ["render_table", "targets"]
 
 # Targets from the issue: reported with PASS/MISS, never asserted.
 TARGET_DIRECT_VS_RSYNC: Final = 1.0
-TARGET_PRIMARY_VS_RSYNC: Final = 0.5
+TARGET_PRIMARY_VS_RSYNC: Final = 0.75
+TARGET_SMALL_VS_RSYNC: Final = 1.0
+TARGET_SMALL_PRIMARY_VS_RSYNC: Final = 0.5
+TARGET_BACKLOG_VS_RSYNC: Final = 0.5
+TARGET_LONE_SMALL_P99_S: Final = 0.2
+TARGET_CPU_VS_RSYNC: Final = 1.0
+TARGET_JOURNAL_BYTES_PER_FILE: Final = 8192
+"""What a file's rows need in a site's journal (files, transfers, inbound, catalog, notices, outbox, indexes)."""
 TARGET_IDLE_P99_S: Final = 1.0
 TARGET_PEAK_RSS_MIB: Final = 150.0
 TARGET_IDLE_CPU_PERCENT: Final = 1.0
@@ -32,14 +39,51 @@ def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             entry = workloads[key]
             ratio = entry.get("vs_rsync")
             ok = None if ratio is None else bool(entry.get("complete")) and ratio >= goal
-            add(f"{key} throughput >= {goal:.1f}x rsync --fsync", ratio, ok, f"{ratio:.2f}x" if ratio else "n/a")
+            add(f"{key} throughput >= {goal:g}x rsync --fsync", ratio, ok, f"{ratio:.2f}x" if ratio else "n/a")
     if "idle" in workloads:
         entry = workloads["idle"]
         p99 = entry.get("latency", {}).get("p99_s")
         size = report["config"]["size_bytes"] / MB
         ok = None if p99 is None else bool(entry.get("complete")) and p99 <= TARGET_IDLE_P99_S
         add(f"idle p99 latency ({size:.0f} MB files) <= {TARGET_IDLE_P99_S:.0f} s", p99, ok, _secs(p99))
-    for key in ("direct", "primary"):
+    for key, goal, what in (
+        ("small", TARGET_SMALL_VS_RSYNC, "small files, direct"),
+        ("small-primary", TARGET_SMALL_PRIMARY_VS_RSYNC, "small files, primary"),
+        ("backlog", TARGET_BACKLOG_VS_RSYNC, "backlog drain"),
+    ):
+        if key in workloads:
+            entry = workloads[key]
+            ratio = entry.get("vs_rsync")
+            ok = None if ratio is None else bool(entry.get("complete")) and ratio >= goal
+            add(f"{what} files/s >= {goal:g}x rsync --fsync", ratio, ok, f"{ratio:.2f}x" if ratio else "n/a")
+    lone = workloads.get("small", {}).get("lone", {}).get("latency", {}).get("p99_s")
+    if lone is not None:
+        add(
+            f"lone small file p99 latency <= {TARGET_LONE_SMALL_P99_S:.1f} s",
+            lone,
+            lone <= TARGET_LONE_SMALL_P99_S,
+            _secs(lone),
+        )
+    for key in ("direct", "primary", "small"):
+        entry = workloads.get(key, {})
+        cpu_ratio = entry.get("cpu_vs_rsync")
+        if "cpu_s_per_gb_per_hop" in entry:
+            add(
+                f"CPU-s/GB per hop ({key}) <= {TARGET_CPU_VS_RSYNC:.1f}x rsync's",
+                cpu_ratio,
+                None if cpu_ratio is None else cpu_ratio <= TARGET_CPU_VS_RSYNC,
+                f"{cpu_ratio:.2f}x" if cpu_ratio else "n/a",
+            )
+    growth = workloads.get("backlog", {}).get("journal_bytes_per_file")
+    if growth:
+        worst_growth = max(growth.values())
+        add(
+            f"backlog journal growth per file per site <= {TARGET_JOURNAL_BYTES_PER_FILE} B",
+            worst_growth,
+            worst_growth <= TARGET_JOURNAL_BYTES_PER_FILE,
+            f"{worst_growth:.0f} B",
+        )
+    for key in ("direct", "primary", "small", "backlog"):
         rss = workloads.get(key, {}).get("peak_rss_mib")
         if rss:
             worst = max((v for v in rss.values() if v is not None), default=None)
@@ -106,31 +150,69 @@ def render_table(report: Mapping[str, Any]) -> str:
             )
         else:
             lines.append(f"rsync    {rs.get('error')}")
+    for key, what in (("rsync_small", "small files"), ("rsync_backlog", "backlog files")):
+        extra = baselines.get(key)
+        if extra:
+            lines.append(
+                f"rsync    {what}: {extra['files_per_s']} files/s ({extra['files']} files in {extra['seconds']} s)"
+                if "files_per_s" in extra
+                else f"rsync    {what}: {extra.get('error')}"
+            )
+    cpu_lines = [
+        f"{key} {baselines[key]['cpu_s_per_gb']} CPU-s/GB"
+        for key in ("rsync", "rsync_small")
+        if baselines.get(key, {}).get("cpu_s_per_gb") is not None
+    ]
+    if cpu_lines:
+        lines.append("rsync    CPU (client + daemon): " + ", ".join(cpu_lines))
     lines.append("")
     header = (
-        f"{'workload':9} {'files':>6} {'MB/s':>7} {'files/s':>8} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
+        f"{'workload':13} {'files':>6} {'MB/s':>7} {'files/s':>8} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
         f"{'x rsync':>7} {'x dd':>6}  {'CPU s sum/base/arch':>19}  peak RSS MiB sum/base/arch"
     )
     workloads = report["workloads"]
-    if any(name in workloads for name in ("direct", "primary", "https", "idle", "small")):
+    rows = ("direct", "primary", "https", "idle", "small", "small-primary", "backlog")
+    if any(name in workloads for name in rows):
         lines += [header, "-" * len(header)]
-    for name in ("direct", "primary", "https", "idle", "small"):
+    for name in rows:
         entry = workloads.get(name)
         if entry is None:
             continue
         if "error" in entry:
-            lines.append(f"{name:9} ERROR {entry['error']}")
+            lines.append(f"{name:13} ERROR {entry['error']}")
             continue
         lat = entry.get("latency", {})
         rss = entry.get("peak_rss_mib", {})
         cpu_s = entry.get("daemon_cpu_s", {})
         files = f"{entry['received']}/{entry['files']}" if not entry.get("complete") else str(entry["files"])
         lines.append(
-            f"{name:9} {files:>6} {_num(entry.get('mb_per_s')):>7} {_num(entry.get('files_per_s')):>8} "
+            f"{name:13} {files:>6} {_num(entry.get('mb_per_s')):>7} {_num(entry.get('files_per_s')):>8} "
             f"{_secs(lat.get('p50_s')):>7} {_secs(lat.get('p95_s')):>7} {_secs(lat.get('p99_s')):>7} "
             f"{_num(entry.get('vs_rsync'), '.2f'):>7} {_num(entry.get('vs_dd'), '.2f'):>6}  "
             f"{'/'.join(_num(cpu_s.get(site), '.1f') for site, _ in SITES):>19}  "
             + "/".join(_num(rss.get(site), ".0f") for site, _ in SITES)
+        )
+    per_hop = [
+        f"{name} {workloads[name]['cpu_s_per_gb_per_hop']}"
+        for name in ("direct", "primary", "https", "small")
+        if workloads.get(name, {}).get("cpu_s_per_gb_per_hop") is not None
+    ]
+    if per_hop:
+        lines.append("daemon CPU-s/GB per hop (sites on the route): " + ", ".join(per_hop))
+    lone = workloads.get("small", {}).get("lone")
+    if lone:
+        lat = lone.get("latency", {})
+        lines.append(
+            f"lone small files ({lone['files']}, one at a time): "
+            f"p50 {_secs(lat.get('p50_s'))} s, p99 {_secs(lat.get('p99_s'))} s"
+        )
+    backlog = workloads.get("backlog")
+    if backlog and "journal_bytes_per_file" in backlog:
+        growth = "  ".join(f"{site} {b:.0f}" for site, b in backlog["journal_bytes_per_file"].items())
+        lines.append(
+            f"backlog: registered in {backlog['register_s']} s with the archive down, "
+            f"drained in {backlog['seconds']} s; "
+            f"journal growth B/file: {growth}"
         )
     lines.append("")
     cpu = workloads.get("cpu")
@@ -147,10 +229,10 @@ def render_table(report: Mapping[str, Any]) -> str:
     if headers:
         lines.append(f"header verification: {headers['verify_us_per_header']} us/header")
     if report["targets"]:
-        lines += ["", f"{'target':58} {'value':>10}  result", "-" * 77]
+        lines += ["", f"{'target':62} {'value':>10}  result", "-" * 81]
         for t in report["targets"]:
             verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
-            lines.append(f"{t['target']:58} {t['shown']:>10}  {verdict}")
+            lines.append(f"{t['target']:62} {t['shown']:>10}  {verdict}")
     for error in report["errors"]:
         lines.append(f"ERROR {error}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from ops.bench.measure import cpu_seconds, idle_cpu, peak_rss_mib, percentiles
 from ops.cluster import SITES, Cluster
 from ops.pki import make_pki
 
-__all__ = ["Body", "on_fresh_cluster", "push_burst", "push_one_by_one"]
+__all__ = ["Body", "on_fresh_cluster", "push_burst", "push_lone_then_burst", "push_one_by_one"]
 
 log = structlog.get_logger()
 
@@ -44,9 +44,7 @@ async def on_fresh_cluster(
                 pids = {site: pid for site, _ in SITES if (pid := cluster.daemons[site].pid) is not None}
                 cpu_before = {site: cpu_seconds(pid) for site, pid in pids.items()}
                 result = await body(cluster, listener)
-                result["daemon_cpu_s"] = {
-                    site: round(cpu_seconds(pid) - cpu_before[site], 2) for site, pid in pids.items()
-                }
+                result["daemon_cpu_s"] = _cpu_since(cluster, pids, cpu_before)
                 result["duplicate_notices"] = listener.duplicates
             if cpu_window_s is not None:
                 result["idle_cpu"] = await idle_cpu(cluster, cpu_window_s)
@@ -57,6 +55,17 @@ async def on_fresh_cluster(
         else:
             await remove_tree(workdir)
     return result
+
+
+def _cpu_since(cluster: Cluster, pids: Mapping[str, int], before: Mapping[str, float]) -> dict[str, float]:
+    """CPU seconds each daemon used since ``before``; a daemon restarted meanwhile counts from its restart."""
+    used: dict[str, float] = {}
+    for site, pid in pids.items():
+        now_pid = cluster.daemons[site].pid
+        if now_pid is None:
+            continue
+        used[site] = round(cpu_seconds(now_pid) - (before[site] if now_pid == pid else 0.0), 2)
+    return used
 
 
 def _deadline_s(total_bytes: int, files: int) -> float:
@@ -110,3 +119,15 @@ async def push_one_by_one(cluster: Cluster, listener: ArrivalListener, files: Se
         "size_bytes": largest,
         "latency": percentiles(latencies),
     }
+
+
+async def push_lone_then_burst(
+    cluster: Cluster, listener: ArrivalListener, files: Sequence[Path], *, lone: int
+) -> dict[str, Any]:
+    """``lone`` files one by one on an idle cluster (latency with nothing to batch), then the rest in a burst."""
+    lone_files, burst_files = files[:lone], files[lone:]
+    alone = await push_one_by_one(cluster, listener, lone_files) if lone_files else None
+    result = await push_burst(cluster, listener, burst_files)
+    if alone is not None:
+        result["lone"] = alone
+    return result
