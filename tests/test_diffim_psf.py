@@ -9,7 +9,7 @@ import pytest
 
 from ops.simulate.sky import FieldSpec, VisitSpec, make_wcs, simulate_visit
 from processors.diffim import QualityParams, assess_quality, measure_psf
-from processors.diffim.background import estimate_background
+from processors.diffim.background import background_from_levels, background_levels, estimate_background
 from processors.diffim.psf import find_peaks
 from processors.diffim.registration import register_to
 
@@ -117,8 +117,8 @@ def test_visit_quality_on_arrival() -> None:
 
 
 def test_a_calexp_file_carries_its_psf_and_a_difference_uses_it(tmp_path: Path) -> None:
-    """A calexp written with its PSF reads back with the same PSF and peak count; a difference of two such
-    files gives exactly the sources and kernel of one that measures both PSFs itself."""
+    """A calexp written with its PSF and sky mesh reads back with the same PSF, peak count and mesh; a
+    difference of two such files gives exactly the sources and kernel of one that measures both itself."""
     import dataclasses
 
     from ops.simulate.sky import to_calibrated
@@ -132,13 +132,22 @@ def test_a_calexp_file_carries_its_psf_and_a_difference_uses_it(tmp_path: Path) 
         image = to_calibrated(simulate_visit(FIELD, visit, shape=SHAPE), obsid=f"MC_O_20260114_00000{index}")
         psf, quality = visit_quality(image, params)
         path = tmp_path / f"{index}.fits"
-        dataclasses.replace(image, psf=psf, n_peaks=quality.n_sources).to_fits(str(path), {"GROUPID": "g"})
+        levels = background_levels(image.image_e, image.mask, mesh_px=params.background_mesh_px)
+        carried = dataclasses.replace(
+            image, psf=psf, n_peaks=quality.n_sources, background_levels=levels, background_mesh_px=128
+        )
+        carried.to_fits(str(path), {"GROUPID": "g"})
         written.append((image, psf, quality, path))
     for _image, psf, quality, path in written:
         back = CalibratedImage.from_fits(str(path))
         assert back.psf is not None and psf is not None
         assert back.psf.sigma_px == psf.sigma_px and back.psf.n_stars == psf.n_stars
         assert np.array_equal(back.psf.stamp, psf.stamp) and back.n_peaks == quality.n_sources
+        assert back.background_levels is not None and back.background_mesh_px == params.background_mesh_px
+        shape = back.shape
+        assert np.array_equal(
+            background_from_levels(back.background_levels, shape), estimate_background(back.image_e, back.mask)
+        )
     (sci, _, _, sci_path), (ref, _, _, ref_path) = written[1], written[0]
     measured = difference_pair(sci, ref, params)
     carried = difference_pair(

@@ -22,6 +22,7 @@ from processors.calib import CalibParams, isr_exposure
 from processors.calib.isr import RawExposure
 from processors.calib.layout import AmpGeometry
 from processors.diffim import MASK_BAD, MASK_SAT, CalibratedImage, DiffParams, difference_pair, visit_quality
+from processors.diffim.background import background_levels
 from processors.diffim.psf import QualityParams
 from processors.diffim.template import TemplateParams, TemplateResult, build_template
 
@@ -158,6 +159,10 @@ def make_calexp(task: CalexpTask) -> CalexpOutcome:
     )
     isr_done = time.perf_counter()
     params = DiffParams(quality=QualityParams(max_fwhm_arcsec=task.max_fwhm_arcsec))
+    mesh_px = params.background_mesh_px
+    calexp = dataclasses.replace(
+        calexp, background_levels=background_levels(image, mask, mesh_px=mesh_px), background_mesh_px=mesh_px
+    )
     psf, quality = visit_quality(calexp, params)
     psf_done = time.perf_counter()
     cards: dict[str, Any] = dict(task.provenance)

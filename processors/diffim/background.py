@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 from scipy.interpolate import RectBivariateSpline
 
@@ -79,10 +82,34 @@ def estimate_background(
     Returns:
         The background in electrons, same shape as the image.
     """
-    ny, nx = image_e.shape
+    levels = background_levels(
+        image_e, mask, mesh_px=mesh_px, stride=stride, clip_sigma=clip_sigma, iterations=iterations, statistic=statistic
+    )
+    return background_from_levels(levels, (int(image_e.shape[0]), int(image_e.shape[1])), mesh_px=mesh_px)
+
+
+def _mesh_edges(shape: tuple[int, int], mesh_px: int) -> tuple[np.ndarray, np.ndarray]:
+    ny, nx = shape
     my, mx = max(1, round(ny / mesh_px)), max(1, round(nx / mesh_px))
-    ey = np.linspace(0, ny, my + 1).astype(int)
-    ex = np.linspace(0, nx, mx + 1).astype(int)
+    return np.linspace(0, ny, my + 1).astype(int), np.linspace(0, nx, mx + 1).astype(int)
+
+
+def background_levels(
+    image_e: FloatImage,
+    mask: MaskImage,
+    *,
+    mesh_px: int = 128,
+    stride: int = 2,
+    clip_sigma: float = 3.0,
+    iterations: int = 4,
+    statistic: str = "median",
+) -> npt.NDArray[np.floating[Any]] | None:
+    """The mesh of :func:`estimate_background`: one clipped level per box, 3x3-median smoothed (None: no good
+    pixel). A calexp keeps it, so that a difference interpolates it with :func:`background_from_levels`
+    instead of measuring the sky again."""
+    ny, nx = image_e.shape
+    ey, ex = _mesh_edges((int(ny), int(nx)), mesh_px)
+    my, mx = ey.size - 1, ex.size - 1
     sub = np.where(mask[::stride, ::stride] == 0, image_e[::stride, ::stride], np.nan).astype(np.float32)
     sy, sx = -(-ey // stride), -(-ex // stride)
     boxes = [sub[sy[i] : sy[i + 1], sx[j] : sx[j + 1]].ravel() for i in range(my) for j in range(mx)]
@@ -92,14 +119,30 @@ def estimate_background(
         block[k, : b.size] = b
     levels = _mesh_levels(block, iterations, clip_sigma, statistic).reshape(my, mx)
     if not np.isfinite(levels).any():
-        return np.zeros_like(image_e, dtype=np.float32)
+        return None
     levels = np.where(np.isfinite(levels), levels, np.nanmedian(levels))
     if my >= 3 and mx >= 3:
         levels = ndimage.median_filter(levels, size=3, mode="nearest")
+    return np.asarray(levels)
+
+
+def background_from_levels(
+    levels: npt.NDArray[np.floating[Any]] | None, shape: tuple[int, int], *, mesh_px: int = 128
+) -> FloatImage:
+    """The full-resolution background of a mesh from :func:`background_levels` (zero for None): a bicubic
+    spline through the box centres, evaluated every 8th row and linearly in between, held constant beyond
+    the outer centres."""
+    ny, nx = shape
+    if levels is None:
+        return np.zeros(shape, dtype=np.float32)
+    ey, ex = _mesh_edges(shape, mesh_px)
+    my, mx = ey.size - 1, ex.size - 1
+    if levels.shape != (my, mx):
+        raise ValueError(f"a background mesh of {levels.shape} does not fit {shape} at {mesh_px} px")
     cy = (ey[:-1] + ey[1:] - 1) / 2.0
     cx = (ex[:-1] + ex[1:] - 1) / 2.0
     if my == 1 and mx == 1:
-        return np.full_like(image_e, levels[0, 0], dtype=np.float32)
+        return np.full(shape, levels[0, 0], dtype=np.float32)
     ky, kx = min(3, my - 1), min(3, mx - 1)
     if ky == 0 or kx == 0:
         # One row or column of boxes: interpolate along the other axis only.

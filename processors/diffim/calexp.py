@@ -57,6 +57,8 @@ class CalibratedImage:
         pixel_scale_arcsec: pixel scale, used to report FWHM in arcsec.
         psf: the visit's PSF when already measured (measured by the chain when None).
         n_peaks: the 5-sigma peaks found when ``psf`` was measured (the quality cut's source count).
+        background_levels: the sky's mesh (``background.background_levels``) when already measured.
+        background_mesh_px: the box size of that mesh.
         extra: free-form identity the caller wants carried along (GROUPID, CURINDEX...).
     """
 
@@ -71,6 +73,8 @@ class CalibratedImage:
     pixel_scale_arcsec: float = 0.2
     psf: PsfModel | None = None
     n_peaks: int | None = None
+    background_levels: npt.NDArray[np.floating[Any]] | None = None
+    background_mesh_px: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,6 +106,8 @@ class CalibratedImage:
 
         psf: PsfModel | None = None
         n_peaks: int | None = None
+        levels: np.ndarray | None = None
+        mesh_px: int | None = None
         with fits.open(path, memmap=False) as hdul:
             primary = hdul[0].header
             image = np.asarray(hdul["IMAGE"].data, dtype=np.float32)
@@ -119,6 +125,9 @@ class CalibratedImage:
                     gaussian_flux_ratio=float(card["GFRATIO"]),
                 )
                 n_peaks = int(card["NPEAKS"]) if "NPEAKS" in card else None
+            if "BKGMESH" in hdul:
+                levels = np.asarray(hdul["BKGMESH"].data)
+                mesh_px = int(hdul["BKGMESH"].header["MESHPX"])
         det = detector or primary.get("DETECTOR")
         if det is None and primary.get("RAFTBAY") and primary.get("CCDSLOT"):
             det = f"{primary['RAFTBAY']}_{primary['CCDSLOT']}"
@@ -138,12 +147,14 @@ class CalibratedImage:
             midpoint_mjd_tai=mjd,
             psf=psf,
             n_peaks=n_peaks,
+            background_levels=levels,
+            background_mesh_px=mesh_px,
         )
 
     def to_fits(self, path: str, primary_cards: Mapping[str, Any] | None = None) -> None:
         """Write the image as a calexp, in one pass: a primary with identity (and ``primary_cards``), IMAGE
-        (with WCS), VARIANCE, MASK, and PSF (its stamp and figures) when the PSF is known, so that a
-        difference need not measure it again."""
+        (with WCS), VARIANCE, MASK, PSF (its stamp and figures) when the PSF is known and BKGMESH (the sky's
+        mesh) when the background is, so that a difference need not measure either again."""
         primary = fits.Header()
         primary["OBSID"] = self.obsid
         primary["DETECTOR"] = self.detector
@@ -167,4 +178,8 @@ class CalibratedImage:
             if self.n_peaks is not None:
                 card["NPEAKS"] = (self.n_peaks, "5-sigma peaks found with the PSF")
             hdus.append(fits.ImageHDU(self.psf.stamp, header=card, name="PSF"))
+        if self.background_levels is not None and self.background_mesh_px is not None:
+            mesh = fits.Header()
+            mesh["MESHPX"] = (self.background_mesh_px, "box size of the sky mesh, px")
+            hdus.append(fits.ImageHDU(self.background_levels, header=mesh, name="BKGMESH"))
         fits.HDUList(hdus).writeto(path, overwrite=True)

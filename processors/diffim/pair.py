@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from processors.diffim.background import estimate_background
+from processors.diffim.background import background_from_levels, estimate_background
 from processors.diffim.calexp import MASK_EDGE, CalibratedImage, FloatImage, MaskImage
 from processors.diffim.cutouts import CutoutWriter
 from processors.diffim.detection import DetectionParams, Detections, detect_sources
@@ -141,8 +141,8 @@ def difference_pair(science: CalibratedImage, reference: CalibratedImage, params
         DiffimError: a PSF or the kernel could not be fitted (too few stars).
     """
     clock = _Clock()
-    sci_bg = estimate_background(science.image_e, science.mask, mesh_px=params.background_mesh_px)
-    ref_bg = estimate_background(reference.image_e, reference.mask, mesh_px=params.background_mesh_px)
+    sci_bg = _background(science, params.background_mesh_px)
+    ref_bg = _background(reference, params.background_mesh_px)
     sci = (science.image_e - sci_bg).astype(np.float32)
     ref = (reference.image_e - ref_bg).astype(np.float32)
     del sci_bg, ref_bg  # a 4k detector holds ~40 planes of 64 MB along the chain: free what is done
@@ -278,6 +278,13 @@ def difference_pair(science: CalibratedImage, reference: CalibratedImage, params
     )
 
 
+def _background(image: CalibratedImage, mesh_px: int) -> FloatImage:
+    """The image's sky: from the mesh it carries (measured on arrival), or measured now."""
+    if image.background_levels is not None and image.background_mesh_px == mesh_px:
+        return background_from_levels(image.background_levels, image.shape, mesh_px=mesh_px)
+    return estimate_background(image.image_e, image.mask, mesh_px=mesh_px)
+
+
 def visit_quality(image: CalibratedImage, params: DiffParams) -> tuple[PsfModel | None, VisitQuality]:
     """PSF and quality verdict of one visit on arrival, before any pairing (pure, picklable).
 
@@ -287,9 +294,7 @@ def visit_quality(image: CalibratedImage, params: DiffParams) -> tuple[PsfModel 
     Returns:
         The PSF (None when no star could model it) and the quality figures with the verdict.
     """
-    bs = (image.image_e - estimate_background(image.image_e, image.mask, mesh_px=params.background_mesh_px)).astype(
-        np.float32
-    )
+    bs = (image.image_e - _background(image, params.background_mesh_px)).astype(np.float32)
     peaks = find_peaks(bs, image.variance_e2, image.mask)
     try:
         psf: PsfModel | None = measure_psf(
