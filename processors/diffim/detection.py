@@ -21,7 +21,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy import ndimage
 
-from processors.diffim.psf import FWHM_PER_SIGMA, gaussian_filter_fft, gaussian_psf_stamp, local_maxima
+from processors.diffim.psf import FWHM_PER_SIGMA, gaussian_psf_stamp, local_maxima
 
 __all__ = ["DetectionParams", "Detections", "DiaSource", "detect_sources"]
 
@@ -139,12 +139,17 @@ def detect_sources(
     # Peaks beside a masked pixel measure half a source: drop a PSF sigma around masked pixels.
     if bad.any():
         search &= ~ndimage.binary_dilation(bad, iterations=max(1, math.ceil(sigma)))
-    typical_var = float(np.median(variance_e2[good])) if good.any() else 1.0
+    # the value masked pixels take in the variance plane (they are out of the search): a typical one, from a
+    # 1-in-16 sample
+    sampled = variance_e2[::4, ::4][good[::4, ::4]]
+    typical_var = float(np.median(sampled)) if sampled.size else 1.0
     d0 = np.where(good, diff_e, 0.0).astype(np.float32)
     v0 = np.where(good, variance_e2, typical_var).astype(np.float32)
-    filtered = gaussian_filter_fft(d0, sigma)
+    # separable Gaussian filters (two 1-D passes: half the cost of a full-frame FFT pair on a 4k detector)
+    filtered = ndimage.gaussian_filter(d0, sigma, mode="nearest", truncate=5.0)
     noise = np.sqrt(
-        np.maximum(gaussian_filter_fft(v0, sigma / math.sqrt(2.0)), 1e-12) / np.float32(4 * math.pi * sigma**2)
+        np.maximum(ndimage.gaussian_filter(v0, sigma / math.sqrt(2.0), mode="nearest", truncate=5.0), 1e-12)
+        / np.float32(4 * math.pi * sigma**2)
     )
     significance = filtered / noise
     rescale = 1.0
