@@ -198,6 +198,16 @@ FILE_STATE_WORDS = {"held": "awaiting custody"}
 comes back (not "held for want of a route", which ``queue`` shows as ``held``)."""
 
 
+def _emit_answers(answers: dict[str, Any]) -> None:
+    """Every site's answer as one JSON document; a site that did not answer is ``{reachable: false, error}``."""
+    output.emit_json(
+        {
+            name: {"reachable": False, "error": answer.message} if isinstance(answer, CliError) else answer
+            for name, answer in answers.items()
+        }
+    )
+
+
 def _pairs(mapping: Any) -> str:
     """``{'archived': 9, 'held': 1}`` as ``archived 9, held 1`` (``-`` when empty)."""
     if not isinstance(mapping, dict) or not mapping:
@@ -223,12 +233,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     unreachable = {name: a for name, a in answers.items() if isinstance(a, CliError)}
     code = Exit.UNREACHABLE if unreachable else Exit.OK
     if args.json:
-        output.emit_json(
-            {
-                name: {"reachable": False, "error": a.message} if isinstance(a, CliError) else a
-                for name, a in answers.items()
-            }
-        )
+        _emit_answers(answers)
         return code
     rows: list[tuple[object, ...]] = []
     for name, st in answers.items():
@@ -281,12 +286,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     unreachable = {name: a for name, a in answers.items() if isinstance(a, CliError)}
     code = Exit.UNREACHABLE if unreachable else Exit.OK
     if args.json:
-        output.emit_json(
-            {
-                name: {"reachable": False, "error": a.message} if isinstance(a, CliError) else a
-                for name, a in answers.items()
-            }
-        )
+        _emit_answers(answers)
         return code
     rows = []
     for name, items in answers.items():
