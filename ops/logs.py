@@ -24,6 +24,7 @@ import argparse
 import logging
 import os
 import sys
+from types import TracebackType
 from typing import TextIO
 
 import structlog
@@ -108,6 +109,14 @@ def _level(name: str) -> int:
     return int(logging.getLevelName(name.upper()))
 
 
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """An exception nothing caught (a daemon crashing): one log line with its traceback, not bare text."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    structlog.get_logger("ops.logs").critical("uncaught_exception", exc_info=(kind, exc, tb))
+
+
 def configure(
     level: str = "info",
     *,
@@ -166,6 +175,7 @@ def configure(
 
     logging.getLogger("mqtt").setLevel(logging.NOTSET)  # then let --library-log-level decide
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
     os.environ.setdefault("DASK_DISTRIBUTED__LOGGING", _DASK_LOGGING)
 
     structlog.configure(
