@@ -50,6 +50,18 @@ FAST_TUNING: dict[str, float] = {
 }
 """Timers short enough for tests; every value must be positive (the topology loader checks)."""
 
+DRILL_TUNING: dict[str, float] = {
+    "ack_timeout_s": 1.5,
+    "backoff_initial_s": 0.2,
+    "backoff_max_s": 2.0,
+    "breaker_failures": 2,
+    "breaker_hold_down_s": 3.0,
+    "end_to_end_timeout_s": 8.0,
+    "mqtt_keepalive_s": 2,
+    "publish_timeout_s": 1.5,
+}
+"""Timers for drills (cuts, failover, failback): slower than FAST_TUNING, so that a cut is told from load."""
+
 DAYOBS = "20250601"
 INSTRUMENT = "ComCam"
 SITES = ("summit", "base", "archive")
@@ -547,3 +559,16 @@ async def wait_settled(
                 async with asyncio.timeout(min(pause_s, max(0.0, deadline - loop.time()))):
                     await traffic.wait()
             pause_s = SETTLE_RECHECK_FIRST_S if traffic.is_set() else min(2 * pause_s, SETTLE_RECHECK_MAX_S)
+
+
+def arrived_names(notices: Collector) -> set[str]:
+    """Names of the files whose arrival notice a collector has seen."""
+    return {n["name"] for n in notices.of_type("arrival")}
+
+
+async def write_exposures(cluster: Cluster, seqnums: Sequence[int], size_bytes: int) -> list[Path]:
+    """Write one camera exposure per SEQNUM into the summit inbox; the paths written."""
+    paths: list[Path] = []
+    for seqnum in seqnums:
+        paths += await write_files(cluster, seqnum=seqnum, size_bytes=size_bytes)
+    return paths

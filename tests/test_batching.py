@@ -10,38 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from pathlib import Path
 
 import pytest
 from conftest import (
     INSTRUMENT,
-    Collector,
     MakeCluster,
     Subscribe,
+    arrived_names,
     blake3_of,
     checksums,
     read_catalog,
     wait_settled,
-    write_files,
+    write_exposures,
 )
-
-from ops.cluster import Cluster
 
 ARRIVALS = "skyrelay/v1/arrivals/#"
 EXPOSURES = range(1, 7)  # 6 x 9 = 54 files
 FILE_BYTES = 48 * 1024
 KILL_AFTER_NOTICES = 8
-
-
-def _arrived(notices: Collector) -> set[str]:
-    return {n["name"] for n in notices.of_type("arrival")}
-
-
-async def _burst(cluster: Cluster) -> list[Path]:
-    paths: list[Path] = []
-    for seqnum in EXPOSURES:
-        paths += await write_files(cluster, seqnum=seqnum, size_bytes=FILE_BYTES)
-    return paths
 
 
 @pytest.mark.timeout(240)
@@ -54,9 +40,9 @@ async def test_sigkill_in_the_middle_of_a_small_file_batch_loses_and_duplicates_
     raw/, announced under a single notice id, and the summit holds custody of every one."""
     cluster = await make_cluster(routes={"direct": ["summit", "archive"]})
     notices = await subscribe(cluster, "archive", ARRIVALS)
-    paths = await _burst(cluster)
-    await notices.wait_for(lambda _: len(_arrived(notices)) >= KILL_AFTER_NOTICES, timeout_s=90)
-    in_flight = len(paths) - len(_arrived(notices))
+    paths = await write_exposures(cluster, EXPOSURES, FILE_BYTES)
+    await notices.wait_for(lambda _: len(arrived_names(notices)) >= KILL_AFTER_NOTICES, timeout_s=90)
+    in_flight = len(paths) - len(arrived_names(notices))
     old_pid = cluster.daemons[site].pid
     await cluster.daemons[site].kill()
     await cluster.restart_daemon(site)
@@ -65,7 +51,7 @@ async def test_sigkill_in_the_middle_of_a_small_file_batch_loses_and_duplicates_
 
     sources = await checksums(paths)
     assert len(sources) == len(paths) == 9 * len(EXPOSURES)
-    await notices.wait_for(lambda _: set(sources) <= _arrived(notices), timeout_s=120)
+    await notices.wait_for(lambda _: set(sources) <= arrived_names(notices), timeout_s=120)
     statuses = await wait_settled(cluster, archived=len(paths), timeout_s=120, wake=notices)
     assert statuses["summit"]["files"] == {"archived": len(paths)}, "custody of every file came back"
 

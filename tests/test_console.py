@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from browser import open_page, require_browser
-from conftest import MakeCluster, http_ssl, login, operator_headers, write_files
+from conftest import DRILL_TUNING, MakeCluster, http_ssl, login, operator_headers, write_files
 from parts import open_journal, topology
 
 from daemon.counters import SiteCounters
@@ -32,16 +32,7 @@ from ops.linksim import link_name
 
 pytestmark = pytest.mark.timeout(120)
 
-TUNING: dict[str, float] = {
-    "ack_timeout_s": 1.5,
-    "backoff_initial_s": 0.2,
-    "backoff_max_s": 2.0,
-    "breaker_failures": 2,
-    "breaker_hold_down_s": 3.0,
-    "end_to_end_timeout_s": 8.0,
-    "mqtt_keepalive_s": 2,
-    "publish_timeout_s": 1.5,
-}
+TUNING = DRILL_TUNING
 SEEN_S = 20_000  # ms: a change must be on the page within this (generous under load; the figures are printed)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import (
+    DRILL_TUNING,
     Collector,
     MakeCluster,
     Subscribe,
@@ -38,16 +39,7 @@ ARRIVALS = "skyrelay/v1/arrivals/#"
 SUMMIT_EVENTS = "skyrelay/v1/events/summit"
 ARCHIVE_PROBLEMS = "skyrelay/v1/problems/archive"
 
-TUNING: dict[str, float] = {
-    "ack_timeout_s": 1.5,
-    "backoff_initial_s": 0.2,
-    "backoff_max_s": 2.0,
-    "breaker_failures": 2,
-    "breaker_hold_down_s": 3.0,
-    "end_to_end_timeout_s": 8.0,
-    "mqtt_keepalive_s": 2,
-    "publish_timeout_s": 1.5,
-}
+TUNING = DRILL_TUNING
 E2E_S = TUNING["end_to_end_timeout_s"]
 HOLD_DOWN_S = TUNING["breaker_hold_down_s"]
 KEEPALIVE_S = TUNING["mqtt_keepalive_s"]

@@ -20,12 +20,14 @@ from conftest import (
     Collector,
     MakeCluster,
     Subscribe,
+    arrived_names,
     blake3_of,
     checksums,
     drop_into_inbox,
     read_catalog,
     site_status,
     wait_settled,
+    write_exposures,
     write_files,
 )
 
@@ -38,22 +40,11 @@ EXPOSURES = (1, 2)
 KILL_AFTER_NOTICES = 4  # custody is flowing back and most files are still on their way
 
 
-def _arrived(notices: Collector) -> set[str]:
-    return {n["name"] for n in notices.of_type("arrival")}
-
-
-async def _write_exposures(cluster: Cluster) -> list[Path]:
-    paths: list[Path] = []
-    for seqnum in EXPOSURES:
-        paths += await write_files(cluster, seqnum=seqnum, size_bytes=FILE_BYTES)
-    return paths
-
-
 async def _assert_all_archived_once(cluster: Cluster, paths: list[Path], notices: Collector) -> None:
     """Every file archived once with the source checksum, announced with a stable notice_id, custody home."""
     sources = await checksums(paths)
     assert len(sources) == len(paths) == 9 * len(EXPOSURES)
-    await notices.wait_for(lambda _: set(sources) <= _arrived(notices), timeout_s=60)
+    await notices.wait_for(lambda _: set(sources) <= arrived_names(notices), timeout_s=60)
     statuses = await wait_settled(cluster, archived=len(paths), timeout_s=60, wake=notices)
     assert statuses["summit"]["files"] == {"archived": len(paths)}
 
@@ -112,9 +103,9 @@ async def test_sigkill_mid_transfer_loses_and_duplicates_nothing(
     cluster = await make_cluster()
     notices = await subscribe(cluster, "archive", ARRIVALS)
     async with asyncio.TaskGroup() as tg:
-        writing = tg.create_task(_write_exposures(cluster))
-        await notices.wait_for(lambda _: len(_arrived(notices)) >= KILL_AFTER_NOTICES, timeout_s=60)
-        in_flight = 9 * len(EXPOSURES) - len(_arrived(notices))
+        writing = tg.create_task(write_exposures(cluster, EXPOSURES, FILE_BYTES))
+        await notices.wait_for(lambda _: len(arrived_names(notices)) >= KILL_AFTER_NOTICES, timeout_s=60)
+        in_flight = 9 * len(EXPOSURES) - len(arrived_names(notices))
         await _kill_and_restart(cluster, kind, site, notices)
     assert in_flight > 0, "every file had arrived before the kill; the fault hit nothing"
     await _assert_all_archived_once(cluster, writing.result(), notices)
@@ -135,10 +126,10 @@ async def test_corrupted_bytes_on_the_link_are_caught_and_retried(
     await problems.wait_for(
         lambda _: any(p["kind"] == "checksum_mismatch" for p in problems.of_type("problem")), timeout_s=60
     )
-    assert not _arrived(notices), "a corrupted file was announced"
+    assert not arrived_names(notices), "a corrupted file was announced"
     await link.set_mode("up")
 
-    await notices.wait_for(lambda _: {p.name for p in paths} <= _arrived(notices), timeout_s=90)
+    await notices.wait_for(lambda _: {p.name for p in paths} <= arrived_names(notices), timeout_s=90)
     statuses = await wait_settled(cluster, archived=len(paths), timeout_s=90, wake=notices)
     assert statuses["archive"]["counters"]["checksum_mismatch"] >= 1
     assert link.stats()["corrupted_chunks"] >= 1
@@ -179,7 +170,7 @@ async def test_a_file_with_no_route_to_custody_is_reported_not_silently_stuck(
     assert summit["custody"] == {"awaiting": len(paths), "stuck": len(paths), "held": 0}
 
     await cluster.restart_daemon("archive")
-    await notices.wait_for(lambda _: {p.name for p in paths} <= _arrived(notices), timeout_s=60)
+    await notices.wait_for(lambda _: {p.name for p in paths} <= arrived_names(notices), timeout_s=60)
     await wait_settled(cluster, archived=len(paths), timeout_s=60, wake=notices)
     assert sorted(r["name"] for r in read_catalog(cluster)) == sorted(p.name for p in paths)
 
