@@ -9,6 +9,7 @@ default for relays); the summit keeps the camera's files unless ``retention_s`` 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import sqlite3
 import time
@@ -35,6 +36,9 @@ log = structlog.get_logger()
 StopOffering = Callable[[str], None]
 
 
+ANSWERED_KEPT = 4096
+
+
 class CustodyRelay:
     """Handles custody receipts arriving at a relay or the summit, and expiry of copies in custody."""
 
@@ -57,6 +61,8 @@ class CustodyRelay:
         self.counters = counters
         self.stop_offering = stop_offering
         self.relay_dir = relay_dir
+        self._answered: collections.OrderedDict[str, None] = collections.OrderedDict()
+        """Custody ids acked lately: the ack of a repeat goes alone (a lost batch is not lost again)."""
         self.expiry_wake = asyncio.Event()
 
     async def on_custody(self, custody: Custody, receipt: Receipt) -> None:
@@ -98,8 +104,13 @@ class CustodyRelay:
             size=receipt.size,
             at=time.time(),
         )
+        repeat = custody.custody_id in self._answered
+        self._answered[custody.custody_id] = None
+        self._answered.move_to_end(custody.custody_id)
+        while len(self._answered) > ANSWERED_KEPT:
+            self._answered.popitem(last=False)
         try:
-            await self.mailbox.send(custody.sender, "ack", ack.to_json())
+            await self.mailbox.send(custody.sender, "ack", ack.to_json(), alone=repeat)
         except PeerUnreachable as exc:
             log.info("ack_not_sent", peer=custody.sender, transfer_id=ack.transfer_id, reason=str(exc))
         if onward is not None and queued:

@@ -3,6 +3,8 @@
 A message must be sealed by a signer allowed to send its kind here and name that signer as its
 sender; an unsigned or wrongly signed one is rejected with a ``bad_signature`` problem, a malformed
 or misaddressed one with ``bad_message``. Nothing it carries changes any state, and no task ends.
+A batch (:mod:`protocol.batch`) is verified once; each message in it must be one its signer may send,
+and is then handled exactly as if it had come alone (a bad one is rejected, the others are not).
 
 From the mailbox (:meth:`Dispatcher.deliver`), messages about different files are handled
 concurrently (so their journal writes share group commits); messages about one file keep their
@@ -26,6 +28,8 @@ from daemon.sending.router import ControlOutcome, Router
 from daemon.sending.sender import Sender
 from daemon.trust import Trust
 from protocol import topics
+from protocol.batch import decode_batch
+from protocol.codec import load_object
 from protocol.control import RouteControl
 from protocol.custody import Custody
 from protocol.errors import ProtocolError
@@ -73,10 +77,11 @@ class Dispatcher:
         if self.tg is None:
             await self.on_message(topic, payload)
             return
-        handle = await self._prepare(topic, payload)
-        if handle is None:
-            return
-        lane, run = handle
+        for lane, run in await self._prepare(topic, payload):
+            await self._start(lane, run)
+
+    async def _start(self, lane: str | None, run: Callable[[], Awaitable[None]]) -> None:
+        assert self.tg is not None
         if lane is None:
             if self._running:  # control and the like: after everything before it, alone
                 await asyncio.wait(set(self._running))
@@ -105,14 +110,14 @@ class Dispatcher:
 
     async def on_message(self, topic: str, payload: bytes) -> None:
         """Dispatch one message from the site's own mailbox; reject anything malformed."""
-        handle = await self._prepare(topic, payload)
-        if handle is not None:
-            await handle[1]()
+        for _, run in await self._prepare(topic, payload):
+            await run()
 
-    async def _prepare(self, topic: str, payload: bytes) -> tuple[str | None, Callable[[], Awaitable[None]]] | None:
-        """Verify and parse a message; return its lane (None: not about one file) and its handling.
+    async def _prepare(self, topic: str, payload: bytes) -> list[tuple[str | None, Callable[[], Awaitable[None]]]]:
+        """Verify and parse a message (or each message of a batch); return each one's lane (None: not about
+        one file) and its handling.
 
-        A message that does not verify or parse is reported here and gives None.
+        A message that does not verify or parse is reported here and left out.
         """
         kind = "?"
         try:
@@ -120,13 +125,58 @@ class Dispatcher:
             if site != self.site:
                 raise ProtocolError(f"addressed to {site}, this is {self.site}", field="topic")
             sealed = self.trust.open(kind, payload)
-            body = sealed.body
+            if kind != "batch":
+                handle = await self._parse(topic, payload, kind, sealed.body, sealed.signer)
+                return [handle] if handle is not None else []
+            entries = decode_batch(sealed.body)
+        except SignatureError as exc:
+            # Bytes that are no envelope at all are a bad message; a readable envelope that does not
+            # verify, or comes from the wrong signer, is a bad signature.
+            problem = "bad_message" if exc.reason == "malformed" else "bad_signature"
+            await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind=problem, signer=exc.signer)
+            return []
+        except ProtocolError as exc:
+            await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind="bad_message", field=exc.field)
+            return []
+        handles = []
+        for entry in entries:
+            if entry.error is not None:
+                await self.rejected(
+                    topic, f"rejected batch entry: {entry.error}", payload, kind="bad_message", field=entry.error.field
+                )
+                continue
+            if sealed.signer not in self.trust.allowed(entry.kind):
+                reason = f"{sealed.signer!r} may not send {entry.kind!r} here"
+                await self.rejected(topic, f"rejected {entry.kind} in a batch: {reason}", payload, signer=sealed.signer)
+                continue
+            handle = await self._parse(topic, payload, entry.kind, entry.body, sealed.signer, batch_index=entry.index)
+            if handle is not None:
+                handles.append(handle)
+        return handles
+
+    async def _parse(
+        self,
+        topic: str,
+        payload: bytes,
+        kind: str,
+        body: bytes | dict[str, Any],
+        signer: str,
+        *,
+        batch_index: int | None = None,
+    ) -> tuple[str | None, Callable[[], Awaitable[None]]] | None:
+        """Parse one verified message (its JSON text, or its object from a batch) signed by ``signer``.
+
+        A message that does not parse, or claims another sender than its signer, is reported and gives None.
+        """
+        where = {} if batch_index is None else {"batch_index": batch_index}
+        try:
+            data = load_object(body) if isinstance(body, bytes) else body
             if kind == "offer":
                 receiver = self.receiver
                 if receiver is None:
                     raise ProtocolError(f"{self.site} takes no offers", field="topic")
-                offer = Offer.from_json(body)
-                _signed_by(offer.sender, sealed.signer)
+                offer = Offer.from_dict(data)
+                _signed_by(offer.sender, signer)
 
                 async def offered() -> None:
                     with bound_file(offer.name, transfer_id=offer.transfer_id):
@@ -134,8 +184,8 @@ class Dispatcher:
 
                 return f"file:{offer.identity.key}", lambda: self._guarded(topic, payload, kind, offered)
             if kind == "ack":
-                ack = Ack.from_json(body)
-                _signed_by(ack.sender, sealed.signer)
+                ack = Ack.from_dict(data)
+                _signed_by(ack.sender, signer)
                 acked = self.sender.items.get(ack.transfer_id)
 
                 async def answered() -> None:
@@ -145,8 +195,8 @@ class Dispatcher:
                 lane = f"file:{acked.file_key}" if acked is not None else f"ack:{ack.transfer_id}"
                 return lane, lambda: self._guarded(topic, payload, kind, answered)
             if kind == "custody":
-                custody = Custody.from_json(body)
-                _signed_by(custody.sender, sealed.signer)
+                custody = Custody.from_dict(data)
+                _signed_by(custody.sender, signer)
                 receipt = self.trust.open_receipt(custody.receipt)
 
                 async def held() -> None:
@@ -154,20 +204,26 @@ class Dispatcher:
                         await self.custody.on_custody(custody, receipt)
 
                 return f"file:{receipt.file_key}", lambda: self._guarded(topic, payload, kind, held)
-            if kind == "control":
-                signer = sealed.signer
+            if kind == "control" and isinstance(body, bytes):
+                control_body = body
 
                 async def controlled() -> None:
-                    await self._control(body, signer)
+                    await self._control(control_body, signer)
 
                 return None, lambda: self._guarded(topic, payload, kind, controlled)
+            raise ProtocolError(f"{kind!r} is not a mailbox message kind", field="topic")
         except SignatureError as exc:
-            # Bytes that are no envelope at all are a bad message; a readable envelope that does not
-            # verify, or comes from the wrong signer, is a bad signature.
             problem = "bad_message" if exc.reason == "malformed" else "bad_signature"
-            await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind=problem, signer=exc.signer)
+            await self.rejected(
+                topic, f"rejected {kind} message: {exc}", payload, kind=problem, signer=exc.signer, **where
+            )
         except ProtocolError as exc:
-            await self.rejected(topic, f"rejected {kind} message: {exc}", payload, kind="bad_message", field=exc.field)
+            await self.rejected(
+                topic, f"rejected {kind} message: {exc}", payload, kind="bad_message", field=exc.field, **where
+            )
+        except (TypeError, ValueError, RecursionError) as exc:  # as Message.from_json words them
+            reason = f"rejected {kind} message: cannot decode {kind!r}: {exc}"
+            await self.rejected(topic, reason, payload, kind="bad_message", **where)
         return None
 
     async def _guarded(self, topic: str, payload: bytes, kind: str, work: Callable[[], Awaitable[None]]) -> None:

@@ -6,6 +6,12 @@ connection is health evidence: a cut link drops the connection at once. Each lin
 presence: our ``online`` (retained) with an ``offline`` last will on the peer's broker, and the
 peer's own presence, which we watch.
 
+Messages for a peer that queue while the previous publish to it awaits the broker's PUBACK go out
+together, in one signed batch (:mod:`protocol.batch`): under load one publish and one signature carry
+many offers, acks or custody hops, and a lone message still goes at once, alone. A retry (attempt > 1)
+always goes alone on its own kind's topic, so a peer or broker ACL that does not know batches still
+gets every message, late.
+
 Everything this site sends into a mailbox, and its presence, is sealed with the site's key
 (:mod:`daemon.trust`); a peer's presence counts only when the peer signed it. The daemon logs in with
 its own account, and its client ids carry a secret derived from that account's password, so no other
@@ -15,6 +21,7 @@ account can take them over.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import time
@@ -33,6 +40,7 @@ from daemon.credentials import secret_client_id
 from daemon.errors import PeerUnreachable
 from daemon.trust import Trust
 from protocol import topics
+from protocol.batch import BATCH_KINDS, MAX_BATCH_MESSAGES, batch_room, encode_batch, entry_bytes
 from protocol.errors import ProtocolError
 from protocol.presence import Presence
 from protocol.signing import SignatureError
@@ -47,6 +55,15 @@ SESSION_EXPIRY_S = 3600
 OWN_PRESENCES_KEPT = 64
 """How many of this run's own presence payloads are recognised when the broker hands them back."""
 RECONNECT_CAP_S = 5.0
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Queued:
+    """A message waiting for its peer's flusher; ``done`` resolves when the broker acknowledged it."""
+
+    kind: str
+    body: bytes
+    done: asyncio.Future[None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +123,14 @@ class Mailbox:
         self._listeners: list[PeerListener] = []
         # A link that comes back should be noticed within seconds, whatever the delivery backoff is.
         self._reconnect_cap_s = min(RECONNECT_CAP_S, self.tuning.backoff_max_s)
+        self._batch_max = max(1, min(self.tuning.max_batch_messages, MAX_BATCH_MESSAGES))
+        self._outbox: dict[str, deque[_Queued]] = {}
+        """Per peer, messages that may travel in a batch, for the peer's flusher (once :meth:`run` started it)."""
+        self._outbox_wake: dict[str, asyncio.Event] = {}
+        self.publishes: collections.Counter[str] = collections.Counter()
+        """MQTT publishes into each peer's mailbox."""
+        self.messages_sent: collections.Counter[str] = collections.Counter()
+        """Messages delivered into each peer's mailbox (more than publishes when batches carried them)."""
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -125,6 +150,10 @@ class Mailbox:
         tg.create_task(self._own_loop(), name=f"{self.site}.mailbox")
         for peer in self._peers:
             tg.create_task(self._peer_loop(peer), name=f"{self.site}.link.{peer}")
+            if self._batch_max > 1:
+                self._outbox[peer] = deque()
+                self._outbox_wake[peer] = asyncio.Event()
+                tg.create_task(self._flusher(peer), name=f"{self.site}.flush.{peer}")
 
     def _presence(self, state: str, unreachable: tuple[str, ...] = ()) -> bytes:
         """This site's signed presence."""
@@ -294,8 +323,11 @@ class Mailbox:
         for listener in self._listeners:
             listener(peer, up)
 
-    async def send(self, peer: str, kind: topics.SiteTopicKind, payload: bytes) -> None:
+    async def send(self, peer: str, kind: topics.SiteTopicKind, payload: bytes, *, alone: bool = False) -> None:
         """Publish into ``peer``'s mailbox (QoS 1, waiting for the broker's PUBACK).
+
+        Offers, acks and custody hops may share a batch with others queued for the same peer meanwhile;
+        ``alone`` (for retries) sends this one by itself on its own kind's topic.
 
         Raises:
             PeerUnreachable: the link is down or the broker did not acknowledge in time.
@@ -303,11 +335,78 @@ class Mailbox:
         client = self._peers.get(peer)
         if client is None:
             raise PeerUnreachable(f"no connection to {peer}'s mailbox")
-        sealed = self.trust.seal(kind, peer, payload)
+        queue = self._outbox.get(peer)
+        if alone or queue is None or kind not in BATCH_KINDS:
+            await self._publish(peer, client, kind, self.trust.seal(kind, peer, payload), 1)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(_Queued(kind, payload, done))
+        self._outbox_wake[peer].set()
+        await done
+
+    async def _publish(self, peer: str, client: aiomqtt.Client, kind: str, sealed: bytes, messages: int) -> None:
         try:
-            await client.publish(topics.site(peer, kind), sealed, qos=1, timeout=self.tuning.publish_timeout_s)
+            await client.publish(
+                topics.site(peer, kind),  # type: ignore[arg-type]
+                sealed,
+                qos=1,
+                timeout=self.tuning.publish_timeout_s,
+            )
         except aiomqtt.MqttError as exc:
             raise PeerUnreachable(f"publish to {peer} failed: {exc}") from exc
+        self.publishes[peer] += 1
+        self.messages_sent[peer] += messages
+
+    async def _flusher(self, peer: str) -> None:
+        """Publish what queued for ``peer``: one message alone, several in one batch; until cancelled."""
+        queue, wake = self._outbox[peer], self._outbox_wake[peer]
+        room = batch_room()
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                await asyncio.sleep(0)  # let the senders that are ready in this turn of the loop join in
+                while queue:
+                    taken: list[_Queued] = []
+                    used = 0
+                    while queue and len(taken) < self._batch_max:
+                        entry = queue[0]
+                        if entry.done.done():  # its sender gave up (cancelled)
+                            queue.popleft()
+                            continue
+                        size = entry_bytes(entry.body)
+                        if taken and used + size > room:
+                            break
+                        taken.append(queue.popleft())
+                        used += size
+                    if taken:
+                        await self._flush(peer, taken)
+        finally:
+            for entry in queue:
+                if not entry.done.done():
+                    entry.done.set_exception(PeerUnreachable(f"mailbox link to {peer} stopped"))
+            queue.clear()
+
+    async def _flush(self, peer: str, taken: list[_Queued]) -> None:
+        client = self._peers.get(peer)
+        try:
+            if client is None:
+                raise PeerUnreachable(f"no connection to {peer}'s mailbox")
+            if len(taken) == 1:
+                only = taken[0]
+                await self._publish(peer, client, only.kind, self.trust.seal(only.kind, peer, only.body), 1)
+            else:
+                body = encode_batch([(e.kind, e.body) for e in taken])
+                await self._publish(peer, client, "batch", self.trust.seal("batch", peer, body), len(taken))
+        except (PeerUnreachable, ProtocolError) as exc:
+            failure = exc if isinstance(exc, PeerUnreachable) else PeerUnreachable(f"cannot batch for {peer}: {exc}")
+            for entry in taken:
+                if not entry.done.done():
+                    entry.done.set_exception(failure)
+            return
+        for entry in taken:
+            if not entry.done.done():
+                entry.done.set_result(None)
 
     async def publish_local(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         """Publish on the site's own broker (notices, problems, events); False when it is down."""

@@ -106,9 +106,12 @@ class Receiver:
     # ---- acks ------------------------------------------------------------------------------
 
     async def send_ack(self, peer: str, ack: Ack) -> None:
-        """Publish an ack into ``peer``'s mailbox; a lost ack is answered again when the offer repeats."""
+        """Publish an ack into ``peer``'s mailbox; a lost ack is answered again when the offer repeats.
+
+        The ack of a repeated offer goes alone, never in a batch: whatever lost the first does not lose it.
+        """
         try:
-            await self.mailbox.send(peer, "ack", ack.to_json())
+            await self.mailbox.send(peer, "ack", ack.to_json(), alone=ack.attempt > 1)
         except PeerUnreachable as exc:
             log.info("ack_not_sent", peer=peer, transfer_id=ack.transfer_id, reason=str(exc))
 

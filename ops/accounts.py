@@ -232,7 +232,7 @@ def acl_text(plan: AccountPlan, site: str) -> str:
         lines += [
             "",
             f"user {plan.daemons[peer].username}",
-            *(f"topic write {t}/site/{site}/{kind}" for kind in ("offer", "ack", "custody")),
+            *(f"topic write {t}/site/{site}/{kind}" for kind in ("offer", "ack", "custody", "batch")),
             f"topic write {t}/presence/{peer}",
             f"topic read {t}/presence/{site}",
         ]

@@ -8,8 +8,8 @@ from typing import Literal
 from protocol.errors import ProtocolError
 
 PREFIX = "skyrelay/v1"
-SiteTopicKind = Literal["offer", "ack", "custody", "control"]
-SITE_TOPIC_KINDS: tuple[str, ...] = ("offer", "ack", "custody", "control")
+SiteTopicKind = Literal["offer", "ack", "custody", "control", "batch"]
+SITE_TOPIC_KINDS: tuple[str, ...] = ("offer", "ack", "custody", "control", "batch")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 

@@ -73,7 +73,7 @@ from protocol.control import RouteControl
 from protocol.custody import Custody, Receipt
 from protocol.presence import Presence
 from protocol.signing import load_private_key, seal, seal_receipt
-from protocol.transfer import Ack
+from protocol.transfer import Ack, Offer
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -846,7 +846,7 @@ async def test_a_forged_offer_reusing_a_real_transfer_id_archives_nothing_twice(
 # ---- hostile bytes, accounts, HTTP -------------------------------------------------------------
 
 
-MAILBOX_KINDS: tuple[topics.SiteTopicKind, ...] = ("offer", "ack", "custody")
+MAILBOX_KINDS: tuple[topics.SiteTopicKind, ...] = ("offer", "ack", "custody", "batch")
 DEEP = b"[" * 1000 + b"]" * 1000
 """2,000 bytes of JSON nested 1,000 deep: RecursionError in ``json.loads``."""
 DEEP_IN_AN_ENVELOPE = (
@@ -1051,3 +1051,65 @@ async def test_a_restarted_site_takes_its_own_last_will_for_its_own_not_for_a_fo
     assert len(replaced) == 1, replaced
     assert forgery.decode().startswith(replaced[0]["details"]["payload_preview"]), "reported: not the forgery"
     assert await primary_healthy(cluster)
+
+
+async def test_a_batch_is_verified_once_and_each_message_in_it_judged_as_if_it_came_alone(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
+    """A batch in the archive's mailbox signed with the stolen operator key is refused whole (an operator may
+    send no batch); one signed with the base's real key opens, and each message in it is judged as if it had
+    come alone: a control command (which never travels in a batch), an offer that claims the summit as its
+    sender, an ack without its fields and an entry that is no message are each refused with their reason. The
+    daemon keeps running and files still flow."""
+    cluster = await started(make_cluster)
+    problems = await subscribe(cluster, "archive", topics.problems("archive"))
+    pid = cluster.daemons["archive"].pid
+    forged_offer = Offer(
+        transfer_id="t-forged-in-a-batch",
+        sender="summit",
+        receiver="archive",
+        name="AT_O_20261201_000001_R00_S00.fits",
+        size=10,
+        checksum="blake3:" + "0" * 64,
+        closed_at=time.time(),
+        route="direct",
+        route_sites=("summit", "archive"),
+        hop=0,
+        source_path="/v1/transfers/t-forged-in-a-batch",
+        attempt=1,
+        sent_at=time.time(),
+    )
+    control = {"type": "route_control", "v": 1, "command": "disable", "route": "direct"}
+    body = json.dumps(
+        {
+            "type": "batch",
+            "v": 1,
+            "messages": [
+                {"kind": "control", "body": control},
+                {"kind": "offer", "body": forged_offer.to_dict()},
+                {"kind": "ack", "body": {"type": "ack", "v": 1}},
+                "no message at all",
+            ],
+        }
+    ).encode()
+    topic = topics.site("archive", "batch")
+    by_operator = seal(
+        body, kind="batch", signer="operator", key=load_private_key(cluster.workdir / "operator.key"), to="archive"
+    )
+    await inject(cluster, "archive", "site-base", topic, by_operator)
+    by_base = seal(body, kind="batch", signer="base", key=signing_key(cluster, "base"), to="archive")
+    await inject(cluster, "archive", "site-base", topic, by_base)
+
+    refused = await wait_problems(problems, ("bad_message", "bad_signature"), 5)
+    reasons = sorted(p["reason"] for p in refused)
+    assert [p["kind"] for p in refused].count("bad_signature") == 2, reasons
+    assert any("'operator' may not send 'batch'" in r for r in reasons), reasons
+    assert any("do not travel in a batch" in r for r in reasons), reasons
+    assert any("claims to be from 'summit'" in r for r in reasons), reasons
+    assert any("rejected ack message" in r and "is required" in r for r in reasons), reasons
+    assert any("batch entry 3 must be an object" in r for r in reasons), reasons
+    assert (
+        query_journal(cluster, "archive", "SELECT * FROM inbound WHERE transfer_id = ?", ("t-forged-in-a-batch",)) == []
+    )
+    assert cluster.daemons["archive"].pid == pid
+    await assert_still_works(cluster, {}, seqnum=1)

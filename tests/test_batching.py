@@ -1,9 +1,11 @@
-"""Crash tests for the batched small-file path: group commits in the journal and concurrent dispatch.
+"""Crash tests for the batched small-file path: group commits in the journal, concurrent dispatch, and
+mailbox batches (several offers, acks or custody hops in one signed publish).
 
 A burst of small files keeps several journal transactions in each COMMIT and several messages in
-flight at once; a SIGKILL of the receiving archive or of the sending summit in the middle of that,
-then a restart, must leave every file archived exactly once with the summit's checksum, announced
-under one notice id, and its custody back at the summit.
+flight at once, most of them in batches; a SIGKILL of the receiving archive, of the receiving and
+forwarding base, or of the sending summit in the middle of that, then a restart, must leave every
+file archived exactly once with the summit's checksum, announced under one notice id, and its
+custody back at the summit.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from conftest import (
     write_exposures,
 )
 
+from ops.bench.workloads import mailbox_traffic
+
 ARRIVALS = "skyrelay/v1/arrivals/#"
 EXPOSURES = range(1, 7)  # 6 x 9 = 54 files
 FILE_BYTES = 48 * 1024
@@ -31,18 +35,24 @@ KILL_AFTER_NOTICES = 8
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("site", ["archive", "summit"])
+@pytest.mark.parametrize(
+    ("site", "route"),
+    [("archive", ["summit", "archive"]), ("summit", ["summit", "archive"]), ("base", ["summit", "base", "archive"])],
+)
 async def test_sigkill_in_the_middle_of_a_small_file_batch_loses_and_duplicates_nothing(
-    make_cluster: MakeCluster, subscribe: Subscribe, site: str
+    make_cluster: MakeCluster, subscribe: Subscribe, site: str, route: list[str]
 ) -> None:
-    """SIGKILL of the receiver (archive) or the sender (summit) while a burst of small files is being
-    batched, then a restart: each file is catalogued once with the summit's checksum, stored once under
-    raw/, announced under a single notice id, and the summit holds custody of every one."""
-    cluster = await make_cluster(routes={"direct": ["summit", "archive"]})
+    """SIGKILL of the receiver (archive; base, which also forwards) or the sender (summit) while a burst
+    of small files travels in mailbox batches, then a restart: each file is catalogued once with the
+    summit's checksum, stored once under raw/, announced under a single notice id, and the summit holds
+    custody of every one."""
+    cluster = await make_cluster(routes={"route": route})
     notices = await subscribe(cluster, "archive", ARRIVALS)
     paths = await write_exposures(cluster, EXPOSURES, FILE_BYTES)
     await notices.wait_for(lambda _: len(arrived_names(notices)) >= KILL_AFTER_NOTICES, timeout_s=90)
+    traffic = await mailbox_traffic(cluster)
     in_flight = len(paths) - len(arrived_names(notices))
+    assert any(t["messages"] > t["publishes"] for t in traffic.values()), f"no batch before the kill: {traffic}"
     old_pid = cluster.daemons[site].pid
     await cluster.daemons[site].kill()
     await cluster.restart_daemon(site)

@@ -305,8 +305,10 @@ async def test_the_breaker_opens_after_n_failures_and_its_timer_lets_one_probe_t
         breaker_failures=2,
         breaker_hold_down_s=hold_down_s,
         ack_timeout_s=ack_timeout_s,
-        backoff_initial_s=0.05,
-        backoff_max_s=0.1,
+        # Longer than the two first deadlines can lie apart on a busy machine: the first file's retry must not
+        # go out (legitimately, with the breaker still closed) before the second file's timeout opens it.
+        backoff_initial_s=0.3,
+        backoff_max_s=0.3,
     ) as parts:
         assert parts.routes is not None
         breaker = parts.routes.breaker("archive")

@@ -128,6 +128,9 @@ class Tuning:
     late_after_s: float = 60.0
     report_retry_every: int = 5
     max_file_bytes: int = 64 << 30
+    max_batch_messages: int = 32
+    """Messages for one peer that queue while a publish awaits its broker go together in one signed batch, up
+    to this many (``protocol.batch``); 1 sends every message alone (a peer or ACL from before batches)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -60,6 +60,8 @@ class MetricsSource(Protocol):
 
     def held_files(self) -> tuple[int, float] | None: ...
 
+    def mailbox_traffic(self) -> Iterable[tuple[str, int, int]]: ...
+
     def catalog_counts(self) -> dict[str, int] | None: ...
 
     async def refresh(self) -> None:
@@ -101,6 +103,19 @@ class SiteCollector(Collector):
         deliveries.add_metric([name, "acked"], counters.deliveries_acked)
         deliveries.add_metric([name, "failed_attempt"], counters.delivery_failures)
         yield deliveries
+        publishes = CounterMetricFamily(
+            "skyrelay_mailbox_publishes", "MQTT publishes into each peer's mailbox", labels=["site", "peer"]
+        )
+        messages = CounterMetricFamily(
+            "skyrelay_mailbox_messages",
+            "Messages delivered into each peer's mailbox (more than publishes when batches carry several)",
+            labels=["site", "peer"],
+        )
+        for peer, published, delivered in source.mailbox_traffic():
+            publishes.add_metric([name, peer], published)
+            messages.add_metric([name, peer], delivered)
+        yield publishes
+        yield messages
         pending = GaugeMetricFamily(
             "skyrelay_pending", "Messages awaiting an ack, by peer and kind", labels=["site", "peer", "kind"]
         )

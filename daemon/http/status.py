@@ -133,6 +133,11 @@ class SiteView:
                 breaker = self.routes.breakers.get(peer)
                 yield peer, breaker.state if breaker is not None else "closed"
 
+    def mailbox_traffic(self) -> Iterator[tuple[str, int, int]]:
+        """(peer, MQTT publishes, messages) sent into each peer's mailbox."""
+        for peer in self.mailbox.peers:
+            yield peer, self.mailbox.publishes[peer], self.mailbox.messages_sent[peer]
+
     def held_files(self) -> tuple[int, float] | None:
         """(files held for want of a usable route, age of the oldest in seconds) at the summit."""
         if self.router is None:

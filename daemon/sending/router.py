@@ -26,6 +26,8 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import heapq
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -98,6 +100,12 @@ class Router:
         self.reporter = reporter
         self.make_item = make_item
         self.awaiting: dict[str, Awaiting] = {}
+        self._deadlines: list[tuple[float, int, str]] = []
+        """(custody clock start, seq, file key) of awaiting files, a heap: the next deadline without a scan.
+        An entry is stale when its file's clock no longer starts then (custody came, or it was re-sent)."""
+        self._seq = itertools.count()
+        self._stuck: set[str] = set()
+        """Keys of awaiting files that are overdue with no other usable route."""
         self.held: dict[str, Held] = {}
         self._held_reported = False
         self._stuck_reported_at: float | None = None
@@ -119,24 +127,32 @@ class Router:
         now_wall, now = time.time(), time.monotonic()
         for row in await self.journal.read(journal_files.awaiting_custody):
             started = None if row.acked_at is None else now - max(0.0, now_wall - row.acked_at)
-            self.awaiting[row.file.file_key] = Awaiting(file=row.file, route=row.route, started=started)
+            self.awaiting[row.file.file_key] = waiting = Awaiting(file=row.file, route=row.route, started=None)
+            if started is not None:
+                self._start_clock(row.file.file_key, waiting, started)
         await self.routes.policy.load(self.journal)
         await self._hold_forbidden(now)
 
     def track(self, file_row: FileRow, route: str) -> None:
         """A new file was offered along ``route``."""
         self.awaiting[file_row.file_key] = Awaiting(file=file_row, route=route, started=None)
+        self._stuck.discard(file_row.file_key)
 
     def delivered(self, file_key: str, route: str) -> None:
         """The first hop acknowledged the file on ``route``: start its custody clock."""
         waiting = self.awaiting.get(file_key)
         if waiting is not None and waiting.route == route:
-            waiting.started = time.monotonic()
+            self._start_clock(file_key, waiting, time.monotonic())
             self.wake.set()  # schedule this file's custody deadline
+
+    def _start_clock(self, file_key: str, waiting: Awaiting, started: float) -> None:
+        waiting.started = started
+        heapq.heappush(self._deadlines, (started, next(self._seq), file_key))
 
     def forget(self, file_key: str) -> None:
         """Stop tracking a file: the archive holds it, or the camera replaced it before it left."""
         self.awaiting.pop(file_key, None)
+        self._stuck.discard(file_key)
         self.held.pop(file_key, None)
 
     # ---- files held for want of a usable route ---------------------------------------------------
@@ -224,19 +240,24 @@ class Router:
     async def _hold_forbidden(self, now: float) -> None:
         """Take back from the sender the offers (not in flight) queued on a route the policy forbids when
         no usable route can take them: the sender would otherwise send them there anyway."""
-        for item in [i for i in self.sender.items.values() if i.kind == "offer" and i.route is not None]:
-            route = self.topology.route(item.route or "")
-            if route is None or route.sites[0] != self.sender.site or not self._forbidden(route):
+        forbidden = [r for r in self.routes.routes if r.sites[0] == self.sender.site and self._forbidden(r)]
+        for route in forbidden:
+            if self.routes.alternative(route.name, now) is not None:
                 continue
-            if self.sender.inflight(item) or self.routes.alternative(route.name, now) is not None:
-                continue
-            found = await self.journal.read(_transfer_and_file, item.msg_id, item.file_key)
-            self.sender.remove(item.msg_id)
-            if found is None:
-                continue
-            transfer, file_row = found
-            self.track(file_row, transfer.route)
-            self._hold(transfer, file_row)
+            for item in self.sender.offers_on(route.name):
+                await self._take_back(item)
+
+    async def _take_back(self, item: Outgoing) -> None:
+        """Hold an offer (not in flight) that the sender would otherwise send on a forbidden route."""
+        if self.sender.inflight(item) or self.sender.items.get(item.msg_id) is not item:
+            return
+        found = await self.journal.read(_transfer_and_file, item.msg_id, item.file_key)
+        self.sender.remove(item.msg_id)
+        if found is None:
+            return
+        transfer, file_row = found
+        self.track(file_row, transfer.route)
+        self._hold(transfer, file_row)
 
     async def _release_held(self, now: float) -> None:
         """Offer every held file on the usable route, if there is one now; report a new spell of holding."""
@@ -356,14 +377,15 @@ class Router:
     async def _failover(self) -> None:
         """Move offers that wait on an unusable route to the first usable other route."""
         now = time.monotonic()
-        for item in [i for i in self.sender.items.values() if i.kind == "offer" and i.route is not None]:
-            route = self.topology.route(item.route or "")
-            if route is None or route.sites[0] != self.sender.site or self.routes.usable(route, now):
+        for route in self.routes.routes:
+            if route.sites[0] != self.sender.site or self.routes.usable(route, now):
                 continue
             alternative = self.routes.alternative(route.name, now)
             if alternative is None:
                 continue
-            await self._reroute(item, alternative, reason=f"{route.name} unusable: {self._why(route, now)}")
+            for item in self.sender.offers_on(route.name):
+                if self.sender.items.get(item.msg_id) is item:  # (not acked or moved while we awaited)
+                    await self._reroute(item, alternative, reason=f"{route.name} unusable: {self._why(route, now)}")
         await self._hold_forbidden(now)
 
     async def _note_health(self, now: float) -> None:
@@ -435,20 +457,22 @@ class Router:
         """Re-send files whose custody is overdue by another route; return the next deadline."""
         timeout = self.topology.tuning.end_to_end_timeout_s
         now = time.monotonic()
-        next_deadline: float | None = None
-        for key, waiting in list(self.awaiting.items()):
-            if waiting.started is None:
+        deadlines = self._deadlines
+        while deadlines:
+            started, _, key = deadlines[0]
+            waiting = self.awaiting.get(key)
+            if waiting is None or waiting.started != started:
+                heapq.heappop(deadlines)  # stale: custody came, or the file was re-sent since
                 continue
-            deadline = waiting.started + timeout
-            if deadline > now:
-                next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
-                continue
+            if started + timeout > now or started >= now:
+                break  # (the second: a clock restarted in this pass waits for the next)
+            heapq.heappop(deadlines)
             self.routes.mark_degraded(waiting.route, now)
             alternative = self.routes.alternative(waiting.route, now)
-            waiting.started = now  # with no alternative, look again after another period
+            self._start_clock(key, waiting, now)  # with no alternative, look again after another period
             if alternative is None:
                 waiting.stuck = True
-                next_deadline = now + timeout if next_deadline is None else min(next_deadline, now + timeout)
+                self._stuck.add(key)
                 continue
             old_route = waiting.route
             await self._resend(key, waiting, alternative)
@@ -461,7 +485,7 @@ class Router:
                 new_route=alternative.name,
             )
         await self._report_stuck(now, timeout)
-        return next_deadline
+        return deadlines[0][0] + timeout if deadlines else None
 
     def custody_summary(self) -> dict[str, int]:
         """Files awaiting custody; those ``stuck`` (overdue with no other usable route, or held for want
@@ -469,16 +493,18 @@ class Router:
         held = set(self.held)
         return {
             "awaiting": len(set(self.awaiting) | held),
-            "stuck": sum(1 for k, w in self.awaiting.items() if w.stuck and k not in held) + len(held),
+            "stuck": len(self._stuck - held) + len(held),
             "held": len(held),
         }
 
     async def _report_stuck(self, now: float, period: float) -> None:
         """Nothing silently stuck: one problem per period listing every overdue file with no other
         usable route (not one problem per file)."""
-        stuck = [w for w in self.awaiting.values() if w.stuck]
         due = self._stuck_reported_at is None or now - self._stuck_reported_at >= period
-        if stuck and due:
+        if not self._stuck or not due:
+            return
+        stuck = [self.awaiting[k] for k in self._stuck if k in self.awaiting]
+        if stuck:
             self._stuck_reported_at = now
             names = sorted(w.file.name for w in stuck)
             await self.reporter.problem(
@@ -501,12 +527,16 @@ class Router:
         )
         self.sender.add(self.make_item(transfer, waiting.file))
         waiting.route, waiting.started, waiting.stuck = route.name, None, False
+        self._stuck.discard(key)
 
     async def _rescue_stranded(self, now: float) -> None:
         """Files the next hop already holds but reports it cannot forward go again by another route."""
+        stranded = {r.name for r in self.routes.routes if self.routes.onward_down(r)}
+        if not stranded:
+            return
         for key, waiting in list(self.awaiting.items()):
             route = self.topology.route(waiting.route)
-            if waiting.started is None or route is None:
+            if waiting.started is None or route is None or route.name not in stranded:
                 continue
             beyond = self.routes.onward_down(route)
             if not beyond:

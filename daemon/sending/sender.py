@@ -110,32 +110,44 @@ class Channel:
                     await self.wake.wait()
 
     async def _send_ready(self, window: int) -> None:
+        """Send ready items up to the window: together (the mailbox batches them), each then awaits its ack."""
         sender = self.sender
         while self.ready and len(self.inflight) < window:
-            if not sender.mailbox.connected(self.peer):
+            going: list[Outgoing] = []
+            while self.ready and len(self.inflight) + len(going) < window:
+                if not sender.mailbox.connected(self.peer):
+                    break
+                breaker = sender.routes.breaker(self.peer) if sender.routes else None
+                if breaker is not None and not breaker.allows():
+                    break  # the breaker's hold-down timer wakes this channel
+                if breaker is not None and breaker.state == "half_open" and (self.inflight or going):
+                    break  # one probe at a time while half-open
+                msg_id = self.ready.popleft()
+                item = sender.items.get(msg_id)
+                if item is None or msg_id in self.inflight or any(g is item for g in going):
+                    continue
+                item.attempt += 1
+                item.generation += 1
+                going.append(item)
+            if not going:
                 return
-            breaker = sender.routes.breaker(self.peer) if sender.routes else None
-            if breaker is not None and not breaker.allows():
-                return  # the breaker's hold-down timer wakes this channel
-            if breaker is not None and breaker.state == "half_open" and self.inflight:
-                return  # one probe at a time while half-open
-            msg_id = self.ready.popleft()
-            item = sender.items.get(msg_id)
-            if item is None or msg_id in self.inflight:
-                continue
-            item.attempt += 1
-            item.generation += 1
-            try:
-                await sender.mailbox.send(self.peer, item.kind, item.payload(item.attempt))
-            except PeerUnreachable as exc:
-                if sender.items.get(msg_id) is item:
-                    await sender.failed(item, str(exc))
-                continue
-            if sender.items.get(msg_id) is not item:
-                continue  # acked or removed while its publish awaited the broker: it holds no place in the window
-            self.inflight.add(msg_id)
-            ahead = sum(sender.items[i].size for i in self.inflight if i in sender.items)
-            self.push_timer(time.monotonic() + sender.ack_timeout(item, bytes_ahead=ahead), item, "deadline")
+            results = await asyncio.gather(*(self._send(item) for item in going), return_exceptions=True)
+            for item, result in zip(going, results, strict=True):
+                if isinstance(result, PeerUnreachable):
+                    if sender.items.get(item.msg_id) is item:
+                        await sender.failed(item, str(result))
+                    continue
+                if isinstance(result, BaseException):
+                    raise result
+                if sender.items.get(item.msg_id) is not item:
+                    continue  # acked or removed while its publish awaited the broker: it holds no place in the window
+                self.inflight.add(item.msg_id)
+                ahead = sum(sender.items[i].size for i in self.inflight if i in sender.items)
+                self.push_timer(time.monotonic() + sender.ack_timeout(item, bytes_ahead=ahead), item, "deadline")
+
+    async def _send(self, item: Outgoing) -> None:
+        # A retry goes alone: a peer that cannot read batches still gets it.
+        await self.sender.mailbox.send(self.peer, item.kind, item.payload(item.attempt), alone=item.attempt > 1)
 
 
 class Sender:
@@ -157,6 +169,10 @@ class Sender:
         self.routes = routes
         self.counters = counters
         self.items: dict[str, Outgoing] = {}
+        self._by_file: dict[str, set[str]] = {}
+        """msg ids of each file's items: a file's items are found without a scan of every item."""
+        self._offers_by_route: dict[str, set[str]] = {}
+        """msg ids of the offers queued on each route (the router's failover looks only at unusable routes)."""
         self.channels: dict[str, Channel] = {p: Channel(self, p) for p in mailbox.peers}
         self.health_listeners: list[Callable[[], None]] = []
         self.queue_listeners: list[Callable[[], None]] = []
@@ -186,6 +202,9 @@ class Sender:
         if channel is None:
             raise KeyError(f"{self.site} has no link to {item.peer}")
         self.items[item.msg_id] = item
+        self._by_file.setdefault(item.file_key, set()).add(item.msg_id)
+        if item.kind == "offer" and item.route is not None:
+            self._offers_by_route.setdefault(item.route, set()).add(item.msg_id)
         channel.ready.append(item.msg_id)
         channel.wake.set()
         for listener in self.queue_listeners:
@@ -195,6 +214,9 @@ class Sender:
         """Stop delivering an item (its file reached custody, or it was re-routed)."""
         item = self.items.pop(msg_id, None)
         if item is not None:
+            _discard(self._by_file, item.file_key, msg_id)
+            if item.kind == "offer" and item.route is not None:
+                _discard(self._offers_by_route, item.route, msg_id)
             channel = self.channels[item.peer]
             channel.inflight.discard(msg_id)
             channel.waiting.discard(msg_id)
@@ -215,7 +237,11 @@ class Sender:
 
     def of_file(self, file_key: str) -> list[Outgoing]:
         """Items in flight or waiting for one file."""
-        return [i for i in self.items.values() if i.file_key == file_key]
+        return [self.items[m] for m in self._by_file.get(file_key, ())]
+
+    def offers_on(self, route: str) -> list[Outgoing]:
+        """Offers in flight or waiting on ``route``."""
+        return [self.items[m] for m in self._offers_by_route.get(route, ())]
 
     async def on_ack(self, ack: Ack) -> None:
         """Handle an ack from a peer: accept it if its checksum is ours, otherwise retry."""
@@ -337,3 +363,11 @@ class Sender:
             }
             for i in self.items.values()
         ]
+
+
+def _discard(index: dict[str, set[str]], key: str, msg_id: str) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(msg_id)
+        if not members:
+            del index[key]

@@ -206,6 +206,16 @@ def render_table(report: Mapping[str, Any]) -> str:
             f"lone small files ({lone['files']}, one at a time): "
             f"p50 {_secs(lat.get('p50_s'))} s, p99 {_secs(lat.get('p99_s'))} s"
         )
+    batching = [
+        f"{name} "
+        + " ".join(
+            f"{site} {v['messages_per_publish']}" for site, v in entry["mailbox"].items() if "messages_per_publish" in v
+        )
+        for name in rows
+        if isinstance(entry := workloads.get(name), dict) and entry.get("mailbox")
+    ]
+    if batching:
+        lines.append("mailbox messages per MQTT publish (batching): " + "; ".join(batching))
     backlog = workloads.get("backlog")
     if backlog and "journal_bytes_per_file" in backlog:
         growth = "  ".join(f"{site} {b:.0f}" for site, b in backlog["journal_bytes_per_file"].items())

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import structlog
 
 from ops.bench.arrivals import ArrivalListener, listen_arrivals
@@ -46,6 +47,7 @@ async def on_fresh_cluster(
                 result = await body(cluster, listener)
                 result["daemon_cpu_s"] = _cpu_since(cluster, pids, cpu_before)
                 result["duplicate_notices"] = listener.duplicates
+                result["mailbox"] = await mailbox_traffic(cluster)
             if cpu_window_s is not None:
                 result["idle_cpu"] = await idle_cpu(cluster, cpu_window_s)
             result["peak_rss_mib"] = {site: peak_rss_mib(cluster.daemons[site].pid) for site, _ in SITES}
@@ -55,6 +57,35 @@ async def on_fresh_cluster(
         else:
             await remove_tree(workdir)
     return result
+
+
+async def mailbox_traffic(cluster: Cluster) -> dict[str, dict[str, float]]:
+    """Per site: MQTT publishes into peers' mailboxes, the messages they carried, and messages per publish
+    (above 1 when the mailbox batched them), read from each daemon's metrics."""
+    out: dict[str, dict[str, float]] = {}
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout, headers=cluster.basic_auth()) as session:
+        for site, _ in SITES:
+            if cluster.daemons[site].pid is None:
+                continue
+            try:
+                async with session.get(f"{cluster.http_url(site)}/metrics", ssl=False) as resp:
+                    text = await resp.text()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("bench_metrics_unread", site=site, error=str(exc))
+                continue
+            sums = {"publishes": 0.0, "messages": 0.0}
+            for line in text.splitlines():
+                for key, metric in (
+                    ("publishes", "skyrelay_mailbox_publishes_total"),
+                    ("messages", "skyrelay_mailbox_messages_total"),
+                ):
+                    if line.startswith(metric + "{"):
+                        sums[key] += float(line.rsplit(" ", 1)[1])
+            if sums["publishes"]:
+                sums["messages_per_publish"] = round(sums["messages"] / sums["publishes"], 2)
+            out[site] = sums
+    return out
 
 
 def _cpu_since(cluster: Cluster, pids: Mapping[str, int], before: Mapping[str, float]) -> dict[str, float]:
