@@ -39,7 +39,7 @@ from daemon.journal import notices as journal_notices
 from daemon.journal import reports as journal_reports
 from daemon.mailbox import Account, Mailbox, daemon_account
 from daemon.publisher import E, LogPublisher
-from daemon.receiving import Receiver, RelayStore, Store
+from daemon.receiving import READ_BUFFER_BYTES, Receiver, RelayStore, Store
 from daemon.report import Reporter
 from daemon.retention import SiteRetention
 from daemon.sdnotify import StatusLine, notify, watchdog_interval_s
@@ -289,7 +289,8 @@ class Site:
             log.info("site_starting", role=self.role, state_dir=str(cfg.state_dir))
             client_tls = self.topology.http_tls_context()
             connector = aiohttp.TCPConnector(ssl=client_tls) if client_tls is not None else None
-            async with aiohttp.ClientSession(connector=connector) as session, asyncio.TaskGroup() as tg:
+            session = aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFFER_BYTES)
+            async with session, asyncio.TaskGroup() as tg:
                 routes = operator_routes(self.view, self.metrics) + self.console.routes()
                 self.console.session = session
                 access = Access(self.topology, await asyncio.to_thread(_logins, cfg.accounts_file))
