@@ -17,7 +17,6 @@ from daemon.processing.executor import WorkerLost
 from daemon.processing.scheduler import Scheduler
 from daemon.processing.science import TemplateRefused
 from processors.calib import CalibError
-from processors.diffim.template import TemplateError
 
 KINDS = ("bias", "dark", "flat", "calexp", "diff", "alerts", "template")
 _NAME = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
@@ -45,6 +44,9 @@ def product_routes(journal: Journal, scheduler: Scheduler) -> list[web.RouteDef]
         return web.json_response({**row.to_dict(), "expired": expired.get(row.product_id)})
 
     async def reprocess(request: web.Request) -> web.Response:
+        # Imported here: processors.diffim brings scipy (about 50 MiB) into a daemon that runs processors in workers.
+        from processors.diffim.template import TemplateError
+
         try:
             rebuilt = await scheduler.reprocess(request.match_info["pid"])
         except LookupError as exc:
