@@ -33,7 +33,7 @@ _END_RE: Final = re.compile(rb"(?:(?P<valid>END {77}) *)|(?P<invalid>END$|END {0
 _PLAIN_KEYWORD_RE: Final = re.compile(rb"[A-Z0-9_-]* *")
 _STRUCTURAL_RE: Final = re.compile(rb"(BITPIX|NAXIS\d{0,3}|PCOUNT|GCOUNT) *")
 # The value of an integer card: "= " in columns 9-10, the integer, an optional comment.
-_INTEGER_VALUE_RE: Final = re.compile(rb"= *([+-]?\d+) *(?:/.*)?")
+_INTEGER_VALUE_RE: Final = re.compile(rb"= +([+-]?\d+) *(?:/.*)?")
 
 
 def _data_bytes(header: fits.Header) -> int:
