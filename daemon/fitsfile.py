@@ -29,8 +29,10 @@ _LATER_READ: Final = 4 * _BLOCK
 # astropy's own test for the END card (astropy.io.fits.header.HEADER_END_RE): the first match at a card
 # boundary ends the header; only the "valid" form (END and 77 spaces) is read here, astropy handles the rest.
 _END_RE: Final = re.compile(rb"(?:(?P<valid>END {77}) *)|(?P<invalid>END$|END {0,76}[^A-Z0-9_-])")
-# A keyword astropy reads as written: standard characters, upper case, left-justified (or blank).
-_PLAIN_KEYWORD_RE: Final = re.compile(rb"[A-Z0-9_-]* *")
+# Keywords astropy reads as written, 8 columns each: standard characters, upper case, left-justified (or blank).
+_PLAIN_KEYWORDS_RE: Final = re.compile(
+    b"(?:%s)*" % b"|".join(b"[A-Z0-9_-]{%d} {%d}" % (length, 8 - length) for length in range(8, -1, -1))
+)
 _STRUCTURAL_RE: Final = re.compile(rb"(BITPIX|NAXIS\d{0,3}|PCOUNT|GCOUNT) *")
 # The value of an integer card: "= " in columns 9-10, the integer, an optional comment.
 _INTEGER_VALUE_RE: Final = re.compile(rb"= +([+-]?\d+) *(?:/.*)?")
@@ -136,18 +138,22 @@ def _extension_data_bytes(raw: bytes, end: int) -> int | None:
     HIERARCH or CONTINUE card, a structural keyword whose value is not a fixed-format integer, bytes
     that are not ASCII, or more than 999 axes.
     """
+    keywords = [raw[start : start + 8] for start in range(0, end, _CARD)]
+    if (
+        b"HIERARCH" in keywords
+        or b"CONTINUE" in keywords
+        or not _PLAIN_KEYWORDS_RE.fullmatch(b"".join(keywords))
+        or not raw.isascii()
+    ):
+        return None
     values: dict[bytes, int] = {}
-    for start in range(0, end, _CARD):
-        keyword = raw[start : start + 8]
-        if not _PLAIN_KEYWORD_RE.fullmatch(keyword) or keyword in (b"HIERARCH", b"CONTINUE"):
-            return None
+    for index, keyword in enumerate(keywords):
         if _STRUCTURAL_RE.fullmatch(keyword):
+            start = index * _CARD
             value = _INTEGER_VALUE_RE.fullmatch(raw, start + 8, start + _CARD)
             if value is None:
                 return None
             values.setdefault(keyword.rstrip(b" "), int(value.group(1)))
-    if not raw.isascii():
-        return None
     naxis = values.get(b"NAXIS", 0)
     if naxis == 0:
         return 0
