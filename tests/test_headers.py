@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.time import Time
 
 from daemon.corrections import correction_for, load_corrections
 from ops.camera import REMOVE, build_primary_header
@@ -26,6 +28,7 @@ from processors.headers import (
     repair_header,
     verify_header,
 )
+from processors.headers.cards import _TIME_SCALES, _mjd_astropy
 
 START = datetime(2024, 11, 9, 6, 34, 41, 323000)
 
@@ -402,3 +405,47 @@ def test_detector_name_needs_both_keys() -> None:
     """The detector is RAFTBAY_CCDSLOT, or None when either is missing."""
     assert detector_name({"RAFTBAY": "R22", "CCDSLOT": "S11"}) == "R22_S11"
     assert detector_name({"RAFTBAY": "R22", "CCDSLOT": None}) is None
+
+
+def test_repair_leaves_the_input_header_alone() -> None:
+    """A header with fixes is repaired in a copy; one with nothing to fix is the report's header, unchanged."""
+    broken = comcam_header(IMGTYPE=None)
+    before = broken.tostring()
+    report = repair_header(broken, exposure_context={"IMGTYPE": "OBJECT"})
+    assert report.fixes and report.header is not broken
+    assert broken.tostring() == before
+    assert report.header["IMGTYPE"] == "OBJECT" and broken["IMGTYPE"] is None
+
+    clean = comcam_header()
+    before = clean.tostring()
+    report = repair_header(clean, exposure_context={"IMGTYPE": "OBJECT"})
+    assert not report.fixes and report.ok
+    assert report.header is clean and clean.tostring() == before
+
+
+LEAP_SECOND_DAYS = ["2015-06-30", "2016-12-31", "1998-12-31"]
+
+
+@pytest.mark.filterwarnings("ignore::erfa.ErfaWarning")  # UTC dates past the leap-second table are "dubious"
+@pytest.mark.parametrize("scale", sorted(set(_TIME_SCALES.values())))
+def test_mjd_of_a_date_is_astropys(scale: str) -> None:
+    """The remembered MJD of a date equals astropy's Time for every scale, leap-second days included."""
+    rng = np.random.default_rng(7)
+    dates = [f"{day}T{clock}" for day in LEAP_SECOND_DAYS for clock in ("00:00:00", "12:00:00.5", "23:59:59.999")]
+    if scale == "utc":
+        dates += [f"{day}T23:59:60.250" for day in LEAP_SECOND_DAYS]
+    start = datetime(1995, 1, 1)
+    for seconds, digits in zip(rng.uniform(0, 1.2e9, 400), rng.choice([0, 3, 6], 400), strict=True):
+        text = (start + timedelta(seconds=float(seconds))).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        dates.append(text[: len(text) - 6 + digits] if digits else text[:19])
+    for date in dates:
+        expected = float(Time(date, scale=scale).mjd)
+        assert _mjd_astropy(date, scale) == expected, date
+        assert _mjd_astropy(f" {date} ", scale) == expected, date  # remembered, and padding does not matter
+
+
+def test_mjd_of_an_unparsable_date_raises_every_time() -> None:
+    """A date astropy refuses raises ValueError again when asked again (errors are not remembered)."""
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            _mjd_astropy("2024-13-45T99:00:00", "tai")

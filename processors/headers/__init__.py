@@ -1,9 +1,9 @@
 """Verify and fix the primary headers of camera FITS files.
 
 Everything here is pure and synchronous: functions take an :class:`astropy.io.fits.Header` and return
-findings, fixes and a new header; nothing is read from or written to disk and the input header is never
-mutated. A correction file is read by the caller (:mod:`daemon.corrections`) and handed to
-:func:`repair_header` as a :class:`Correction`.
+findings, fixes and a repaired header (a new one, or the input itself when nothing needed fixing); nothing
+is read from or written to disk and the input header is never mutated. A correction file is read by the
+caller (:mod:`daemon.corrections`) and handed to :func:`repair_header` as a :class:`Correction`.
 
 - :mod:`~processors.headers.verify`: :func:`verify_header` and the rule ids it reports.
 - :mod:`~processors.headers.repair`: :func:`repair_header` and the fix rules it applies.

@@ -135,7 +135,8 @@ class HeaderReport:
     """The outcome of :func:`repair_header`.
 
     Attributes:
-        header: The repaired copy of the header, with one HISTORY record per fix.
+        header: The repaired copy of the header, with one HISTORY record per fix; when nothing was fixed,
+            the header given to :func:`repair_header` itself (not a copy: change neither).
         fixes: Every change made, in the order applied.
         findings: What is still wrong after the fixes.
         correction_file: The correction file applied, if any.

@@ -41,10 +41,11 @@ _FITS_KEYWORD_RE: Final = re.compile(r"[A-Z0-9_-]{1,8}")
 
 
 class _Editor:
-    """Applies changes to the working copy of a header and records them as fixes."""
+    """Reads a header and records changes as fixes, applying them to a copy made at the first change."""
 
     def __init__(self, header: fits.Header) -> None:
         self.header = header
+        self.copied = False
         self.fixes: list[Fix] = []
 
     def get(self, key: str) -> object:
@@ -54,6 +55,8 @@ class _Editor:
         old = self.get(key)
         if old == value and type(old) is type(value):
             return
+        if not self.copied:
+            self.header, self.copied = self.header.copy(), True
         if key in self.header or _FITS_KEYWORD_RE.fullmatch(key):
             self.header[key] = value
         else:
@@ -76,7 +79,8 @@ def repair_header(
     for Rubin cameras (the Rubin header service always writes TAI), MJD-OBS from DATE-OBS (DATE-OBS wins a
     disagreement), DATE-OBS from MJD-OBS when only the latter exists, and the detector from the instrument
     (LATISS has one), FILENAME or CHIPID. A HISTORY record of each fix is added to the copy. The input
-    header is not modified.
+    header is not modified; it is copied only when something is fixed, and a header with nothing to fix
+    is the report's header itself.
 
     Args:
         header: The primary header as received.
@@ -88,7 +92,7 @@ def repair_header(
     Returns:
         The report; ``report.ok`` is True when no finding is left.
     """
-    editor = _Editor(header.copy())
+    editor = _Editor(header)
     context = _sibling_context(exposure_context)
 
     def known(key: str) -> object:
