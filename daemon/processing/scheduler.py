@@ -40,6 +40,12 @@ MAX_ATTEMPTS = 3
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 
 
+PLAN_REST_FACTOR = 3.0
+"""After a planning pass of d seconds the next starts no sooner than this times d later: every pass reads the
+whole catalog, so during a backlog (one wake per archived file) planning takes at most a quarter of the loop,
+however large the catalog; with a small catalog the rest is milliseconds."""
+
+
 class Scheduler:
     """Plans jobs from the catalog and runs them on an :class:`Executor`."""
 
@@ -85,6 +91,7 @@ class Scheduler:
                 while True:
                     raise_if_cancelling()
                     self.wake.clear()
+                    began = time.monotonic()
                     deadline = await self._plan()
                     science_deadline = await self.science.plan()
                     if science_deadline is not None:
@@ -93,10 +100,14 @@ class Scheduler:
                         if job.job_key not in self._running:
                             self._running.add(job.job_key)
                             tg.create_task(self._run_job(job), name=f"archive.job-{job.job_key[:12]}")
+                    now = time.monotonic()
+                    resume_at = now + (now - began) * PLAN_REST_FACTOR
                     timeout = None if deadline is None else max(0.0, deadline - time.time()) + 0.01
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(timeout):
                             await self.wake.wait()
+                    # (a timer, not a poll: wakes meanwhile are kept and taken by the next pass)
+                    await asyncio.sleep(max(0.0, resume_at - time.monotonic()))
         finally:
             await self.executor.close()
 
