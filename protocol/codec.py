@@ -9,7 +9,10 @@ Each message is a frozen dataclass deriving from :class:`Message`. Its fields ar
 small vocabulary (str, int, float, bool, optional, tuple of str, dict, Literal) and may carry
 constraints in ``dataclasses.field(metadata=...)``: ``min``/``max`` for numbers, ``max_len`` and
 ``pattern`` for strings, ``description`` for the schema. The same declarations drive strict
-decoding (a clear error naming the bad field) and the published JSON Schemas.
+decoding (a clear error naming the bad field) and the published JSON Schemas. Each message type's
+declarations are compiled once, on first use, into a plan per field (nullable or not, a type test
+and coercion, the constraints with their pattern compiled), so that constructing, decoding and
+encoding a message do no typing introspection.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 import re
 import types
 import typing
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, Self, get_args, get_origin
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal, NamedTuple, Self, get_args, get_origin
 
 from protocol.errors import ProtocolError
 
@@ -72,41 +76,55 @@ class Message:
 
     def check(self) -> None:
         """Semantic checks beyond types; subclasses extend and raise ProtocolError."""
-        for f, hint in _hints(type(self)):
-            _check_value(getattr(self, f.name), hint, f.metadata, f.name)
+        plan = _PLANS.get(type(self)) or _plan(type(self))
+        for check, value in zip(plan.checks, plan.values(self), strict=True):
+            check(value)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready mapping, including ``type`` and ``v``."""
+        plan = _PLANS.get(type(self)) or _plan(type(self))
         out: dict[str, Any] = {"type": self.TYPE, "v": SCHEMA_VERSION}
-        for f, _hint in _hints(type(self)):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
+        out.update(zip(plan.names, plan.values(self), strict=True))
+        for name in plan.listed:
+            value = out[name]
+            if isinstance(value, tuple):
+                out[name] = list(value)
         return out
 
     def to_json(self) -> bytes:
         """Encode as compact UTF-8 JSON."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+        return _ENCODER.encode(self.to_dict()).encode()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        """Decode and validate a mapping; raise ProtocolError naming the bad field."""
+        """Decode and validate a mapping; raise ProtocolError naming the bad field.
+
+        Every field's type is checked (and ints widened to floats, lists made tuples) before any
+        constraint: the constructor's :meth:`check` then applies the constraints, once.
+        """
         if data.get("type") != cls.TYPE:
             raise ProtocolError(f"expected {cls.TYPE!r}, got {data.get('type')!r}", field="type")
         version = data.get("v")
         if type(version) is not int or version != SCHEMA_VERSION:
             raise ProtocolError(f"unsupported schema version {version!r} (want {SCHEMA_VERSION})", field="v")
-        hints = _hints(cls)
-        known = {f.name for f, _ in hints} | {"type", "v"}
-        unknown = sorted(set(data) - known)
-        if unknown:
+        plan = _PLANS.get(cls) or _plan(cls)
+        if not plan.known.issuperset(data):
+            unknown = sorted(set(data) - plan.known)
             raise ProtocolError(f"unknown field(s) {', '.join(unknown)}", field=unknown[0])
         kwargs: dict[str, Any] = {}
-        for f, hint in hints:
-            if f.name not in data:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise ProtocolError("is required", field=f.name)
-                continue
-            kwargs[f.name] = _coerce(data[f.name], hint, f.name)
+        for name, required, optional, exact, coerce, _check in plan.fields:
+            value = data.get(name, _MISSING)
+            if value is _MISSING:
+                if required:
+                    raise ProtocolError("is required", field=name)
+            elif value is None:
+                if not optional:
+                    raise ProtocolError("must not be null", field=name)
+                kwargs[name] = None
+            elif type(value) is exact:
+                kwargs[name] = value
+            else:
+                kwargs[name] = coerce(value)
         return cls(**kwargs)
 
     @classmethod
@@ -230,13 +248,9 @@ def load_object(
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"not UTF-8: invalid byte at offset {exc.start}") from exc
     try:
-        data = json.loads(
-            text,
-            object_pairs_hook=_unique_keys,
-            parse_constant=_refuse_constant,
-            parse_int=_bounded_int,
-            parse_float=_finite_float,
-        )
+        if text.startswith("\ufeff"):  # as json.loads says it, which _DECODER.decode does not
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        data = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"not valid JSON: {exc}") from exc
     except ProtocolError:
@@ -274,6 +288,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# One decoder for every payload, shared as json's own default decoder is (json.loads with hooks builds one per call).
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys,
+    parse_constant=_refuse_constant,
+    parse_int=_bounded_int,
+    parse_float=_finite_float,
+)
+
+
 def _preview(value: object, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -298,68 +321,239 @@ def _is_optional(hint: Any) -> tuple[bool, Any]:
     return False, hint
 
 
-def _coerce(value: Any, hint: Any, name: str) -> Any:
+class _FieldPlan(NamedTuple):
+    """How one field is decoded and checked, worked out once from its type hint and metadata.
+
+    Attributes:
+        name: the field's name.
+        required: it has no default.
+        optional: ``None`` is a valid value.
+        exact: the type a decoded JSON value may have to be taken as it is (a ``str`` for a str
+            field); ``None`` when every value goes through ``coerce``.
+        coerce: the type test of any other non-null decoded value, returning the field's value
+            (an int made a float, a list a tuple); raises ProtocolError.
+        check: the constructor's test of the field's value: null, type, then constraints (range,
+            length, pattern, finiteness, size); raises ProtocolError.
+    """
+
+    name: str
+    required: bool
+    optional: bool
+    exact: type | None
+    coerce: Callable[[Any], Any]
+    check: Callable[[Any], None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """The compiled plans of one message type's fields, in declaration order."""
+
+    fields: tuple[_FieldPlan, ...]
+    checks: tuple[Callable[[Any], None], ...]
+    names: tuple[str, ...]
+    known: frozenset[str]
+    values: Callable[[Message], tuple[Any, ...]]
+    listed: tuple[str, ...]  # fields whose value may be a tuple, sent as a JSON list
+
+
+_PLANS: dict[type[Message], _Plan] = {}
+_MISSING: Any = object()
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
+def _plan(cls: type[Message]) -> _Plan:
+    """The plan of ``cls``, compiled on first use (its type hints are resolvable only once the module is loaded)."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        fields = tuple(_compile_field(f, hint) for f, hint in _hints(cls))
+        names = tuple(spec.name for spec in fields)
+        values: Callable[[Message], tuple[Any, ...]]
+        if len(names) > 1:
+            values = operator.attrgetter(*names)
+        else:  # attrgetter of one name returns the bare value, of none is an error
+            values = lambda message: tuple(getattr(message, name) for name in names)  # noqa: E731
+        listed = tuple(spec.name for spec in fields if spec.exact is None)
+        checks = tuple(spec.check for spec in fields)
+        plan = _PLANS[cls] = _Plan(fields, checks, names, frozenset(names) | {"type", "v"}, values, listed)
+    return plan
+
+
+def _compile_field(f: dataclasses.Field[Any], hint: Any) -> _FieldPlan:
+    """Work out one field's plan: the type test and constraints its declaration implies.
+
+    These are the tests the codec always made, in the same order and with the same reasons,
+    specialised once per field so that a call does no typing introspection.
+    """
+    name = f.name
     optional, inner = _is_optional(hint)
-    if value is None:
-        if optional:
-            return None
-        raise ProtocolError("must not be null", field=name)
     origin = get_origin(inner)
-    if inner is bool:
-        if not isinstance(value, bool):
-            raise ProtocolError("must be true or false", field=name)
-    elif inner is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ProtocolError("must be an integer", field=name)
-    elif inner is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ProtocolError("must be a number", field=name)
-        value = float(value)
-    elif inner is str:
-        if not isinstance(value, str):
-            raise ProtocolError("must be a string", field=name)
-    elif origin is tuple:
-        if not isinstance(value, list):
-            raise ProtocolError("must be a list", field=name)
-        item_type = get_args(inner)[0]
-        item_type = dict if get_origin(item_type) is dict else item_type
-        if any(not isinstance(item, item_type) for item in value):
-            raise ProtocolError(f"must be a list of {_JSON_NAMES.get(item_type, 'items')}", field=name)
-        value = tuple(value)
-    elif origin is dict or inner is dict:
-        if not isinstance(value, dict):
-            raise ProtocolError("must be an object", field=name)
-    elif origin is Literal and value not in get_args(inner):
-        allowed = ", ".join(repr(a) for a in get_args(inner))
-        raise ProtocolError(f"must be one of {allowed}", field=name)
-    return value
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    max_len = f.metadata.get("max_len", DEFAULT_MAX_STR)
+    pattern = f.metadata.get("pattern")
+    match = re.compile(pattern).match if pattern is not None else None
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    isfinite = math.isfinite
 
-
-def _check_value(value: Any, hint: Any, metadata: Mapping[str, Any], name: str) -> None:
-    optional, inner = _is_optional(hint)
-    if value is None:
+    def null() -> None:
         if not optional:
             raise ProtocolError("must not be null", field=name)
-        return
-    _coerce(value if not isinstance(value, tuple) else list(value), hint, name)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ProtocolError("must be finite", field=name)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        lo, hi = metadata.get("min"), metadata.get("max")
+
+    def number_limit(value: Any) -> None:
+        if isinstance(value, float) and not isfinite(value):
+            raise ProtocolError("must be finite", field=name)
         if lo is not None and value < lo:
             raise ProtocolError(f"must be >= {lo}", field=name)
         if hi is not None and value > hi:
             raise ProtocolError(f"must be <= {hi}", field=name)
-    if isinstance(value, str):
-        max_len = metadata.get("max_len", DEFAULT_MAX_STR)
+
+    def str_limit(value: Any) -> None:
         if len(value) > max_len:
             raise ProtocolError(f"longer than {max_len} characters", field=name)
-        pattern = metadata.get("pattern")
-        if pattern is not None and not re.match(pattern, value):
+        if match is not None and not match(value):
             raise ProtocolError(f"does not match {pattern}", field=name)
-    if isinstance(value, dict) and len(json.dumps(value)) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too large", field=name)
-    del inner
+
+    def dict_limit(value: Any) -> None:
+        if len(json.dumps(value)) > MAX_MESSAGE_BYTES:
+            raise ProtocolError("too large", field=name)
+
+    def any_limit(value: Any) -> None:  # by the value's own type: a Literal's, or an undeclared kind's
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number_limit(value)
+        if isinstance(value, str):
+            str_limit(value)
+        if isinstance(value, dict):
+            dict_limit(value)
+
+    exact: type | None
+    coerce: Callable[[Any], Any]
+    check: Callable[[Any], None]
+    if inner is bool:
+
+        def coerce_bool(value: Any) -> Any:
+            if not isinstance(value, bool):
+                raise ProtocolError("must be true or false", field=name)
+            return value
+
+        def check_bool(value: Any) -> None:
+            if value is None:
+                return null()
+            coerce_bool(value)
+
+        exact, coerce, check = bool, coerce_bool, check_bool
+    elif inner is int:
+
+        def coerce_int(value: Any) -> Any:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ProtocolError("must be an integer", field=name)
+            return value
+
+        def check_int(value: Any) -> None:
+            if value is None:
+                return null()
+            if type(value) is not int:
+                coerce_int(value)
+            if lo is not None and value < lo:
+                raise ProtocolError(f"must be >= {lo}", field=name)
+            if hi is not None and value > hi:
+                raise ProtocolError(f"must be <= {hi}", field=name)
+
+        exact, coerce, check = int, coerce_int, check_int
+    elif inner is float:
+
+        def coerce_float(value: Any) -> Any:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ProtocolError("must be a number", field=name)
+            return float(value)  # an int too large for a float raises OverflowError, in check() too
+
+        def check_float(value: Any) -> None:
+            if value is None:
+                return null()
+            if type(value) is not float:
+                coerce_float(value)
+            number_limit(value)
+
+        exact, coerce, check = float, coerce_float, check_float
+    elif inner is str:
+
+        def coerce_str(value: Any) -> Any:
+            if not isinstance(value, str):
+                raise ProtocolError("must be a string", field=name)
+            return value
+
+        def check_str(value: Any) -> None:
+            if value is None:
+                return null()
+            if not isinstance(value, str):
+                raise ProtocolError("must be a string", field=name)
+            if len(value) > max_len:
+                raise ProtocolError(f"longer than {max_len} characters", field=name)
+            if match is not None and not match(value):
+                raise ProtocolError(f"does not match {pattern}", field=name)
+
+        exact, coerce, check = str, coerce_str, check_str
+    elif origin is tuple:
+        item_type = get_args(inner)[0]
+        item_type = dict if get_origin(item_type) is dict else item_type
+        of_items = f"must be a list of {_JSON_NAMES.get(item_type, 'items')}"
+
+        def check_items(value: Any) -> None:  # a tuple, or a list (a decoded one is made a tuple)
+            if value is None:
+                return null()
+            if not isinstance(value, tuple | list):
+                raise ProtocolError("must be a list", field=name)
+            for item in value:
+                if not isinstance(item, item_type):
+                    raise ProtocolError(of_items, field=name)
+
+        def coerce_tuple(value: Any) -> Any:
+            if not isinstance(value, list):
+                raise ProtocolError("must be a list", field=name)
+            check_items(value)
+            return tuple(value)
+
+        exact, coerce, check = None, coerce_tuple, check_items
+    elif origin is dict or inner is dict:
+
+        def coerce_dict(value: Any) -> Any:
+            if not isinstance(value, dict):
+                raise ProtocolError("must be an object", field=name)
+            return value
+
+        def check_dict(value: Any) -> None:
+            if value is None:
+                return null()
+            coerce_dict(value)
+            dict_limit(value)
+
+        exact, coerce, check = dict, coerce_dict, check_dict
+    elif origin is Literal:
+        allowed = get_args(inner)
+        one_of = "must be one of " + ", ".join(repr(a) for a in allowed)
+
+        def coerce_literal(value: Any) -> Any:
+            if value not in allowed:
+                raise ProtocolError(one_of, field=name)
+            return value
+
+        def check_literal(value: Any) -> None:
+            if value is None:
+                return null()
+            coerce_literal(value)
+            any_limit(value)
+
+        exact, coerce, check = None, coerce_literal, check_literal
+    else:  # outside the vocabulary (json_schema refuses it): no type test, as before
+
+        def coerce_any(value: Any) -> Any:
+            return value
+
+        def check_any(value: Any) -> None:
+            if value is None:
+                return null()
+            any_limit(value)
+
+        exact, coerce, check = None, coerce_any, check_any
+    return _FieldPlan(name, required, optional, exact, coerce, check)
 
 
 def _schema_of(hint: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -60,6 +60,8 @@ MAX_ENVELOPE_BYTES = 4 * MAX_MESSAGE_BYTES
 _SIGNATURE_BYTES = 64
 _NAME_RE = re.compile(NAME_PATTERN)
 _FIELDS = frozenset({"v", "kind", "signer", "to", "body", "sig"})
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
+_ENVELOPE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 SignatureReason = Literal[
     "unsigned", "unknown_signer", "signer_not_allowed", "bad_signature", "wrong_kind", "wrong_audience", "malformed"
@@ -151,7 +153,7 @@ def seal(body: bytes, *, kind: str, signer: str, key: Ed25519PrivateKey, to: str
         raise ProtocolError("body is not UTF-8") from exc
     sig = key.sign(signed_bytes(body, kind=kind, signer=signer, to=to))
     envelope = {"v": ENVELOPE_VERSION, "kind": kind, "signer": signer, "to": to, "body": text, "sig": _b64url(sig)}
-    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENVELOPE_ENCODER.encode(envelope).encode()
 
 
 def unseal(
@@ -390,7 +392,7 @@ def _b64url(raw: bytes) -> str:
 
 
 def _unb64url(text: str) -> bytes | None:
-    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+    if not _B64URL_RE.fullmatch(text):
         return None
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
