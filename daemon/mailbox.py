@@ -342,7 +342,12 @@ class Mailbox:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(_Queued(kind, payload, done))
         self._outbox_wake[peer].set()
-        await done
+        # The batch's publish has its own timeout; this bound only makes sure no sender ever waits forever.
+        try:
+            async with asyncio.timeout(2 * self.tuning.publish_timeout_s + 1.0):
+                await done
+        except TimeoutError:
+            raise PeerUnreachable(f"publish to {peer} did not complete") from None
 
     async def _publish(self, peer: str, client: aiomqtt.Client, kind: str, sealed: bytes, messages: int) -> None:
         try:
@@ -363,6 +368,7 @@ class Mailbox:
         room = batch_room()
         try:
             while True:
+                raise_if_cancelling()  # a publish may have swallowed our cancellation (asyncio.wait_for in 3.11)
                 await wake.wait()
                 wake.clear()
                 await asyncio.sleep(0)  # let the senders that are ready in this turn of the loop join in
@@ -381,6 +387,7 @@ class Mailbox:
                         used += size
                     if taken:
                         await self._flush(peer, taken)
+                        raise_if_cancelling()
         finally:
             for entry in queue:
                 if not entry.done.done():
@@ -398,8 +405,10 @@ class Mailbox:
             else:
                 body = encode_batch([(e.kind, e.body) for e in taken])
                 await self._publish(peer, client, "batch", self.trust.seal("batch", peer, body), len(taken))
-        except (PeerUnreachable, ProtocolError) as exc:
-            failure = exc if isinstance(exc, PeerUnreachable) else PeerUnreachable(f"cannot batch for {peer}: {exc}")
+        except Exception as exc:  # the flusher outlives any one publish: every sender hears of its failure
+            if not isinstance(exc, PeerUnreachable):
+                log.error("batch_publish_failed", peer=peer, messages=len(taken), error=repr(exc))
+            failure = exc if isinstance(exc, PeerUnreachable) else PeerUnreachable(f"cannot publish to {peer}: {exc}")
             for entry in taken:
                 if not entry.done.done():
                     entry.done.set_exception(failure)

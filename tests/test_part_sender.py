@@ -49,6 +49,7 @@ from daemon.sending.routes import RouteTable
 from daemon.sending.sender import Outgoing, Sender
 from ops.broker import Mosquitto
 from protocol import topics
+from protocol.batch import decode_batch
 from protocol.transfer import Ack, AckStatus, Offer
 
 pytestmark = pytest.mark.timeout(60)
@@ -151,8 +152,12 @@ async def link(tmp_path: Path, *, with_routes: bool = False, **tuning: Any) -> A
         holder: list[Sender] = []
 
         async def summit_message(topic: str, payload: bytes) -> None:
-            if topics.parse_site(topic)[1] == "ack":
+            kind = topics.parse_site(topic)[1]
+            if kind == "ack":
                 await holder[0].on_ack(Ack.from_json(opened(topo, "summit", "ack", payload)))
+            elif kind == "batch":  # acks the archive's mailbox sent together
+                for entry in decode_batch(opened(topo, "summit", "batch", payload)):
+                    await holder[0].on_ack(Ack.from_dict(entry.body))
 
         summit = make_mailbox(topo, "summit", summit_message)
         routes = RouteTable(topo, "summit", summit.connected) if with_routes else None
@@ -163,9 +168,16 @@ async def link(tmp_path: Path, *, with_routes: bool = False, **tuning: Any) -> A
         summit.add_peer_listener(lambda peer, up: link_up.set() if up else link_up.clear())
 
         async def archive_message(topic: str, payload: bytes) -> None:
-            if topics.parse_site(topic)[1] == "offer":
-                offer = Offer.from_json(opened(topo, "archive", "offer", payload))
-                parts.arrivals.put_nowait(Arrival(time.monotonic(), offer, parts.acks_sent))
+            kind = topics.parse_site(topic)[1]
+            if kind == "offer":
+                offers = [Offer.from_json(opened(topo, "archive", "offer", payload))]
+            elif kind == "batch":  # offers the summit's mailbox sent together, one arrival each
+                offers = [Offer.from_dict(e.body) for e in decode_batch(opened(topo, "archive", "batch", payload))]
+            else:
+                return
+            now = time.monotonic()
+            for offer in offers:
+                parts.arrivals.put_nowait(Arrival(now, offer, parts.acks_sent))
 
         archive = make_mailbox(topo, "archive", archive_message)
         back_link_up = asyncio.Event()

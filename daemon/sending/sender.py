@@ -132,10 +132,12 @@ class Channel:
             if not going:
                 return
             results = await asyncio.gather(*(self._send(item) for item in going), return_exceptions=True)
+            raise_if_cancelling()
             for item, result in zip(going, results, strict=True):
-                if isinstance(result, PeerUnreachable):
+                if isinstance(result, PeerUnreachable | asyncio.CancelledError):
+                    # (a send cancelled on its own, not with this channel, failed like any other)
                     if sender.items.get(item.msg_id) is item:
-                        await sender.failed(item, str(result))
+                        await sender.failed(item, str(result) or "send cancelled")
                     continue
                 if isinstance(result, BaseException):
                     raise result
@@ -169,9 +171,9 @@ class Sender:
         self.routes = routes
         self.counters = counters
         self.items: dict[str, Outgoing] = {}
-        self._by_file: dict[str, set[str]] = {}
+        self._by_file: dict[str, list[str]] = {}
         """msg ids of each file's items: a file's items are found without a scan of every item."""
-        self._offers_by_route: dict[str, set[str]] = {}
+        self._offers_by_route: dict[str, dict[str, None]] = {}
         """msg ids of the offers queued on each route (the router's failover looks only at unusable routes)."""
         self.channels: dict[str, Channel] = {p: Channel(self, p) for p in mailbox.peers}
         self.health_listeners: list[Callable[[], None]] = []
@@ -202,9 +204,9 @@ class Sender:
         if channel is None:
             raise KeyError(f"{self.site} has no link to {item.peer}")
         self.items[item.msg_id] = item
-        self._by_file.setdefault(item.file_key, set()).add(item.msg_id)
+        self._by_file.setdefault(item.file_key, []).append(item.msg_id)  # (a list: one or two per file)
         if item.kind == "offer" and item.route is not None:
-            self._offers_by_route.setdefault(item.route, set()).add(item.msg_id)
+            self._offers_by_route.setdefault(item.route, {})[item.msg_id] = None
         channel.ready.append(item.msg_id)
         channel.wake.set()
         for listener in self.queue_listeners:
@@ -214,9 +216,17 @@ class Sender:
         """Stop delivering an item (its file reached custody, or it was re-routed)."""
         item = self.items.pop(msg_id, None)
         if item is not None:
-            _discard(self._by_file, item.file_key, msg_id)
+            mine = self._by_file.get(item.file_key)
+            if mine is not None and msg_id in mine:
+                mine.remove(msg_id)
+                if not mine:
+                    del self._by_file[item.file_key]
             if item.kind == "offer" and item.route is not None:
-                _discard(self._offers_by_route, item.route, msg_id)
+                on_route = self._offers_by_route.get(item.route)
+                if on_route is not None:
+                    on_route.pop(msg_id, None)
+                    if not on_route:
+                        del self._offers_by_route[item.route]
             channel = self.channels[item.peer]
             channel.inflight.discard(msg_id)
             channel.waiting.discard(msg_id)
@@ -364,10 +374,3 @@ class Sender:
             for i in self.items.values()
         ]
 
-
-def _discard(index: dict[str, set[str]], key: str, msg_id: str) -> None:
-    members = index.get(key)
-    if members is not None:
-        members.discard(msg_id)
-        if not members:
-            del index[key]

@@ -46,10 +46,13 @@ async def _wait_registered(cluster: Cluster, count: int, timeout_s: float) -> fl
     within a bound, as :func:`ops.bench.measure.wait_settled` does.
     """
     deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=cluster.basic_auth()) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=cluster.basic_auth()) as session:
         while time.monotonic() < deadline:
-            if await _summit_pending(session, cluster) >= count:
-                return time.monotonic()
+            try:
+                if await _summit_pending(session, cluster) >= count:
+                    return time.monotonic()
+            except TimeoutError:
+                log.warning("bench_status_slow", site="summit", timeout_s=30)  # busy registering: ask again
             await asyncio.sleep(0.25)
     raise BenchError(f"the summit did not register {count} files within {timeout_s:.0f} s")
 

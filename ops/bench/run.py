@@ -125,6 +125,7 @@ async def _run_all(config: BenchConfig, run_dir: Path, report: dict[str, Any], o
             BrokerError,
             PkiError,
             OSError,
+            TimeoutError,
             aiomqtt.MqttError,
             aiohttp.ClientError,
         ) as exc:
