@@ -170,6 +170,13 @@ class Dispatcher:
         """
         where = {} if batch_index is None else {"batch_index": batch_index}
         try:
+            if kind == "control" and isinstance(body, bytes):
+                control_body = body
+
+                async def controlled() -> None:
+                    await self._control(control_body, signer)
+
+                return None, lambda: self._guarded(topic, payload, kind, controlled)
             data = load_object(body) if isinstance(body, bytes) else body
             if kind == "offer":
                 receiver = self.receiver
@@ -204,13 +211,6 @@ class Dispatcher:
                         await self.custody.on_custody(custody, receipt)
 
                 return f"file:{receipt.file_key}", lambda: self._guarded(topic, payload, kind, held)
-            if kind == "control" and isinstance(body, bytes):
-                control_body = body
-
-                async def controlled() -> None:
-                    await self._control(control_body, signer)
-
-                return None, lambda: self._guarded(topic, payload, kind, controlled)
             raise ProtocolError(f"{kind!r} is not a mailbox message kind", field="topic")
         except SignatureError as exc:
             problem = "bad_message" if exc.reason == "malformed" else "bad_signature"

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import structlog
+from prometheus_client.parser import text_string_to_metric_families
 
 from ops.bench.arrivals import ArrivalListener, listen_arrivals
 from ops.bench.config import MB
@@ -75,13 +76,11 @@ async def mailbox_traffic(cluster: Cluster) -> dict[str, dict[str, float]]:
                 log.warning("bench_metrics_unread", site=site, error=str(exc))
                 continue
             sums = {"publishes": 0.0, "messages": 0.0}
-            for line in text.splitlines():
-                for key, metric in (
-                    ("publishes", "skyrelay_mailbox_publishes_total"),
-                    ("messages", "skyrelay_mailbox_messages_total"),
-                ):
-                    if line.startswith(metric + "{"):
-                        sums[key] += float(line.rsplit(" ", 1)[1])
+            wanted = {"skyrelay_mailbox_publishes_total": "publishes", "skyrelay_mailbox_messages_total": "messages"}
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name in wanted:
+                        sums[wanted[sample.name]] += sample.value
             if sums["publishes"]:
                 sums["messages_per_publish"] = round(sums["messages"] / sums["publishes"], 2)
             out[site] = sums
