@@ -477,6 +477,52 @@ async def site_status(session: aiohttp.ClientSession, cluster: Cluster, site: st
         return data
 
 
+async def until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Wait until ``predicate()`` holds: it reads another process's journal or files, which announce nothing,
+    so re-check with a bounded backoff (0.05 s doubling to 0.8 s)."""
+    pause_s = 0.05
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                await asyncio.sleep(pause_s)
+                pause_s = min(2 * pause_s, 0.8)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not within {timeout_s}s") from None
+
+
+async def until_async(predicate: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
+    """:func:`until` for a predicate that asks a daemon over HTTP."""
+    pause_s = 0.05
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not await predicate():
+                await asyncio.sleep(pause_s)
+                pause_s = min(2 * pause_s, 0.8)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not within {timeout_s}s") from None
+
+
+async def summit_status(cluster: Cluster) -> dict[str, Any]:
+    """The summit's ``/v1/status``."""
+    async with aiohttp.ClientSession() as session:
+        return await site_status(session, cluster, "summit")
+
+
+async def converged(cluster: Cluster) -> None:
+    """Wait until the summit sees every route healthy and new files take the preferred one again: a daemon is
+    ready before its links and its peers' presence have all come up, a route that failed is taken again only
+    after the failback hold-down, and a file written meanwhile may take another route."""
+
+    async def healthy() -> bool:
+        status = await summit_status(cluster)
+        links = all(link == {"connected": True, "peer_online": True} for link in status["links"].values())
+        routes = status["routes"]
+        ready = all(r["healthy"] and not r["evidence"]["onward_unreachable"] for r in routes)
+        return links and ready and bool(routes[0]["evidence"]["in_use"])
+
+    await until_async(healthy, 30, "every route healthy at the summit")
+
+
 def assert_daemons_alive(cluster: Cluster) -> None:
     """Fail at once, with the end of its log, if any site's daemon process has exited."""
     for site, daemon in cluster.daemons.items():

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, MakeCluster, Subscribe, wait_settled
+from conftest import REPO, MakeCluster, Subscribe, converged, wait_settled
 
 from ops.camera import write_exposure
 
@@ -59,6 +59,7 @@ async def test_an_arriving_files_log_lines_carry_its_obsid(make_cluster: MakeClu
     """Registered at the summit, stored at the base, archived, and custody back at the summit: each of
     those lines names the file and carries its exposure's obsid."""
     cluster = await make_cluster()
+    await converged(cluster)  # (a file written before the base is up at the summit goes direct)
     arrivals = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
     [path] = await asyncio.to_thread(
         write_exposure, cluster.inbox, "LATISS", dayobs=DAYOBS, seqnum=7, size_bytes=50_000

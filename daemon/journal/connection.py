@@ -36,6 +36,9 @@ log = structlog.get_logger()
 
 MAX_GROUP: int = 256
 """At most this many transactions share one COMMIT."""
+WAL_SIZE_LIMIT: int = 4 << 20
+"""The WAL is cut back to this many bytes when a checkpoint resets it: a burst (a night's backlog, a reader that
+held checkpoints off) does not leave a large WAL on disk for good (SQLite otherwise keeps the file at its peak)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -86,6 +89,7 @@ class Journal:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             applied = migrate(db, self.path)
         except sqlite3.Error as exc:
             db.close()

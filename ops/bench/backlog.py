@@ -3,12 +3,13 @@
 The summit registers every file while the archive's daemon is stopped (nothing downstream answers an
 offer: the one route is cut), then the archive starts again and the summit catches up. Reported: the
 drain rate (files/s from the archive being up again to the last notice), each daemon's peak RSS, and
-how much each site's journal (database + WAL) grew per file.
+how much each site's journal grew per file (checkpointed: database + what is left of its WAL).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +31,21 @@ log = structlog.get_logger()
 
 
 def journal_bytes(site_dir: Path) -> int:
-    """Bytes of a site's journal on disk: the database, its WAL and shared-memory index."""
-    return sum(p.stat().st_size for p in site_dir.rglob("*.sqlite*") if p.is_file())
+    """Bytes of a site's journal on disk once its WAL is checkpointed into the database (blocking).
+
+    The WAL is checkpointed and truncated first, from a connection of our own (SQLite allows it beside the
+    daemon's), so the figure is what the rows take and not how far the WAL happened to be from its next
+    checkpoint: that alone moved a 1,000-file run's growth by up to 4 KB per file.
+    """
+    total = 0
+    for path in sorted(site_dir.rglob("*.sqlite")):
+        db = sqlite3.connect(path, timeout=30)
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            db.close()
+        total += sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+    return total
 
 
 async def _summit_pending(session: aiohttp.ClientSession, cluster: Cluster) -> int:
