@@ -480,18 +480,15 @@ async def site_status(session: aiohttp.ClientSession, cluster: Cluster, site: st
 async def until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Wait until ``predicate()`` holds: it reads another process's journal or files, which announce nothing,
     so re-check with a bounded backoff (0.05 s doubling to 0.8 s)."""
-    pause_s = 0.05
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not predicate():
-                await asyncio.sleep(pause_s)
-                pause_s = min(2 * pause_s, 0.8)
-    except TimeoutError:
-        raise AssertionError(f"{what}: not within {timeout_s}s") from None
+
+    async def holds() -> bool:
+        return predicate()
+
+    await until_async(holds, timeout_s, what)
 
 
 async def until_async(predicate: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    """:func:`until` for a predicate that asks a daemon over HTTP."""
+    """Wait until ``await predicate()`` holds (it asks a daemon over HTTP), with :func:`until`'s backoff."""
     pause_s = 0.05
     try:
         async with asyncio.timeout(timeout_s):
