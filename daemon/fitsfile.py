@@ -1,7 +1,8 @@
 """Reading a FITS file's headers without its data, and checking that the file holds all the data they describe.
 
 The headers are read in 2880-byte blocks straight from the file (one read covers a small file). The
-primary header is parsed by astropy; an extension header is only walked past, so just its structural
+primary header's cards are read as astropy reads them, on demand (:class:`~processors.headers.text.HeaderText`,
+or astropy's whole parse when that cannot take them); an extension header is only walked past, so just its structural
 keywords (BITPIX, NAXIS, NAXISn, PCOUNT, GCOUNT) are read from their fixed-format cards (FITS 4.0
 §4.1-4.4). A header that is anything but plain (no END card at a card boundary, bytes that are not
 ASCII, lower-case or HIERARCH keywords, CONTINUE cards, a structural value that is not a fixed-format
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from astropy.io import fits
+
+from processors.headers.text import HeaderText
 
 _BLOCK: Final = 2880
 _CARD: Final = 80
@@ -38,7 +41,7 @@ _STRUCTURAL_RE: Final = re.compile(rb"(BITPIX|NAXIS\d{0,3}|PCOUNT|GCOUNT) *")
 _INTEGER_VALUE_RE: Final = re.compile(rb"= +([+-]?\d+) *(?:/.*)?")
 
 
-def _data_bytes(header: fits.Header) -> int:
+def _data_bytes(header: fits.Header | HeaderText) -> int:
     """Bytes of an HDU's data as its header describes them (FITS standard 4.4.1), unpadded."""
     naxis = int(header.get("NAXIS", 0))
     if naxis == 0:
@@ -109,11 +112,12 @@ def _end_card(block: bytes) -> re.Match[bytes] | None:
 
 def _read_plain(
     blocks: _Blocks, offset: int, *, primary: bool
-) -> tuple[fits.Header, int, None] | tuple[None, int, int] | None:
+) -> tuple[fits.Header | HeaderText, int, None] | tuple[None, int, int] | None:
     """The header at ``offset`` read without astropy's block reader: (header, where it ends, data bytes).
 
-    The primary header is parsed by :meth:`astropy.io.fits.Header.fromstring` from the same text astropy's
-    reader would give it (its data bytes are left to the caller, None); an extension header is not parsed
+    The primary header is a :class:`~processors.headers.text.HeaderText` of the cards astropy's reader
+    would read, or, when astropy must read it whole, parsed by :meth:`astropy.io.fits.Header.fromstring`
+    from the same text (its data bytes are left to the caller, None); an extension header is not parsed
     (None), only its structural cards are read for its data bytes. None when the header is not plain and
     astropy must read it.
     """
@@ -124,10 +128,14 @@ def _read_plain(
     if not primary:
         data = _extension_data_bytes(raw, end)
         return None if data is None else (None, offset + len(raw), data)
-    try:
-        header = fits.Header.fromstring(raw.decode("ascii"))
-    except (OSError, ValueError, EOFError):
-        return None  # astropy's reader raises it again, and says why
+    header: fits.Header | HeaderText | None = None
+    if raw.isascii():
+        header = HeaderText.parse(raw[:end].decode("ascii"))
+    if header is None:
+        try:
+            header = fits.Header.fromstring(raw.decode("ascii"))
+        except (OSError, ValueError, EOFError):
+            return None  # astropy's reader raises it again, and says why
     return header, offset + len(raw), None
 
 
@@ -164,20 +172,23 @@ def _extension_data_bytes(raw: bytes, end: int) -> int | None:
     return bits // 8 * values.get(b"GCOUNT", 1) * (values.get(b"PCOUNT", 0) + count)
 
 
-def read_primary_header(path: Path) -> tuple[fits.Header | None, str | None]:
+def read_primary_header(path: Path) -> tuple[fits.Header | HeaderText | None, str | None]:
     """The primary header, or (None, reason) for a non-FITS or truncated file (blocking).
+
+    A plain header comes as a :class:`~processors.headers.text.HeaderText` (astropy's values, read on
+    demand), any other as astropy's :class:`~astropy.io.fits.Header`.
 
     Walks every HDU's header and checks that the file holds all the data those headers describe,
     without reading the data itself.
     """
-    primary: fits.Header | None = None
+    primary: fits.Header | HeaderText | None = None
     with open(path, "rb") as handle, warnings.catch_warnings():
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
         size = os.fstat(handle.fileno()).st_size
         blocks = _Blocks(handle, size)
         offset = 0
         while offset < size:
-            header: fits.Header | None
+            header: fits.Header | HeaderText | None
             data: int | None
             read = _read_plain(blocks, offset, primary=primary is None)
             if read is not None:

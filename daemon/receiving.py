@@ -63,7 +63,8 @@ class Store(Protocol):
 
 
 class Receiver:
-    """Answers offers addressed to this site and pulls what they offer, ``pull_concurrency`` at a time."""
+    """Answers offers addressed to this site and pulls what they offer, ``pull_concurrency`` at a time
+    (``large_pull_concurrency`` of them files bigger than :data:`WHOLE_FILE_BYTES`)."""
 
     def __init__(
         self,
@@ -93,6 +94,7 @@ class Receiver:
         self.trust = trust
         self.session: aiohttp.ClientSession | None = None
         self.pulls: asyncio.Queue[Offer] = asyncio.Queue()
+        self.large_pulls = asyncio.Semaphore(self.tuning.large_pull_concurrency)
         self.pulling: set[str] = set()
         self.pulling_keys: set[str] = set()
         self.held_back: dict[str, dict[str, Offer]] = {}
@@ -215,7 +217,11 @@ class Receiver:
             offer = await self.pulls.get()
             try:
                 with bound_file(offer.name, transfer_id=offer.transfer_id):
-                    await self._receive(offer)
+                    if offer.size > WHOLE_FILE_BYTES:
+                        async with self.large_pulls:  # (memory: each buffers up to two write batches)
+                            await self._receive(offer)
+                    else:
+                        await self._receive(offer)
             finally:
                 self.pulling.discard(offer.transfer_id)
                 self.pulling_keys.discard(offer.identity.key)

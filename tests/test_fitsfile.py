@@ -13,6 +13,7 @@ from astropy.io import fits
 
 from daemon.fitsfile import _Blocks, _data_bytes, _read_plain, read_primary_header
 from ops.camera import write_exposure
+from processors.headers import as_astropy
 
 BLOCK = 2880
 
@@ -56,6 +57,7 @@ def answer(read: Callable[[Path], tuple[fits.Header | None, str | None]], path: 
         return ("raised", type(exc), str(exc))
     if header is None:
         return (None, reason)
+    header = as_astropy(header)
     return (header.tostring(), list(header.items()), reason)
 
 

@@ -233,13 +233,16 @@ async def test_while_the_broker_does_not_answer_the_publisher_backs_off_up_to_it
     timeout_s, initial_s, cap_s = 0.1, 0.05, 0.2
     async with site(tmp_path, publish_timeout_s=timeout_s, backoff_initial_s=initial_s, backoff_max_s=cap_s) as s:
         arrivals = await Subscriber(s.port, ARRIVALS).start(s.tg)
-        tries: list[tuple[float, bool]] = []
+        tries: list[tuple[float, bool]] = []  # of the first notice (the second goes beside it, in its window)
         enough = asyncio.Event()
+        first: list[bytes] = []
 
         async def publish(topic: str, payload: bytes) -> bool:
             started = time.monotonic()
+            first[:] = first or [payload]
             ok = await s.mailbox.publish_local(topic, payload)
-            tries.append((started, ok))
+            if payload == first[0]:
+                tries.append((started, ok))
             if len(tries) >= 7:
                 enough.set()
             return ok

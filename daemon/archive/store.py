@@ -21,7 +21,7 @@ from astropy.io import fits
 
 from daemon.corrections import correction_for
 from daemon.fsutil import durable_rename_new, fsync_dir, hash_file
-from processors.headers import CorrectionFileError, HeaderReport, header_summary, repair_header
+from processors.headers import CorrectionFileError, HeaderReport, HeaderText, header_summary, repair_header
 
 log = structlog.get_logger()
 
@@ -56,7 +56,7 @@ def prepare(
     received_checksum: str,
     correction_dirs: Sequence[Path],
     context: Mapping[str, object] | None,
-    header: fits.Header | None,
+    header: fits.Header | HeaderText | None,
     problem: str | None,
 ) -> Prepared:
     """Decide the fate of a received, verified file and build its archived form (blocking).

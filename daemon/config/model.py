@@ -119,8 +119,12 @@ class Tuning:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     mqtt_keepalive_s: int = 5
-    window_per_peer: int = 16
-    pull_concurrency: int = 4
+    window_per_peer: int = 32
+    pull_concurrency: int = 16
+    """Files a receiver pulls at once (small files are mostly waits on fsyncs and round trips, so many
+    overlap); of them, at most ``large_pull_concurrency`` bigger than one write batch, each buffering
+    up to two batches (:data:`daemon.receiving.WRITE_BATCH_BYTES`)."""
+    large_pull_concurrency: int = 4
     rescan_interval_s: float = 60.0
     breaker_failures: int = 3
     breaker_hold_down_s: float = 10.0

@@ -31,6 +31,7 @@ from processors.headers.cards import (
 )
 from processors.headers.model import Correction, Fix, HeaderReport
 from processors.headers.obsid import _missing_obsid, parse_obsid
+from processors.headers.text import HeaderText, as_astropy
 from processors.headers.verify import verify_header
 
 __all__ = ["repair_header"]
@@ -43,10 +44,15 @@ _FITS_KEYWORD_RE: Final = re.compile(r"[A-Z0-9_-]{1,8}")
 class _Editor:
     """Reads a header and records changes as fixes, applying them to a copy made at the first change."""
 
-    def __init__(self, header: fits.Header) -> None:
-        self.header = header
-        self.copied = False
+    def __init__(self, header: fits.Header | HeaderText) -> None:
+        self.source = header
+        self.fixed: fits.Header | None = None
         self.fixes: list[Fix] = []
+
+    @property
+    def header(self) -> fits.Header | HeaderText:
+        """The header as fixed so far: the input until the first change, then its (astropy) copy."""
+        return self.source if self.fixed is None else self.fixed
 
     def get(self, key: str) -> object:
         return _value(self.header, key)
@@ -55,17 +61,17 @@ class _Editor:
         old = self.get(key)
         if old == value and type(old) is type(value):
             return
-        if not self.copied:
-            self.header, self.copied = self.header.copy(), True
-        if key in self.header or _FITS_KEYWORD_RE.fullmatch(key):
-            self.header[key] = value
+        if self.fixed is None:
+            self.fixed = as_astropy(self.source).copy()
+        if key in self.fixed or _FITS_KEYWORD_RE.fullmatch(key):
+            self.fixed[key] = value
         else:
-            self.header[f"HIERARCH {key}"] = value
+            self.fixed[f"HIERARCH {key}"] = value
         self.fixes.append(Fix(keyword=key, old=_jsonable(old), new=_jsonable(value), source=source))
 
 
 def repair_header(
-    header: fits.Header,
+    header: fits.Header | HeaderText,
     *,
     correction: Correction | None = None,
     exposure_context: Mapping[str, object] | None = None,
@@ -83,7 +89,8 @@ def repair_header(
     is the report's header itself.
 
     Args:
-        header: The primary header as received.
+        header: The primary header as received (astropy's, or a :class:`HeaderText`; a fixed copy is
+            always astropy's).
         correction: The cards of the observation's correction file, already read (see
             :mod:`daemon.corrections`); None when it has none.
         exposure_context: Keyword -> value agreed by the sibling detectors of the same exposure (e.g.
@@ -132,11 +139,12 @@ def repair_header(
     _repair_times(editor)
     _repair_detector(editor, canonical)
 
-    repaired = editor.header
     fixes = tuple(editor.fixes)
-    for fix in fixes:
-        for text in fix.history_cards():
-            repaired.add_history(text)
+    if editor.fixed is not None:
+        for fix in fixes:
+            for text in fix.history_cards():
+                editor.fixed.add_history(text)
+    repaired = editor.header
     return HeaderReport(
         header=repaired,
         fixes=fixes,

@@ -6,11 +6,12 @@ from astropy.io import fits
 
 from processors.detectors import detector_name
 from processors.headers.cards import _canonical_or_none, _dayobs_text, _jsonable, _value
+from processors.headers.text import HeaderText
 
 __all__ = ["header_summary"]
 
 
-def header_summary(header: fits.Header) -> dict[str, object]:
+def header_summary(header: fits.Header | HeaderText) -> dict[str, object]:
     """Return the catalog's small JSON-able summary of a header.
 
     Args:

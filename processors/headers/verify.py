@@ -45,6 +45,7 @@ from processors.headers.cards import (
 )
 from processors.headers.model import Finding
 from processors.headers.obsid import parse_obsid
+from processors.headers.text import HeaderText
 
 __all__ = ["IMGTYPES", "NO_FILTER_IMGTYPES", "verify_header"]
 
@@ -85,7 +86,7 @@ NO_FILTER_IMGTYPES: Final = frozenset({"BIAS", "ZERO"})
 _Add: TypeAlias = Callable[[str, str | None, str], None]
 
 
-def verify_header(header: fits.Header) -> list[Finding]:
+def verify_header(header: fits.Header | HeaderText) -> list[Finding]:
     """Check a primary header against the rules skyrelay archives by.
 
     Checks required keywords and their types, DATE-OBS against MJD-OBS in the header's TIMESYS,
@@ -95,7 +96,7 @@ def verify_header(header: fits.Header) -> list[Finding]:
     keeps a clean header well under a millisecond.
 
     Args:
-        header: A primary header (or any mapping of cards).
+        header: A primary header (astropy's, a :class:`HeaderText`, or any mapping of cards).
 
     Returns:
         Findings in a stable order; empty when the header is clean.
@@ -255,7 +256,7 @@ def verify_header(header: fits.Header) -> list[Finding]:
     return findings
 
 
-def _nonnegative_seconds(header: fits.Header, key: str, add: _Add) -> float | None:
+def _nonnegative_seconds(header: fits.Header | HeaderText, key: str, add: _Add) -> float | None:
     value = _value(header, key)
     if value is None:
         add(f"required.{key}", key, f"{key} is missing or null")
