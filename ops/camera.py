@@ -160,15 +160,12 @@ def build_primary_header(
         CameraError: dayobs is not ``YYYYMMDD``.
     """
     name = canonical_instrument(instrument)
-    if detector not in expected_detectors(name):
-        raise UnknownDetector(f"{name} has no detector {detector!r}")
     if not _DAYOBS_RE.fullmatch(dayobs):
         raise CameraError(f"dayobs must be YYYYMMDD, not {dayobs!r}")
     start = _tai(date_obs) if date_obs is not None else exposure_date_obs(dayobs, seqnum)
     overhead = SHUTTER_OVERHEAD_S[name]
     end = start + timedelta(seconds=exptime + overhead)
     obsid = f"{CAMERA_CODES[name]}_O_{dayobs}_{seqnum:06d}"
-    raft, slot = detector.split("_")
     physical = FILTERS[name].get(filter_, filter_)
     band = next((key for key, value in FILTERS[name].items() if value == physical), filter_)
     start_text, end_text = _isot(start), _isot(end)
@@ -197,25 +194,38 @@ def build_primary_header(
             "CURINDEX": curindex,
             "MAXINDEX": maxindex,
             "IMAGETAG": hashlib.blake2b(f"{obsid}".encode(), digest_size=8).hexdigest(),
-            "CCDSLOT": slot,
-            "RAFTBAY": raft,
+            "CCDSLOT": None,  # (the detector's cards, set below: their places in the header)
+            "RAFTBAY": None,
             "FILTBAND": band,
             "FILTER": physical,
             "EXPTIME": float(exptime),
             "DARKTIME": round(float(exptime) + overhead, 4),
             "SHUTTIME": float(exptime),
-            "FILENAME": f"{obsid}_{detector}.fits",
+            "FILENAME": None,
         }
     )
+    cards.update(_detector_cards(name, obsid, detector))
     header = fits.Header()
     for keyword, value in cards.items():
         _set_card(header, keyword, value)
+    _override(header, overrides)
+    return header
+
+
+def _detector_cards(instrument: str, obsid: str, detector: str) -> dict[str, object]:
+    """The cards of a primary header that name its detector (all the others are the exposure's)."""
+    if detector not in expected_detectors(instrument):
+        raise UnknownDetector(f"{instrument} has no detector {detector!r}")
+    raft, slot = detector.split("_")
+    return {"CCDSLOT": slot, "RAFTBAY": raft, "FILENAME": f"{obsid}_{detector}.fits"}
+
+
+def _override(header: fits.Header, overrides: Mapping[str, object] | None) -> None:
     for keyword, value in (overrides or {}).items():
         if value is REMOVE:
             header.remove(keyword, ignore_missing=True)
         else:
             _set_card(header, keyword, value)
-    return header
 
 
 def _tai(moment: datetime) -> datetime:
@@ -289,25 +299,29 @@ def write_exposure(
     chosen = sorted(detectors) if detectors is not None else sorted(expected_detectors(name))
     start = _tai(date_obs) if date_obs is not None else exposure_date_obs(dayobs, seqnum)
     overrides = overrides_by_detector or {}
-    headers = {
-        detector: build_primary_header(
-            name,
-            dayobs=dayobs,
-            seqnum=seqnum,
-            detector=detector,
-            imgtype=imgtype,
-            filter_=filter_,
-            exptime=exptime,
-            date_obs=start,
-            groupid=groupid,
-            curindex=curindex,
-            maxindex=maxindex,
-            overrides=overrides.get(detector),
-        )
-        for detector in chosen
-    }
-    if not headers:
+    if not chosen:
         return []
+    # One header for the exposure; each detector's is a copy with its own detector cards and overrides.
+    exposure = build_primary_header(
+        name,
+        dayobs=dayobs,
+        seqnum=seqnum,
+        detector=chosen[0],
+        imgtype=imgtype,
+        filter_=filter_,
+        exptime=exptime,
+        date_obs=start,
+        groupid=groupid,
+        curindex=curindex,
+        maxindex=maxindex,
+    )
+    headers: dict[str, fits.Header] = {}
+    for detector in chosen:
+        header = exposure.copy()
+        for keyword, value in _detector_cards(name, str(exposure["OBSID"]), detector).items():
+            header[keyword] = value
+        _override(header, overrides.get(detector))
+        headers[detector] = header
     primary_bytes = max(len(header.tostring()) for header in headers.values())
     n_ext, shape = _layout(size_bytes - primary_bytes)
     rng = np.random.default_rng(seed if seed is not None else int(dayobs) * 100_000 + seqnum)
@@ -317,22 +331,37 @@ def write_exposure(
     inbox.mkdir(parents=True, exist_ok=True)
     if staging is not None:
         staging.mkdir(parents=True, exist_ok=True)
+    # The amplifier headers are the same for every detector: made (and checked by astropy) once.
+    extensions = [_extension(amp, block[:pixels].reshape(shape)) for amp in range(n_ext)]
+    ext_headers = [_padded(hdu.header.tostring().encode("ascii")) for hdu in extensions]
     written: list[Path] = []
     for det_index, header in enumerate(headers.values()):
-        extensions = []
-        for amp in range(n_ext):
+        hdul = fits.HDUList([fits.PrimaryHDU(header=header), extensions[0]])
+        hdul.update_extend()  # EXTEND = T, as writing the whole list would add it
+        parts = [_padded(hdul[0].header.tostring().encode("ascii"))]
+        for amp, ext_header in enumerate(ext_headers):
             offset = (amp * 131 + det_index * 977) % _OFFSET_SLACK
-            data = block[offset : offset + pixels].reshape(shape)
-            ext_header = fits.Header()
-            for keyword, value in amplifier_cards(amp).items():
-                ext_header[keyword] = value
-            extensions.append(fits.ImageHDU(data=data, header=ext_header))
-        hdul = fits.HDUList([fits.PrimaryHDU(header=header), *extensions])
+            parts += [ext_header, _padded(block[offset : offset + pixels].tobytes())]
         final = inbox / str(header["FILENAME"])
         temporary = (staging or inbox) / f"{final.name}.part"
-        _write_atomically(hdul, temporary, final)
+        _write_atomically(parts, temporary, final)
         written.append(final)
     return written
+
+
+def _extension(amp: int, data: np.ndarray) -> fits.ImageHDU:
+    """Amplifier ``amp``'s image extension for data of ``data``'s shape and type, checked as writing checks it."""
+    ext_header = fits.Header()
+    for keyword, value in amplifier_cards(amp).items():
+        ext_header[keyword] = value
+    hdu = fits.ImageHDU(data=data, header=ext_header)
+    hdu.verify("exception")
+    return hdu
+
+
+def _padded(data: bytes) -> bytes:
+    """``data`` padded to whole FITS blocks (zeros: header text already ends in blanks)."""
+    return data + b"\0" * (-len(data) % _FITS_BLOCK)
 
 
 def _layout(data_budget: int) -> tuple[int, tuple[int, int]]:
@@ -347,10 +376,10 @@ def _layout(data_budget: int) -> tuple[int, tuple[int, int]]:
     return n_ext, (max(1, pixels // columns), columns)
 
 
-def _write_atomically(hdul: fits.HDUList, temporary: Path, final: Path) -> None:
+def _write_atomically(parts: Sequence[bytes], temporary: Path, final: Path) -> None:
     try:
         with temporary.open("wb") as stream:
-            hdul.writeto(stream)
+            stream.writelines(parts)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, final)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from astropy.io import fits
 
 from ops.camera import (
+    REMOVE,
     UnknownDetector,
     add_camera_arguments,
     build_primary_header,
@@ -90,6 +92,36 @@ def test_detectors_of_one_exposure_agree_and_differ_in_pixels(tmp_path: Path) ->
     assert headers[0]["DATE-OBS"] == headers[1]["DATE-OBS"]
     assert headers[0]["OBSID"] == headers[1]["OBSID"]
     assert paths[0].read_bytes() != paths[1].read_bytes()
+
+
+def test_each_file_is_what_astropy_writes_and_each_header_what_build_primary_header_builds(tmp_path: Path) -> None:
+    """The files are assembled from header text and pixel bytes: byte for byte what astropy writes for the
+    same HDUs, each primary header (overrides included) the one build_primary_header gives its detector."""
+    start = datetime(2024, 11, 8, 23, 59, 30)
+    overrides = {"R22_S01": {"EXPTIME": None, "SHUTTIME": REMOVE, "STUTTER DELAY": 2.5}}
+    paths = write_exposure(
+        tmp_path / "inbox",
+        "ComCam",
+        dayobs="20241108",
+        seqnum=266,
+        size_bytes=300_000,
+        detectors=["R22_S00", "R22_S01"],
+        date_obs=start,
+        overrides_by_detector=overrides,
+    )
+    for path, detector in zip(paths, ["R22_S00", "R22_S01"], strict=True):
+        with fits.open(path) as hdul:
+            rewritten = io.BytesIO()
+            hdul.writeto(rewritten, output_verify="exception")
+            assert rewritten.getvalue() == path.read_bytes()
+            built = build_primary_header(
+                "ComCam", dayobs="20241108", seqnum=266, detector=detector, date_obs=start,
+                overrides=overrides.get(detector),
+            )  # fmt: skip
+            expected = fits.HDUList([fits.PrimaryHDU(header=built), fits.ImageHDU()])
+            expected.update_extend()
+            assert hdul[0].header.tostring() == expected[0].header.tostring()
+            assert len(hdul) > 2
 
 
 def test_broken_detector_file_is_repaired_from_its_siblings(tmp_path: Path) -> None:
