@@ -38,6 +38,7 @@ from daemon.config import Topology
 from daemon.counters import SiteCounters
 from daemon.journal import FileRow, Journal
 from daemon.report import Reporter
+from daemon.sending import router as router_module
 from daemon.sending.items import ItemFactory
 from daemon.sending.router import HELD_REPORT_GRACE_S, Router
 from daemon.sending.routes import RouteTable
@@ -327,3 +328,50 @@ async def test_a_file_still_held_after_the_start_up_grace_is_reported_by_the_rou
         await s.problems.wait_for(has_kind("no_route"), timeout_s=HELD_REPORT_GRACE_S + 10)
         (reported,) = s.problems.of_kind("no_route")
         assert reported["details"]["files"] == 1 and row.name in reported["details"]["examples"]
+
+
+async def test_a_backlog_of_held_files_drains_through_the_sender_a_bounded_queue_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held files go to the sender at most SEND_QUEUE_ROOM at a time once a route is usable, oldest first, the
+    rest waiting in the router (pending, not held, not reported); as the sender's queue empties the router
+    refills it, and when no route is usable again the waiting files are held again."""
+    monkeypatch.setattr(router_module, "SEND_QUEUE_ROOM", 8)
+    async with summit(tmp_path, up={"base": False, "archive": False}) as s:
+        names = [f"AT_O_20261201_{n:06d}_R00_S00.fits" for n in range(1, 31)]
+        for name in names:
+            transfer, row = await hold_file(s.journal, s.inbox, name=name, data=name.encode(), route=PRIMARY)
+            assert not s.router.admit(transfer, row)
+        assert s.router.held_count() == s.router.unsent_count() == 30
+
+        s.link("base", True)
+        await s.events.wait_for(has_kind("held_offered"), timeout_s=10)
+        assert len(s.offers()) == 8, "the queue holds SEND_QUEUE_ROOM offers, no more"
+        assert s.router.held_count() == 0 and s.router.unsent_count() == 22
+        assert {row["last_error"] for row in s.router.held_snapshot()} == {router_module.WAITING_ERROR}
+        offered: list[str] = []
+
+        async def take_all_offers() -> None:
+            for item in [i for i in s.sender.items.values() if i.kind == "offer"]:
+                offered.append(item.name)
+                s.sender.remove(item.msg_id)  # as custody removes it
+
+        for _ in range(2):  # each emptied queue is refilled (the router wakes at half room)
+            await take_all_offers()
+            async with asyncio.timeout(10):
+                while len(s.offers()) < 8:
+                    await s.routes.ticked.wait()
+                    s.routes.ticked.clear()
+        queued = sorted(i.name for i in s.sender.items.values() if i.kind == "offer")
+        assert offered + queued == names[:24], "oldest first, nothing skipped"
+        assert s.router.unsent_count() == 6
+
+        s.link("base", False)
+        async with asyncio.timeout(10):
+            while s.router.held_count() == 0:
+                await s.routes.ticked.wait()
+                s.routes.ticked.clear()
+        assert s.router.held_count() == s.router.unsent_count() == 6
+        assert {row["last_error"] for row in s.router.held_snapshot()} == {router_module.HELD_ERROR}
+        (event,) = s.events.of_kind("held_offered")
+        assert event["details"]["files"] == 30

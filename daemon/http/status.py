@@ -142,7 +142,7 @@ class SiteView:
         """(files held for want of a usable route, age of the oldest in seconds) at the summit."""
         if self.router is None:
             return None
-        ages = [age for _, _, age in self.router.held_pending()]
+        ages = [age for _, _, age in self.router.held_pending(waiting=False)]
         return len(ages), max(ages, default=0.0)
 
     def catalog_counts(self) -> dict[str, int] | None:
@@ -157,7 +157,8 @@ class SiteView:
     def status_line(self) -> str:
         """One line for systemd's ``STATUS=``: queue depth, held files, route in use, links that are down."""
         held = self.router.held_count() if self.router is not None else 0
-        parts = [f"{self.role} {self.name}: {len(self.sender.items) + held} pending"]
+        unsent = self.router.unsent_count() if self.router is not None else 0
+        parts = [f"{self.role} {self.name}: {len(self.sender.items) + unsent} pending"]
         if self.router is not None:
             parts[0] += f" ({held} held)"
         if self.routes is not None and self.router is not None:
@@ -188,7 +189,7 @@ class SiteView:
                 for p in self.mailbox.peers
             },
             "files": await self.journal.read(journal_files.state_counts),
-            "pending": len(self.sender.items) + (self.router.held_count() if self.router is not None else 0),
+            "pending": len(self.sender.items) + (self.router.unsent_count() if self.router is not None else 0),
             "counters": self.file_outcomes(),
             "problems": dict(self.counters.problems),
             "recent_problems": await self.reporter.recent("problem"),

@@ -17,7 +17,8 @@ never polls.
   and offered the moment a route is usable again, whatever made it usable (an operator command, a
   breaker closing or half-opening, a peer's presence returning, a degraded period ending). An offer
   already queued on a route the operator's policy now forbids, with no other usable route, is
-  taken back from the sender and held too.
+  taken back from the sender and held too. A backlog of held files drains through the sender a few
+  hundred at a time (:data:`SEND_QUEUE_ROOM`), the rest waiting here, oldest first.
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ class Held:
 
 
 HELD_ERROR = "no usable route"
+WAITING_ERROR = "waiting for room in the send queue (a backlog drains)"
+
+SEND_QUEUE_ROOM = 512
+"""Offers the router keeps queued in the sender per route while held files drain: the rest wait here, as
+journaled rows (about a kilobyte each) rather than as sender items, and go as the queue empties, so a
+night's backlog does not sit in memory twice."""
 
 HELD_REPORT_GRACE_S = 5.0
 """Files held before any route was healthy since start-up are reported only after this (links connect first)."""
@@ -99,6 +106,7 @@ class Router:
         self.routes = routes
         self.reporter = reporter
         self.make_item = make_item
+        sender.queue_listeners.append(self._on_queue_change)
         self.awaiting: dict[str, Awaiting] = {}
         self._deadlines: list[tuple[float, int, str]] = []
         """(custody clock start, seq, file key) of awaiting files, a heap: the next deadline without a scan.
@@ -107,6 +115,11 @@ class Router:
         self._stuck: set[str] = set()
         """Keys of awaiting files that are overdue with no other usable route."""
         self.held: dict[str, Held] = {}
+        """Files no route can take now."""
+        self.waiting: dict[str, Held] = {}
+        """Held files whose route is usable again, oldest first, given to the sender as its queue has room."""
+        self._feeding: str | None = None
+        """The route ``waiting`` files go to, while the router waits for room on it."""
         self._held_reported = False
         self._stuck_reported_at: float | None = None
         self.wake = asyncio.Event()
@@ -154,6 +167,7 @@ class Router:
         self.awaiting.pop(file_key, None)
         self._stuck.discard(file_key)
         self.held.pop(file_key, None)
+        self.waiting.pop(file_key, None)
 
     # ---- files held for want of a usable route ---------------------------------------------------
 
@@ -189,15 +203,20 @@ class Router:
         """Files held for want of a usable route (they count as pending)."""
         return len(self.held)
 
-    def held_pending(self) -> Iterator[tuple[str, str, float]]:
-        """(peer, kind, age in seconds) of every held file, like the sender's pending items: the peer is
-        the next hop of the route it is journaled on, the kind ``offer``."""
+    def unsent_count(self) -> int:
+        """Files pending here and not in the sender: held, and waiting for room in the send queue."""
+        return len(self.held) + len(self.waiting)
+
+    def held_pending(self, *, waiting: bool = True) -> Iterator[tuple[str, str, float]]:
+        """(peer, kind, age in seconds) of every held file (and, unless ``waiting`` is False, every file
+        waiting for room in the send queue), like the sender's pending items: the peer is the next hop of
+        the route it is journaled on, the kind ``offer``."""
         now = time.monotonic()
-        for held in self.held.values():
+        for held in itertools.chain(self.held.values(), self.waiting.values() if waiting else ()):
             yield held.transfer.receiver, "offer", now - held.since
 
     def held_snapshot(self) -> list[dict[str, object]]:
-        """Every held file, in the shape of :meth:`Sender.snapshot` rows (for ``skyrelay queue``)."""
+        """Every held or waiting file, in the shape of :meth:`Sender.snapshot` rows (for ``skyrelay queue``)."""
         now = time.monotonic()
         return [
             {
@@ -210,9 +229,10 @@ class Router:
                 "failures": 0,
                 "inflight": False,
                 "age_s": round(now - h.since, 1),
-                "last_error": HELD_ERROR,
+                "last_error": error,
             }
-            for h in self.held.values()
+            for files, error in ((self.held, HELD_ERROR), (self.waiting, WAITING_ERROR))
+            for h in files.values()
         ]
 
     async def in_flight(self) -> dict[str, object]:
@@ -260,13 +280,23 @@ class Router:
         self._hold(transfer, file_row)
 
     async def _release_held(self, now: float) -> None:
-        """Offer every held file on the usable route, if there is one now; report a new spell of holding."""
+        """Offer the held files on the usable route, if there is one now; report a new spell of holding.
+
+        Held files whose route is usable wait in :attr:`waiting`, oldest first, and go to the sender as
+        its queue on that route has room (:data:`SEND_QUEUE_ROOM`); when no route is usable, the waiting
+        ones are held again.
+        """
         self._report_held_at = None
-        if not self.held:
+        if not self.held and not self.waiting:
             self._held_reported = False
+            self._feeding = None
             return
         route = self.usable_route(now)
         if route is None:
+            self._feeding = None
+            if self.waiting:  # (older than those held since: they keep their place)
+                self.waiting.update(self.held)
+                self.held, self.waiting = self.waiting, {}
             if not self._seen_healthy and now < self._started + HELD_REPORT_GRACE_S:
                 # Just started, links still connecting: not yet a problem (a timer looks again).
                 self._report_held_at = self._started + HELD_REPORT_GRACE_S
@@ -283,11 +313,26 @@ class Router:
                     examples=sorted(h.file.name for h in self.held.values())[:10],
                 )
             return
-        released = 0
-        for key, held in list(self.held.items()):
-            if self.held.get(key) is not held:
-                continue  # forgotten (custody, replaced) or re-held while we awaited the journal
-            transfer = held.transfer
+        released = len(self.held)
+        self.waiting.update(self.held)
+        self.held.clear()
+        self._held_reported = False
+        if released:
+            await self.reporter.event(
+                "held_offered",
+                f"{released} held file(s) offered on {route.name}, now usable",
+                route=route.name,
+                files=released,
+            )
+        await self._feed(route)
+
+    async def _feed(self, route: Route) -> None:
+        """Give waiting files to the sender on ``route`` up to :data:`SEND_QUEUE_ROOM` queued offers."""
+        room = SEND_QUEUE_ROOM - self.sender.offers_count(route.name)
+        for key, waiting in list(itertools.islice(self.waiting.items(), max(0, room))):
+            if self.waiting.get(key) is not waiting:
+                continue  # forgotten (custody, replaced) while we awaited the journal
+            transfer = waiting.transfer
             if transfer.route != route.name:
                 transfer = await self.journal.transaction(
                     functools.partial(
@@ -298,20 +343,18 @@ class Router:
                         reason=f"held for want of a usable route; {route.name} is usable",
                     )
                 )
-                if self.held.get(key) is not held:
+                if self.waiting.get(key) is not waiting:
                     continue
-            del self.held[key]
-            self.sender.add(self.make_item(transfer, held.file))
-            self.track(held.file, route.name)
-            released += 1
-        self._held_reported = bool(self.held)
-        if released:
-            await self.reporter.event(
-                "held_offered",
-                f"{released} held file(s) offered on {route.name}, now usable",
-                route=route.name,
-                files=released,
-            )
+            del self.waiting[key]
+            self.sender.add(self.make_item(transfer, waiting.file))
+            self.track(waiting.file, route.name)
+        self._feeding = route.name if self.waiting else None
+
+    def _on_queue_change(self) -> None:
+        """The sender queued or removed an item: wake to feed waiting files once half the room is free."""
+        if self._feeding is not None and self.sender.offers_count(self._feeding) <= SEND_QUEUE_ROOM // 2:
+            self._feeding = None  # (one wake per refill)
+            self.wake.set()
 
     def choose(self) -> Route | None:
         """The route for a new file (and one ``route_changed`` event per real change of the route in use).

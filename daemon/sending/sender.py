@@ -249,6 +249,10 @@ class Sender:
         """Items in flight or waiting for one file."""
         return [self.items[m] for m in self._by_file.get(file_key, ())]
 
+    def offers_count(self, route: str) -> int:
+        """How many offers are in flight or waiting on ``route``."""
+        return len(self._offers_by_route.get(route, ()))
+
     def offers_on(self, route: str) -> list[Outgoing]:
         """Offers in flight or waiting on ``route``."""
         return [self.items[m] for m in self._offers_by_route.get(route, ())]
