@@ -57,7 +57,8 @@ class ItemFactory:
 
         async def accepted(ack: Ack) -> None:
             await self.journal.write(journal_files.mark_acked, transfer.transfer_id, ack.status)
-            log.info(
+            # (debug: a file's info lines are its registration and its custody; a backlog logs 2, not 3, per file)
+            log.debug(
                 "offer_acked",
                 transfer_id=transfer.transfer_id,
                 file=file_row.name,
