@@ -8,7 +8,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from conftest import MakeCluster, Subscribe, cli_ok, operator_headers, wait_settled
+from conftest import MakeCluster, Subscribe, cli_ok, converged, operator_headers, wait_settled
 
 from ops.camera import write_exposure
 
@@ -27,6 +27,7 @@ async def test_metrics_count_the_exposure_and_the_base_expires_its_copies(
     cluster = await make_cluster()
     arrivals = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
     events = await subscribe(cluster, "base", "skyrelay/v1/events/base")
+    await converged(cluster)  # (a file written before the base is up at the summit goes direct)
     await asyncio.to_thread(write_exposure, cluster.inbox, "ComCam", dayobs="20261120", seqnum=1, size_bytes=200_000)
     await wait_settled(cluster, archived=9, wake=arrivals)
 
