@@ -326,11 +326,19 @@ class Collector:
         return True
 
     def of_type(self, message_type: str) -> list[dict[str, Any]]:
-        """Decoded payloads whose ``type`` is ``message_type``."""
+        """Decoded payloads whose ``type`` is ``message_type``, and such messages carried in a batch."""
         out = []
         for message in self.messages:
             data = message.data
-            if isinstance(data, dict) and data.get("type") == message_type:
+            if not isinstance(data, dict):
+                continue
+            if data.get("type") == "batch" and message_type != "batch" and isinstance(data.get("messages"), list):
+                out.extend(
+                    e["body"]
+                    for e in data["messages"]
+                    if isinstance(e, dict) and isinstance(e.get("body"), dict) and e["body"].get("type") == message_type
+                )
+            elif data.get("type") == message_type:
                 out.append(data)
         return out
 

@@ -306,8 +306,8 @@ def forged_custody(*, sender: str, receiver: str, path: Path) -> list[tuple[str,
 
 async def cut_off_the_archive(cluster: Cluster, subscribe: Subscribe, *, seqnum: int, **kwargs: Any) -> list[Path]:
     """SIGKILL the archive's daemon, write an exposure, and return once the base holds every file of it
-    (the base has offered each to the archive's mailbox)."""
-    offers = await subscribe(cluster, "archive", topics.site("archive", "offer"))
+    (the base has offered each to the archive's mailbox, alone or in a batch)."""
+    offers = await subscribe(cluster, "archive", topics.site_wildcard("archive"))
     await cluster.daemons["archive"].kill()
     paths = await write_files(cluster, seqnum=seqnum, size_bytes=64 * 1024, **kwargs)
     names = {p.name for p in paths}
