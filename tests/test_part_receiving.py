@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
+import mmap
 import os
 import sqlite3
 import threading
@@ -144,6 +146,41 @@ async def test_a_pull_streams_into_the_file_in_batches_off_the_loop_and_returns_
     assert all(size >= receiving.WRITE_BATCH_BYTES for _, _, size in batches[:-1])
     assert sum(size for _, _, size in batches) == len(BODY)
     assert len(batches) <= len(BODY) // receiving.WRITE_BATCH_BYTES + 1
+
+
+def resident_pages(path: Path) -> int:
+    """Pages of ``path`` in the page cache now: mincore(2) over a private mapping that touches none."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size = path.stat().st_size
+    vector = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        first = ctypes.c_char.from_buffer(mapped)
+        try:
+            if libc.mincore(ctypes.addressof(first), size, vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            del first  # (the mapping cannot close while a ctypes object points into it)
+    return sum(byte & 1 for byte in vector)
+
+
+@pytest.mark.parametrize("keep_cached", [True, False])
+async def test_a_large_pull_drops_its_pages_from_the_cache_only_when_asked(tmp_path: Path, keep_cached: bool) -> None:
+    """With ``keep_cached`` False (the archive) a file written in batches is fsynced, then its pages leave
+    the page cache; with True (a relay, which serves it onward at once) they stay. The bytes are the same."""
+    dest = tmp_path / "t-4.part"
+    async with file_server() as url, aiohttp.ClientSession() as session:
+        computed = await pull_file(
+            session, f"{url}/good", TOKEN, dest, size=len(BODY), checksum=checksum_of(BODY), keep_cached=keep_cached
+        )
+    assert computed == checksum_of(BODY)
+    resident = resident_pages(dest)
+    pages = len(BODY) // mmap.PAGESIZE
+    if keep_cached:
+        assert resident >= pages, (resident, pages)
+    else:
+        assert resident == 0, (resident, pages)
+    assert dest.read_bytes() == BODY
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,8 @@ LatencyObserver = Callable[[str, float], None]
 class Archivist:
     """Owns the archive's catalog and everything it promises subscribers; the archive's :class:`Store`."""
 
+    keeps_cached = False  # (a received file's pages are dropped after its fsync: see Store.keeps_cached)
+
     def __init__(
         self,
         site: str,
