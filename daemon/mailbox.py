@@ -194,6 +194,7 @@ class Mailbox:
                     # it too, and one connection delivers the announcements in order (the newest wins).
                     self._local = client
                     await client.publish(topics.presence(self.site), self._own_presence(), qos=1, retain=True)
+                    await self._unless_leaving(client)
                     self.local_ready.set()
                     attempt = 0
                     log.info("mailbox_connected", broker=str(me.broker))
@@ -224,6 +225,7 @@ class Mailbox:
                 async with self._client(link.broker, f"to-{peer}") as client:
                     await client.subscribe(topics.presence(peer), qos=1)
                     await client.publish(topics.presence(self.site), self._presence("online"), qos=1, retain=True)
+                    await self._unless_leaving(client)
                     self._peers[peer] = client
                     attempt = 0
                     log.info("link_connected", peer=peer, broker=str(link.broker))
@@ -257,7 +259,19 @@ class Mailbox:
 
     async def _announce(self) -> None:
         """Republish our presence on our own broker: peers read which sites we can reach from it."""
+        if self._leaving:
+            return  # (after goodbye our offline presence stands: a link coming up while we stop says nothing)
         await self.publish_local(topics.presence(self.site), self._own_presence(), retain=True)
+
+    async def _unless_leaving(self, client: aiomqtt.Client) -> None:
+        """After a connection announced us online: if :meth:`goodbye` began meanwhile (it did not know this
+        client yet), say ``offline`` on it too, so that the last presence we leave there is the goodbye."""
+        if self._leaving:
+            await self._say_offline(client)
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(topics.presence(self.site), self._presence("offline"), qos=1, retain=True, timeout=1.0)
 
     async def _guard_own_presence(self, payload: bytes) -> None:
         """Our retained presence on our own broker is ours: put our latest back when it was replaced (a forgery,
@@ -435,13 +449,10 @@ class Mailbox:
 
     async def goodbye(self) -> None:
         """Publish ``offline`` presence on every connected broker before a clean shutdown."""
-        self._leaving = True
+        self._leaving = True  # (from now on a connection that comes up says offline too: _unless_leaving)
         for client in [*self._peers.values(), self._local]:
             if client is not None:
-                with contextlib.suppress(aiomqtt.MqttError):
-                    await client.publish(
-                        topics.presence(self.site), self._presence("offline"), qos=1, retain=True, timeout=1.0
-                    )
+                await self._say_offline(client)
 
 
 def _cancelling() -> bool:
