@@ -29,7 +29,7 @@ from conftest import (
 from ops.bench.workloads import mailbox_traffic
 
 ARRIVALS = "skyrelay/v1/arrivals/#"
-EXPOSURES = range(1, 7)  # 6 x 9 = 54 files
+EXPOSURES = range(1, 11)  # 10 x 9 = 90 files (16 pulls at once: fewer all arrive before the kill)
 FILE_BYTES = 48 * 1024
 KILL_AFTER_NOTICES = 8
 
@@ -51,9 +51,9 @@ async def test_sigkill_in_the_middle_of_a_small_file_batch_loses_and_duplicates_
     paths = await write_exposures(cluster, EXPOSURES, FILE_BYTES)
     await notices.wait_for(lambda _: len(arrived_names(notices)) >= KILL_AFTER_NOTICES, timeout_s=90)
     traffic = await mailbox_traffic(cluster)
-    in_flight = len(paths) - len(arrived_names(notices))
     assert any(t["messages"] > t["publishes"] for t in traffic.values()), f"no batch before the kill: {traffic}"
     old_pid = cluster.daemons[site].pid
+    in_flight = len(paths) - len(arrived_names(notices))  # (counted at the kill, not before the traffic query)
     await cluster.daemons[site].kill()
     await cluster.restart_daemon(site)
     assert cluster.daemons[site].pid not in (None, old_pid)
