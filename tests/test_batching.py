@@ -29,7 +29,7 @@ from conftest import (
 from ops.bench.workloads import mailbox_traffic
 
 ARRIVALS = "skyrelay/v1/arrivals/#"
-EXPOSURES = range(1, 11)  # 10 x 9 = 90 files (16 pulls at once: fewer all arrive before the kill)
+EXPOSURES = range(1, 11)  # 10 x 9 = 90 files: some still in flight at the kill, with 16 pulls at once
 FILE_BYTES = 48 * 1024
 KILL_AFTER_NOTICES = 8
 
