@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import blake3
 import pytest
+import structlog.testing
 from aiohttp import web
 from parts import (
     PRIMARY,
@@ -57,6 +58,7 @@ from daemon.receiving import Receiver, RelayStore, pull_file
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
 from daemon.sending.sender import Sender
+from daemon.trust import PULL_HEADER
 from ops.broker import free_port
 from protocol import topics
 from protocol.transfer import Ack, Offer
@@ -441,3 +443,74 @@ async def test_bytes_that_changed_at_the_source_are_refused_and_nothing_is_kept(
         assert leftovers(r.receiver.incoming) == [] and not r.relay_dir.exists()
         assert r.counters.files["checksum_mismatch"] == 1 and r.sender.items == {}
         assert time.monotonic() - started < 10
+
+
+# ---- the data server's sending ------------------------------------------------------------
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    import uvloop
+
+    return uvloop.new_event_loop if name == "uvloop" else None
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_data_server_sends_a_large_file_whole_under_either_loop_and_survives_a_puller_that_hangs_up(
+    tmp_path: Path, loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file above the small-file size goes out by sendfile on plain HTTP whatever the event loop: pulled
+    whole, byte for byte. A puller that reads 1 MiB of it and hangs up
+    costs the server that send only (it is logged as ``send_failed``): the next pull of the same file is whole."""
+    data = os.urandom(24 << 20)
+    sent: list[int] = []
+    sendfile = os.sendfile
+
+    def counting(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        n = sendfile(out_fd, in_fd, offset, count)
+        sent.append(n)
+        return n
+
+    monkeypatch.setattr(os, "sendfile", counting)
+
+    async def main() -> None:
+        http_port = free_port()
+        topo = topology(tmp_path, http_ports={"summit": http_port}, routes=(PRIMARY,))
+        journal = await open_journal(topo.sites["summit"].state_dir / "journal.sqlite")
+
+        async def status() -> dict[str, Any]:
+            return {}
+
+        try:
+            transfer, _ = await hold_file(journal, tmp_path / "inbox", name="big.fits", data=data, route=PRIMARY)
+            path = f"/v1/transfers/{transfer.transfer_id}"
+            url = f"http://127.0.0.1:{http_port}{path}"
+            app = build_app(journal, Access(topo, None), trust(topo, "summit"), status)
+            async with running() as tg, aiohttp.ClientSession() as session:
+                ready = asyncio.Event()
+                tg.create_task(serve(app, Endpoint(host="127.0.0.1", port=http_port), ready), name="summit.http")
+                await asyncio.wait_for(ready.wait(), 10)
+                header = trust(topo, "base").pull_header(path)
+                for n in range(2):
+                    dest = tmp_path / f"pulled-{n}"
+                    computed = await pull_file(
+                        session, url, TOKEN, dest, size=len(data), checksum=checksum_of(data), signature=header
+                    )
+                    assert computed == checksum_of(data)
+                    assert dest.read_bytes() == data
+                    if n == 0:
+                        reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+                        writer.write(
+                            f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                            f"{PULL_HEADER}: {header}\r\n\r\n".encode()
+                        )
+                        await writer.drain()
+                        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+                        await reader.readexactly(1 << 20)
+                        writer.transport.abort()  # hang up mid-body
+        finally:
+            await journal.close()
+
+    with structlog.testing.capture_logs() as logs, asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        runner.run(main())
+    assert sum(sent) >= 2 * len(data) + (1 << 20)  # the kernel's copies: two whole pulls and the cut one
+    assert [entry["event"] for entry in logs].count("send_failed") == 1
