@@ -331,14 +331,24 @@ class Sender:
             )
 
     def _schedule_half_open(self, peer: str, when: float) -> None:
-        """At the end of the hold-down, move the breaker to half-open and wake whoever cares (a timer, not a poll)."""
+        """At the end of the hold-down, move the breaker to half-open and wake whoever cares (a timer, not a poll).
+
+        A timer may fire a little before ``time.monotonic()`` reaches ``when`` (uvloop keeps its time in whole
+        milliseconds of a coarse clock): it is then set again for the rest of that same hold-down.
+        """
         loop = asyncio.get_running_loop()
 
         def fire() -> None:
-            if self.routes is not None and self.routes.breaker(peer).half_open(time.monotonic()):
+            if self.routes is None:
+                return
+            breaker = self.routes.breaker(peer)
+            now = time.monotonic()
+            if breaker.half_open(now):
                 log.info("breaker_half_open", peer=peer)
                 self.channels[peer].wake.set()
                 self._health_changed()
+            elif breaker.state == "open" and breaker.half_open_at == when:
+                loop.call_later(max(when - now, 0.001), fire)
 
         loop.call_later(max(0.0, when - time.monotonic()), fire)
 
