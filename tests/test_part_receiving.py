@@ -216,6 +216,46 @@ async def test_a_broken_connection_or_an_http_error_is_a_pull_error_and_leaves_n
     assert not dest.exists()
 
 
+async def test_a_cancelled_pull_ends_at_once_though_the_server_stalls_and_leaves_no_file(tmp_path: Path) -> None:
+    """A large pull over plain HTTP runs in a thread on a blocking socket: cancelling it (a daemon stopping)
+    shuts that socket down, so it ends at once, not after the read timeout, and the partial file goes."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def stalling(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = len(BODY)
+        await response.prepare(request)
+        await response.write(BODY[: len(BODY) // 2])
+        started.set()
+        await release.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/stall", stalling)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    dest = tmp_path / "t-4.part"
+    try:
+        async with aiohttp.ClientSession() as session:
+            pull = asyncio.create_task(
+                pull_file(session, f"http://127.0.0.1:{port}/stall", TOKEN, dest, size=len(BODY), checksum="b")
+            )
+            await asyncio.wait_for(started.wait(), 10)
+            await asyncio.sleep(0.2)  # the first half is in the file (or its buffer)
+            begun = time.monotonic()
+            pull.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pull
+            assert time.monotonic() - begun < 2.0
+    finally:
+        release.set()
+        await runner.shutdown()
+        await runner.cleanup()
+    assert leftovers(tmp_path) == []
+
+
 # ---- the relay's receiver --------------------------------------------------------------------
 
 
