@@ -122,11 +122,11 @@ class Tuning:
     window_per_peer: int = 32
     pull_concurrency: int = 16
     """Files a receiver pulls at once (small files are mostly waits on fsyncs and round trips, so many
-    overlap); of them, at most ``large_pull_concurrency`` bigger than :data:`daemon.receiving.WHOLE_FILE_BYTES`,
-    each reading into one write batch (:data:`daemon.receiving.WRITE_BATCH_BYTES`) over plain HTTP, buffering
-    up to two over TLS. 8 rather than 4 took 197 x 20 MB from 189 to 221 MB/s on the primary route (two
-    hops) of the bench's 2-core VM: a hop's fsyncs and round trips overlap more."""
-    large_pull_concurrency: int = 8
+    overlap); of them, at most ``large_pull_concurrency`` bigger than one write batch, each reading into one
+    batch (:data:`daemon.receiving.WRITE_BATCH_BYTES`) over plain HTTP, buffering up to two over TLS. More
+    large pulls at once add little on a fast link and, on a slow one, make every file of a burst arrive
+    late together rather than the first ones soon."""
+    large_pull_concurrency: int = 4
     rescan_interval_s: float = 60.0
     breaker_failures: int = 3
     breaker_hold_down_s: float = 10.0
