@@ -51,11 +51,12 @@ thread hop costs about as much as hashing and writing a few hundred KiB)."""
 WHOLE_FILE_BYTES = 256 * 1024
 """A file up to this size is created, written, fsynced and closed in one thread hop when its last byte came."""
 READ_BUFFER_BYTES = 1 << 20
-CONNECT_TIMEOUT_S = 10.0
-MAX_HEAD_BYTES = 64 * 1024
-"""The most a data server's response line and headers may take."""
 """What the HTTP client buffers per connection before it stops reading the socket (aiohttp's default, 64 KiB,
 makes a fast pull pause and resume the socket every 128 KiB)."""
+CONNECT_TIMEOUT_S = 10.0
+"""How long a plain-HTTP pull waits for its connection (:func:`_pull_plain`)."""
+MAX_HEAD_BYTES = 64 * 1024
+"""The most a data server's response line and headers may take."""
 
 
 class Store(Protocol):

@@ -166,11 +166,16 @@ async def _send_file(request: web.Request, path: Path, size: int, headers: dict[
                 while chunk := await asyncio.to_thread(source.read, STREAM_CHUNK_BYTES):
                     await response.write(chunk)
         else:
+            # A duplicate of the socket's descriptor, taken here on the loop's thread: should the loop close
+            # the connection meanwhile, the number it frees cannot be reused under the thread's sendfile.
+            out = os.dup(sock.fileno())
             try:
-                await asyncio.to_thread(_sendfile, sock.fileno(), fd, size)
+                await asyncio.to_thread(_sendfile, out, fd, size)
             except OSError as exc:
                 log.info("send_failed", peer=request.remote, path=request.path, error=str(exc))
                 raise ConnectionResetError(f"sending {path.name} failed: {exc}") from exc
+            finally:
+                os.close(out)
         await response.write_eof()
         return response
     finally:
@@ -191,32 +196,25 @@ def _open_regular(path: Path, size: int) -> int:
     raise OSError(f"a {stat.filemode(st.st_mode)} of {st.st_size} bytes, not a regular file of {size}")
 
 
-def _sendfile(socket_fd: int, fd: int, size: int) -> None:
-    """Copy ``size`` bytes of ``fd`` to the non-blocking socket, waiting for room with poll (blocking).
-
-    The socket is used through a duplicate descriptor: should the loop close the connection meanwhile, the
-    number it frees cannot be reused under this thread's sendfile.
+def _sendfile(out: int, fd: int, size: int) -> None:
+    """Copy ``size`` bytes of ``fd`` to the non-blocking socket ``out``, waiting for room with poll (blocking).
 
     Raises:
         OSError: the socket failed, took nothing for :data:`SEND_STALL_S`, or the file ended early.
     """
-    out = os.dup(socket_fd)
-    try:
-        poller = select.poll()
-        poller.register(out, select.POLLOUT)
-        sent = 0
-        while sent < size:
-            try:
-                n = os.sendfile(out, fd, sent, size - sent)
-            except BlockingIOError:
-                if not poller.poll(SEND_STALL_S * 1000):
-                    raise TimeoutError(f"the socket took nothing for {SEND_STALL_S:g} s") from None
-                continue
-            if n == 0:
-                raise OSError(f"the file ended after {sent} of {size} bytes")
-            sent += n
-    finally:
-        os.close(out)
+    poller = select.poll()
+    poller.register(out, select.POLLOUT)
+    sent = 0
+    while sent < size:
+        try:
+            n = os.sendfile(out, fd, sent, size - sent)
+        except BlockingIOError:
+            if not poller.poll(SEND_STALL_S * 1000):
+                raise TimeoutError(f"the socket took nothing for {SEND_STALL_S:g} s") from None
+            continue
+        if n == 0:
+            raise OSError(f"the file ended after {sent} of {size} bytes")
+        sent += n
 
 
 async def serve(
