@@ -19,7 +19,6 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +32,6 @@ log = structlog.get_logger()
 
 STATUS_TIMEOUT_S = 2.0
 """How long status and queue wait for each site (all asked at once): an unreachable one costs this, not more."""
-
-
-EVENT_LOOPS = ("uvloop", "asyncio")
-"""The daemon's event loop: uvloop (libuv; the default) or the standard library's."""
-
-
-def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The loop factory for ``asyncio.Runner``: uvloop's, or None for the standard library's.
-
-    uvloop runs the daemon's callbacks, socket reads and thread wake-ups in C: on the bench's 2-core VM
-    it took the archive's CPU for 3.9 GB received from 12.6 to 9.7 s and about a tenth off each site's
-    CPU per small file. ``asyncio`` is the fallback should a uvloop release misbehave.
-    """
-    if name == "asyncio":
-        return None
-    import uvloop
-
-    return uvloop.new_event_loop
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -71,8 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("unknown_site", error=reason)
         return Exit.USAGE
     try:
-        with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
-            runner.run(run(topology, args.site))
+        asyncio.run(run(topology, args.site))
     except (JournalError, SigningKeyError) as exc:
         log.error("cannot_start", error=str(exc))
         return Exit.USAGE
@@ -792,12 +772,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one site's daemon (what systemd starts)")
     p.add_argument("--topology", required=True, help="the topology file (e.g. /etc/skyrelay/topology.toml)")
     p.add_argument("--site", required=True, help="which of the topology's sites this daemon is")
-    p.add_argument(
-        "--event-loop",
-        choices=EVENT_LOOPS,
-        default="uvloop",
-        help="the event loop: uvloop (default, faster) or the standard library's asyncio (a fallback)",
-    )
     p.add_argument(
         "--json",
         action="store_true",

@@ -488,18 +488,11 @@ async def test_bytes_that_changed_at_the_source_are_refused_and_nothing_is_kept(
 # ---- the data server's sending ------------------------------------------------------------
 
 
-def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    import uvloop
-
-    return uvloop.new_event_loop if name == "uvloop" else None
-
-
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_the_data_server_sends_a_large_file_whole_under_either_loop_and_survives_a_puller_that_hangs_up(
-    tmp_path: Path, loop: str, monkeypatch: pytest.MonkeyPatch
+def test_the_data_server_sends_a_large_file_whole_by_sendfile_and_survives_a_puller_that_hangs_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file above the small-file size goes out by sendfile on plain HTTP whatever the event loop: pulled
-    whole, byte for byte. A puller that reads 1 MiB of it and hangs up
+    """A file above the small-file size goes out by the kernel's sendfile on plain HTTP: pulled whole, byte
+    for byte. A puller that reads 1 MiB of it and hangs up
     costs the server that send only (it is logged as ``send_failed``): the next pull of the same file is whole."""
     data = os.urandom(24 << 20)
     sent: list[int] = []
@@ -550,7 +543,7 @@ def test_the_data_server_sends_a_large_file_whole_under_either_loop_and_survives
         finally:
             await journal.close()
 
-    with structlog.testing.capture_logs() as logs, asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
-        runner.run(main())
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(main())
     assert sum(sent) >= 2 * len(data) + (1 << 20)  # the kernel's copies: two whole pulls and the cut one
     assert [entry["event"] for entry in logs].count("send_failed") == 1

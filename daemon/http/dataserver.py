@@ -138,9 +138,9 @@ async def _stream_file(request: web.Request, path: Path, size: int, headers: dic
 
 async def _send_file(request: web.Request, path: Path, size: int, headers: dict[str, str]) -> web.StreamResponse:
     """Plain HTTP: the kernel copies the file to the socket (``os.sendfile``, in a thread), whatever the event
-    loop (uvloop has no ``loop.sendfile``, and aiohttp's fallback reads 1 MiB at a time into Python: 40 % more
-    CPU at the summit). The file is opened without following a link, so an inbox entry swapped for one after
-    the checks is refused, not served.
+    loop (uvloop, measured for issue 13, has no ``loop.sendfile``, and aiohttp's fallback then reads 1 MiB at a
+    time into Python: 40 % more CPU at the summit). The file is opened without following a link (aiohttp's
+    FileResponse opened the path again), so an inbox entry swapped for one after the checks is refused.
 
     Raises:
         web.HTTPConflict: the path is no longer a regular file of the journaled size.
