@@ -333,8 +333,8 @@ class Sender:
     def _schedule_half_open(self, peer: str, when: float) -> None:
         """At the end of the hold-down, move the breaker to half-open and wake whoever cares (a timer, not a poll).
 
-        A timer may fire a little before ``time.monotonic()`` reaches ``when`` (uvloop keeps its time in whole
-        milliseconds of a coarse clock): it is then set again for the rest of that same hold-down.
+        A timer may fire a little before ``time.monotonic()`` reaches ``when`` (a loop on a coarser clock does:
+        uvloop fired it up to a millisecond early): it is then set again for the rest of that same hold-down.
         """
         loop = asyncio.get_running_loop()
 
