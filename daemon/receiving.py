@@ -440,7 +440,7 @@ async def pull_file(
     writing: asyncio.Future[None] | None = None  # the batch being hashed and written, in order, one at a time
     try:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout_s)
-        headers = {"Authorization": f"Bearer {token}", PULL_HEADER: signature}
+        headers = _pull_headers(token, signature)
         async with session.get(url, headers=headers, timeout=timeout) as resp:
             if resp.status != 200:
                 body = (await resp.text())[:200]
@@ -465,11 +465,7 @@ async def pull_file(
             await asyncio.to_thread(_write_all, fd, hasher, pending)
             await asyncio.to_thread(_finish, fd, keep_cached)
             fd = -1
-        computed = format_checksum(hasher.hexdigest())
-        if received != size:
-            raise ChecksumMismatch(f"received {received} bytes, offered {size}", checksum=computed, size=received)
-        if computed != checksum:
-            raise ChecksumMismatch(f"checksum {computed} != offered {checksum}", checksum=computed, size=received)
+        computed = _verified(hasher, received, size=size, checksum=checksum)
         ok = True
         return computed
     except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
@@ -484,6 +480,25 @@ async def pull_file(
             os.close(fd)
         if not ok:
             await asyncio.to_thread(dest.unlink, missing_ok=True)
+
+
+def _verified(hasher: blake3.blake3, received: int, *, size: int, checksum: str) -> str:
+    """The checksum of what was received, when it is the offered size and checksum.
+
+    Raises:
+        ChecksumMismatch: either differs (carrying what was received).
+    """
+    computed = format_checksum(hasher.hexdigest())
+    if received != size:
+        raise ChecksumMismatch(f"received {received} bytes, offered {size}", checksum=computed, size=received)
+    if computed != checksum:
+        raise ChecksumMismatch(f"checksum {computed} != offered {checksum}", checksum=computed, size=received)
+    return computed
+
+
+def _pull_headers(token: str, signature: str) -> dict[str, str]:
+    """The headers that authorise a pull: the pull token, and this site's signature of the path."""
+    return {"Authorization": f"Bearer {token}", PULL_HEADER: signature}
 
 
 # ---- a large file over plain HTTP ------------------------------------------------------------
@@ -513,10 +528,10 @@ async def _pull_plain(
     if parts.hostname is None:
         raise PullError(f"pull from {url} failed: no host")
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    request = (
-        f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n"
-        f"Authorization: Bearer {token}\r\n{PULL_HEADER}: {signature}\r\n\r\n"
-    ).encode("latin-1")
+    fields = {"Host": parts.netloc, "Connection": "close", **_pull_headers(token, signature)}
+    request = (f"GET {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n").encode(
+        "latin-1"
+    )
     hasher = blake3.blake3(max_threads=1)
     pull = _PlainPull(parts.hostname, parts.port or 80, url, request, read_timeout_s)
     work = asyncio.ensure_future(asyncio.to_thread(pull.run, dest, size, hasher, keep_cached))
@@ -530,11 +545,7 @@ async def _pull_plain(
             if not work.cancelled():
                 work.exception()  # (the cancellation is what matters)
             raise
-        computed = format_checksum(hasher.hexdigest())
-        if received != size:
-            raise ChecksumMismatch(f"received {received} bytes, offered {size}", checksum=computed, size=received)
-        if computed != checksum:
-            raise ChecksumMismatch(f"checksum {computed} != offered {checksum}", checksum=computed, size=received)
+        computed = _verified(hasher, received, size=size, checksum=checksum)
         ok = True
         return computed
     finally:
