@@ -90,11 +90,12 @@ class ExposureNotice(Message):
     )
 
 
-def positioned(payload: bytes | str, position: int) -> bytes:
+def positioned(payload: bytes | str | Message, position: int) -> bytes:
     """The notice ``payload`` with its ``position`` in the notice log set (validated, re-encoded).
 
     Args:
-        payload: the JSON of a notice message (any message type with a ``position`` field).
+        payload: a notice message, or its JSON (any message type with a ``position`` field). A message
+            in hand is not encoded and decoded again: the archive journals each file's notice this way.
         position: its place in the archive's notice log (1 and up).
 
     Returns:
@@ -103,7 +104,7 @@ def positioned(payload: bytes | str, position: int) -> bytes:
     Raises:
         ProtocolError: not a valid message, or a message type that has no position.
     """
-    message = decode(payload)
+    message = payload if isinstance(payload, Message) else decode(payload)
     if "position" not in {f.name for f in dataclasses.fields(message)}:
         raise ProtocolError(f"{message.TYPE!r} is not a notice: it has no position", field="position")
     return dataclasses.replace(message, **{"position": position}).to_json()

@@ -43,11 +43,10 @@ def track(db: sqlite3.Connection, summary: dict[str, Any], now: float) -> tuple[
         expected = expected_detectors(instrument)
     except UnknownInstrument:
         return None, None
-    row = journal_exposures.get(db, instrument, obsid)
-    arrived = set(row.arrived) if row else set()
-    arrived.add(detector)
+    arrived_before, state_before = journal_exposures.arrived(db, instrument, obsid) or (frozenset(), None)
+    arrived = {*arrived_before, detector}
     complete = expected <= arrived
-    state = "complete" if complete else (row.state if row else "pending")
+    state = "complete" if complete else (state_before or "pending")
     seqnum = summary.get("seqnum") if isinstance(summary.get("seqnum"), int) else None
     dayobs = str(summary["dayobs"]) if summary.get("dayobs") is not None else None
     journal_exposures.upsert(
@@ -61,7 +60,7 @@ def track(db: sqlite3.Connection, summary: dict[str, Any], now: float) -> tuple[
         now=now,
         state=state,
     )
-    if complete and (row is None or row.state != "complete"):
+    if complete and state_before != "complete":
         return True, exposure_notice(
             instrument=instrument,
             obsid=obsid,
@@ -108,7 +107,7 @@ def journal_exposure_notice(db: sqlite3.Connection, notice: ExposureNotice) -> N
         notice_id=notice.notice_id,
         file_key=f"exposure/{notice.instrument}/{notice.obsid}/{notice.state}",
         topic=topics.exposures(topic_segment(notice.instrument)),
-        payload=notice.to_json(),
+        payload=notice,
         at=notice.at,
     )
 

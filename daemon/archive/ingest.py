@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from astropy.io import fits
 
 from daemon.archive import store as placing
 from daemon.archive.exposures import journal_exposure_notice, topic_segment, track
@@ -33,6 +34,7 @@ from daemon.sending.items import ItemFactory
 from daemon.sending.sender import Outgoing, Sender
 from daemon.trust import Trust
 from processors.headers import verify_header
+from processors.headers.text import HeaderText
 from protocol import topics
 from protocol.arrival import ArrivalNotice
 from protocol.custody import Custody, Receipt
@@ -148,17 +150,39 @@ class Archivist:
         return await asyncio.to_thread(placing.as_conflict, prepared, tmp, checksum, why)
 
     async def prepare(self, tmp: Path, name: str, checksum: str) -> placing.Prepared:
-        """Read the header once, gather what sibling detectors agree on, decide the file's fate."""
-        header, problem = await asyncio.to_thread(read_primary_header, tmp)
-        context: dict[str, object] | None = None
+        """Read the header once, gather what sibling detectors agree on, decide the file's fate.
+
+        A header without findings (nearly every one) is read and decided in one thread hop; only one
+        with findings waits for the journal's word on its exposure in between.
+        """
+        decided = await asyncio.to_thread(self._prepare_alone, tmp, name, checksum)
+        if isinstance(decided, placing.Prepared):
+            return decided
+        header, obsid = decided
+        context = await self.journal.read(journal_catalog.exposure_context, obsid)
+        return await asyncio.to_thread(self._decide, tmp, name, checksum, header, None, context)
+
+    def _prepare_alone(
+        self, tmp: Path, name: str, checksum: str
+    ) -> placing.Prepared | tuple[fits.Header | HeaderText, str | None]:
+        """The file's fate when its header needs no sibling's word, else its header and OBSID (blocking)."""
+        header, problem = read_primary_header(tmp)
         if header is not None and verify_header(header):
             # Only a header with findings needs what its sibling detectors agree on.
             obsid = header.get("OBSID")
-            context = await self.journal.read(
-                journal_catalog.exposure_context, obsid if isinstance(obsid, str) else None
-            )
-        return await asyncio.to_thread(
-            placing.prepare,
+            return header, obsid if isinstance(obsid, str) else None
+        return self._decide(tmp, name, checksum, header, problem, None)
+
+    def _decide(
+        self,
+        tmp: Path,
+        name: str,
+        checksum: str,
+        header: fits.Header | HeaderText | None,
+        problem: str | None,
+        context: dict[str, object] | None,
+    ) -> placing.Prepared:
+        return placing.prepare(
             tmp,
             name=name,
             received_checksum=checksum,
@@ -302,7 +326,7 @@ class Archivist:
             notice_id=notice.notice_id,
             file_key=identity.key,
             topic=topics.arrivals(topic_segment(instrument), topic_segment(notice.detector)),
-            payload=notice.to_json(),
+            payload=notice,
             at=arrived_at,
         )
         if exposure_done is not None:  # after the arrival notice that completed the exposure

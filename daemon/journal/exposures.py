@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Iterable
@@ -41,6 +42,21 @@ def get(db: sqlite3.Connection, instrument: str, obsid: str) -> ExposureRow | No
     return _row(row) if row else None
 
 
+def arrived(db: sqlite3.Connection, instrument: str, obsid: str) -> tuple[frozenset[str], str] | None:
+    """The detectors of one exposure that arrived so far and its state (None before the first); what each
+    arrival needs, without reading the expected detectors again."""
+    row = db.execute(
+        "SELECT detectors, state FROM exposures WHERE instrument = ? AND obsid = ?", (instrument, obsid)
+    ).fetchone()
+    return (frozenset(json.loads(row[0])), str(row[1])) if row else None
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_json(expected: frozenset[str]) -> str:
+    """The stored form of an instrument's expected detectors (the same few sets, written once per arrival)."""
+    return json.dumps(sorted(expected))
+
+
 def upsert(
     db: sqlite3.Connection,
     *,
@@ -58,7 +74,17 @@ def upsert(
         "INSERT INTO exposures (instrument, obsid, dayobs, seqnum, expected, detectors, first_at, last_at, state)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(instrument, obsid) DO UPDATE SET"
         " detectors = excluded.detectors, last_at = excluded.last_at, state = excluded.state",
-        (instrument, obsid, dayobs, seqnum, json.dumps(sorted(expected)), json.dumps(sorted(arrived)), now, now, state),
+        (
+            instrument,
+            obsid,
+            dayobs,
+            seqnum,
+            _expected_json(frozenset(expected)),
+            json.dumps(sorted(arrived)),
+            now,
+            now,
+            state,
+        ),
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from protocol.arrival import positioned
+from protocol.codec import Message
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,11 +26,13 @@ class NoticeRow:
     payload: str
 
 
-def insert(db: sqlite3.Connection, *, notice_id: str, file_key: str, topic: str, payload: bytes, at: float) -> int:
+def insert(
+    db: sqlite3.Connection, *, notice_id: str, file_key: str, topic: str, payload: bytes | Message, at: float
+) -> int:
     """Journal a notice (inside the transaction whose state it announces) at the next position.
 
-    The stored payload carries that position (``payload`` is re-encoded with it), so what is
-    published and what is replayed are the same bytes.
+    The stored payload carries that position (``payload``, the notice or its JSON, is encoded with it),
+    so what is published and what is replayed are the same bytes.
 
     Returns:
         The notice's position in the log.

@@ -197,7 +197,7 @@ async def build(job: journal_jobs.JobRow, *, root: Path, journal: Journal, execu
             notice_id=notice.notice_id,
             file_key=f"product/{pid}",
             topic=topics.products(spec["instrument"]),
-            payload=notice.to_json(),
+            payload=notice,
             at=now,
         )
         journal_jobs.mark_done(db, job.job_key, pid)

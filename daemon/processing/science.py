@@ -770,7 +770,7 @@ class Science:
             notice_id=notice.notice_id,
             file_key=f"product/{pid}",
             topic=topics.products(job.instrument),
-            payload=notice.to_json(),
+            payload=notice,
             at=notice.created_at,
         )
 
@@ -867,7 +867,7 @@ class Science:
                     notice_id=notice.notice_id,
                     file_key=f"alert/{notice.alert_id}",
                     topic=topics.alerts(job.instrument),
-                    payload=notice.to_json(),
+                    payload=notice,
                     at=now,
                 )
             journal_jobs.mark_done(db, job.job_key, pid)
