@@ -330,8 +330,10 @@ def retire_replaced(db: sqlite3.Connection, *, name: str, keep: str) -> list[sql
     """Mark ``replaced`` the earlier inbox files of this name that no site ever took (no first-hop ack),
     and supersede their transfers; return them. A version a site did take stays: it is delivered from
     there, and the archive keeps both versions (the later one under quarantine/name_conflict)."""
+    # By name: SQLite would otherwise take files_state, and in a backlog every file is 'held', so each
+    # registration read the whole backlog (20,000 files: registration 3 -> 6 ms per file).
     rows = db.execute(
-        "SELECT file_key, checksum, size FROM files f WHERE f.name = ? AND f.source = 'inbox'"
+        "SELECT file_key, checksum, size FROM files f INDEXED BY files_name WHERE f.name = ? AND f.source = 'inbox'"
         " AND f.state = 'held' AND f.file_key != ?"
         " AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.file_key = f.file_key AND t.acked_at IS NOT NULL)",
         (name, keep),

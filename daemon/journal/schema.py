@@ -177,7 +177,13 @@ CREATE TABLE products (
 CREATE INDEX products_detector ON products(kind, instrument, detector, created_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1_RELEASE_0_1, V2_REPORTS, V3_PROCESSING)
+V4_OBSID_INDEX = """
+-- The archive asks for an exposure's archived siblings by OBSID alone (the context that fixes a header with
+-- findings); catalog_exposure leads with the instrument, so that question read the whole catalog.
+CREATE INDEX catalog_obsid ON catalog(obsid);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1_RELEASE_0_1, V2_REPORTS, V3_PROCESSING, V4_OBSID_INDEX)
 """Migration N (1-based) brings a journal from version N-1 to N. Append only; never edit a shipped one."""
 
 LATEST = len(MIGRATIONS)
