@@ -69,8 +69,12 @@ class Store(Protocol):
     archive from 19.9 to 13.3 CPU-s and 184 to 229 MB/s, most of its CPU having been the kernel copying into
     page-cache pages never used before. Processing then reads a raw file from disk, not from the cache."""
 
-    async def holds(self, offer: Offer) -> tuple[bool, Custody | None]:
-        """Whether the offered file (name + checksum) is already here, and the custody to send back if so."""
+    def held(self, db: sqlite3.Connection, offer: Offer) -> sqlite3.Row | journal_files.FileRow | None:
+        """On the journal thread: this site's record of the offered file (name + checksum), if it holds it."""
+        ...
+
+    def custody_for_held(self, offer: Offer, held: sqlite3.Row | journal_files.FileRow) -> Custody | None:
+        """The custody to send back to the offerer of a file :meth:`held` found here (None: none to send)."""
         ...
 
     async def store(self, offer: Offer, tmp: Path, computed: str) -> list[Outgoing]:
@@ -184,12 +188,14 @@ class Receiver:
             return
         if offer.transfer_id in self.pulling:
             return  # a pull is under way; its ack will answer this repeat
-        prior = await self.journal.read(journal_files.inbound, offer.transfer_id)
+        # One read for both questions: each trip to the journal's thread wakes it (a thread hop per file).
+        prior, held = await self.journal.read(self._known, offer)
         if prior is not None and prior.status in ACCEPTED_STATUSES:
             await self.send_ack(offer.sender, self._ack(offer, prior.status, checksum=prior.checksum, size=offer.size))  # type: ignore[arg-type]
             return
         key = offer.identity.key
-        if await self._answer_duplicate(offer):
+        if held is not None:
+            await self._answer_duplicate(offer, self.store.custody_for_held(offer, held))
             return
         if key in self.pulling_keys:
             # The same file is arriving by another transfer: answer this one when that pull ends.
@@ -199,11 +205,14 @@ class Receiver:
         self.pulling_keys.add(key)
         self.pulls.put_nowait(offer)
 
-    async def _answer_duplicate(self, offer: Offer) -> bool:
-        """Answer ``duplicate`` when this file (name + checksum) is already held or archived."""
-        held, custody = await self.store.holds(offer)
-        if not held:
-            return False
+    def _known(
+        self, db: sqlite3.Connection, offer: Offer
+    ) -> tuple[journal_files.Inbound | None, sqlite3.Row | journal_files.FileRow | None]:
+        """On the journal thread: how this site answered this transfer before, and whether it holds the file."""
+        return journal_files.inbound(db, offer.transfer_id), self.store.held(db, offer)
+
+    async def _answer_duplicate(self, offer: Offer, custody: Custody | None) -> None:
+        """Answer ``duplicate``: this file (name + checksum) is already held or archived."""
         key = offer.identity.key
 
         def record(db: sqlite3.Connection) -> bool:
@@ -223,7 +232,6 @@ class Receiver:
         await self.send_ack(offer.sender, self._ack(offer, "duplicate", checksum=offer.checksum, size=offer.size))
         if custody is not None and queued:
             self.sender.add(self.items.custody(custody, self.trust.open_receipt(custody.receipt)))
-        return True
 
     # ---- pulling ---------------------------------------------------------------------------
 
@@ -310,9 +318,13 @@ class RelayStore:
         self.items = items
         self.relay_dir = relay_dir
 
-    async def holds(self, offer: Offer) -> tuple[bool, Custody | None]:
-        """Whether the relay already holds this file."""
-        return await self.journal.read(journal_files.file, offer.identity.key) is not None, None
+    def held(self, db: sqlite3.Connection, offer: Offer) -> journal_files.FileRow | None:
+        """The relay's row of this file, if it holds it (on the journal thread)."""
+        return journal_files.file(db, offer.identity.key)
+
+    def custody_for_held(self, offer: Offer, held: sqlite3.Row | journal_files.FileRow) -> Custody | None:
+        """None: custody comes from the archive, never from a relay."""
+        return None
 
     async def store(self, offer: Offer, tmp: Path, computed: str) -> list[Outgoing]:
         """Keep the file, journal it with its onward transfer (journal first); return the onward offer."""

@@ -23,7 +23,7 @@ from daemon.archive.exposures import journal_exposure_notice, topic_segment, tra
 from daemon.config import SiteConfig
 from daemon.counters import SiteCounters
 from daemon.fitsfile import read_primary_header
-from daemon.journal import Journal, new_id
+from daemon.journal import FileRow, Journal, new_id
 from daemon.journal import catalog as journal_catalog
 from daemon.journal import files as journal_files
 from daemon.journal import notices as journal_notices
@@ -82,11 +82,14 @@ class Archivist:
 
     # ---- the Store protocol ------------------------------------------------------------------
 
-    async def holds(self, offer: Offer) -> tuple[bool, Custody | None]:
-        """Whether the file is catalogued already, with the custody to send back to the offerer."""
-        row = await self.journal.read(journal_catalog.by_key, offer.identity.key)
-        if row is None:
-            return False, None
+    def held(self, db: sqlite3.Connection, offer: Offer) -> sqlite3.Row | None:
+        """The file's catalog row, if it is catalogued already (on the journal thread)."""
+        return journal_catalog.by_key(db, offer.identity.key)
+
+    def custody_for_held(self, offer: Offer, held: sqlite3.Row | FileRow) -> Custody | None:
+        """The custody of a catalogued file, for its offerer: a receipt signed now, from the catalog row."""
+        assert isinstance(held, sqlite3.Row)
+        row = held
         receipt = Receipt(
             receipt_id=new_id("r"),
             archive=self.site,
@@ -98,7 +101,7 @@ class Archivist:
             archived_at=row["arrived_at"],
             route=offer.route,
         )
-        return True, self.custody_for(offer.sender, receipt)
+        return self.custody_for(offer.sender, receipt)
 
     def custody_for(self, receiver: str, receipt: Receipt) -> Custody:
         """The first hop of custody: the archive's signed receipt, addressed to ``receiver``."""
