@@ -11,6 +11,8 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -104,6 +106,33 @@ def test_a_regular_file_is_hashed_through_its_descriptor(tmp_path: Path) -> None
     (tmp_path / "empty.fits").write_bytes(b"")
     with open_regular(tmp_path, "empty.fits") as fd:
         assert hash_descriptor(fd).size == 0
+
+
+def test_a_large_file_is_hashed_whole_without_its_pages_counting_in_the_daemon_rss(tmp_path: Path) -> None:
+    """A file several read buffers long hashes to its blake3; hashing a 96 MiB file raises a fresh process's
+    peak RSS by about one buffer, not the file (mapped whole, its pages all counted in the RSS)."""
+    big = tmp_path / "big.fits"
+    big.write_bytes(os.urandom(96 << 20) + b"odd tail")
+    with open_regular(tmp_path, "big.fits") as fd:
+        taken = hash_descriptor(fd)
+    assert (taken.checksum, taken.size) == (blake3_of(big), (96 << 20) + 8)
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from daemon.summit.intake import hash_descriptor, open_regular\n"
+        "def peak():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1]) * 1024\n"
+        "before = peak()\n"
+        "with open_regular(Path(sys.argv[1]), 'big.fits') as fd:\n"
+        "    hash_descriptor(fd)\n"
+        "print(peak() - before)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert int(result.stdout) < 16 << 20, f"peak RSS grew by {int(result.stdout) >> 20} MiB"
 
 
 def test_rescan_lists_hostile_entries_until_refused_and_never_descends_a_symlinked_directory(tmp_path: Path) -> None:

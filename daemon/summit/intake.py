@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import mmap
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,6 +122,17 @@ def open_regular(inbox: Path, relative: str) -> Iterator[int]:
         os.close(fd)
 
 
+HASH_READ_BYTES = 2 << 20
+"""A file is hashed this many bytes at a time, read into one buffer per registrar thread.
+
+Mapped whole (as it was), every page of a file being hashed counted in the summit's RSS until the file
+was unmapped: eight registrations of 20 MB files at once took its peak RSS from 133 to 207 MiB. A
+mapping also turns a file cut short while it is read into SIGBUS, which kills the daemon; a read just
+comes back short."""
+
+_buffers = threading.local()
+
+
 def hash_descriptor(fd: int) -> Taken:
     """blake3, size and modification time of the open regular file ``fd`` (blocking).
 
@@ -129,11 +140,17 @@ def hash_descriptor(fd: int) -> Taken:
     """
     st = os.fstat(fd)
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    size = 0
-    if st.st_size > 0:
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
-            hasher.update(mapped)
-            size = len(mapped)
+    buffer: bytearray | None = getattr(_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _buffers.buffer = bytearray(HASH_READ_BYTES)
+    view = memoryview(buffer)
+    size, end = 0, st.st_size
+    while size < end:
+        read = os.preadv(fd, [view[: end - size]], size)
+        if not read:
+            break  # cut short since the fstat: what was read is what is registered
+        hasher.update(view[:read])
+        size += read
     return Taken(
         checksum=format_checksum(hasher.hexdigest()),
         size=size,
