@@ -1,5 +1,8 @@
 """Questions the journal answers once per file cost the same however many files it holds.
 
+The archive's science planner, which runs again after every archived file, asks the journal the same
+number of times however many frames wait for one detector's master bias.
+
 A night's backlog is some 200,000 files held at the summit; an archive's catalog grows without end. A
 per-file query that SQLite answers through a low-cardinality index (``files.state``: every backlogged file
 is 'held') or by a scan reads all of them, once per file: quadratic. These tests count the SQLite virtual
@@ -11,16 +14,25 @@ Real SQLite files in ``tmp_path``, migrated by the daemon's own schema.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from parts import open_journal
 
+from daemon.config import Processing
+from daemon.counters import SiteCounters
 from daemon.journal import catalog as journal_catalog
 from daemon.journal import files as journal_files
 from daemon.journal import schema
+from daemon.journal import science as journal_science
+from daemon.processing.executor import PoolExecutor
+from daemon.processing.science import Science
+from daemon.report import Reporter
 
 SMALL, LARGE = 50, 5000
 ROUTE = ("summit", "base", "archive")
@@ -74,11 +86,12 @@ def held_backlog(db: sqlite3.Connection, files: int) -> None:
     db.execute("COMMIT")
 
 
-def catalogued(db: sqlite3.Connection, files: int) -> None:
-    """``files`` archived files, 20 detectors to an exposure."""
+def catalogued(db: sqlite3.Connection, files: int, *, detectors: int = 20) -> None:
+    """``files`` archived OBJECT files of quads (GROUPID, CURINDEX, MAXINDEX), ``detectors`` to an exposure."""
     db.execute("BEGIN")
     for n in range(files):
-        obsid = f"MC_O_20261204_{n // 20:06d}"
+        exposure, detector = divmod(n, detectors)
+        obsid = f"MC_O_20261204_{exposure:06d}"
         journal_catalog.insert(
             db,
             file_key=f"k{n}",
@@ -90,7 +103,16 @@ def catalogued(db: sqlite3.Connection, files: int) -> None:
             archive_path=f"raw/LSSTCam/20261204/{obsid}/f{n:06d}.fits",
             status="archived",
             reason=None,
-            summary={"obsid": obsid, "instrument": "LSSTCam", "imgtype": "OBJECT", "filter": "r"},
+            summary={
+                "obsid": obsid,
+                "instrument": "LSSTCam",
+                "detector": f"R22_S{detector:02d}",
+                "imgtype": "OBJECT",
+                "filter": "r",
+                "groupid": f"quad-{exposure // 4}",
+                "curindex": exposure % 4 + 1,
+                "maxindex": 4,
+            },
             fixes=[],
             proof_path=None,
             findings=[],
@@ -130,3 +152,37 @@ def test_a_per_file_question_costs_the_same_with_a_hundred_times_more_files(
             fill(db, files)
             costs[files] = steps(db, question)
     assert costs[LARGE] <= costs[SMALL] * 2 + 20, costs
+
+
+@pytest.mark.parametrize("frames", [8, 400])
+async def test_a_planning_pass_asks_for_each_detectors_masters_once_however_many_frames_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frames: int
+) -> None:
+    """Before a night's calibrations, every OBJECT frame waits for its detector's master bias; a pass asked
+    the journal for it once per frame, so each pass over a backlog cost a journal read per archived frame."""
+    asked: list[tuple[Any, ...]] = []
+    newest_master = journal_science.newest_master
+
+    def counted(db: sqlite3.Connection, *args: Any) -> Any:
+        asked.append(args)
+        return newest_master(db, *args)
+
+    with migrated(tmp_path / "journal.sqlite") as db:
+        catalogued(db, frames, detectors=2)
+    journal = await open_journal(tmp_path / "journal.sqlite")
+    science = Science(
+        root=tmp_path / "archive",
+        journal=journal,
+        executor=PoolExecutor(1),  # (never started: nothing is ready to run)
+        reporter=Reporter("archive", journal, SiteCounters()),
+        processing=Processing(),
+        notices_wake=asyncio.Event(),
+    )
+    monkeypatch.setattr(journal_science, "newest_master", counted)
+    try:
+        await science.plan()
+        jobs = await journal.read(lambda db: db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+    finally:
+        await journal.close()
+    assert sorted(asked) == [("bias", "LSSTCam", "R22_S00", None), ("bias", "LSSTCam", "R22_S01", None)]
+    assert jobs == 0

@@ -60,6 +60,8 @@ log = structlog.get_logger()
 
 STEPS = ("calexp", "diff", "template", "diff_template")
 """Job steps this module plans and runs."""
+_Masters = dict[tuple[str, str, str, str | None], journal_products.ProductRow | None]
+"""A planning pass's newest masters, by (kind, instrument, detector, filter of a flat)."""
 MAX_ATTEMPTS = 3
 DIFF_BACKGROUND_MESH_PX = 64
 """The difference settings the archive uses (DiffParams' defaults otherwise)."""
@@ -151,11 +153,12 @@ class Science:
         frames = await self.journal.read(journal_science.science_frames)
         calexp_jobs = await self.journal.read(journal_science.science_jobs, "calexp")
         to_come: set[tuple[str, str, str, str | None]] | None = None
+        masters: _Masters = {}  # (one read per detector and kind in a pass, not one per frame)
         for frame in frames:
             if (frame.detector, frame.obsid) not in calexp_jobs:
                 if to_come is None:
                     to_come = await self._masters_to_come()
-                await self._queue_calexp(frame, to_come)
+                await self._queue_calexp(frame, to_come, masters)
         deadline = await self._plan_pairs(frames)
         await self._plan_template_diffs()
         return deadline
@@ -178,16 +181,27 @@ class Science:
                 to_come.add((kind, job.instrument, job.detector, job.spec.get("filter") if kind == "flat" else None))
         return to_come
 
+    async def _newest_master(
+        self, masters: _Masters, kind: str, instrument: str, detector: str, filter_: str | None = None
+    ) -> journal_products.ProductRow | None:
+        """The newest master as this planning pass first read it: every frame of a detector that waits for
+        its master bias (all of a backlog's, before the day's calibrations) asked the journal again."""
+        key = (kind, instrument, detector, filter_)
+        if key not in masters:
+            masters[key] = await self.journal.read(journal_science.newest_master, kind, instrument, detector, filter_)
+        return masters[key]
+
     async def _queue_calexp(
-        self, frame: journal_science.ScienceFrame, to_come: set[tuple[str, str, str, str | None]]
+        self,
+        frame: journal_science.ScienceFrame,
+        to_come: set[tuple[str, str, str, str | None]],
+        masters: _Masters,
     ) -> None:
-        bias = await self.journal.read(journal_science.newest_master, "bias", frame.instrument, frame.detector)
+        bias = await self._newest_master(masters, "bias", frame.instrument, frame.detector)
         if bias is None:
             return  # woken again when the detector's master bias is built
-        dark = await self.journal.read(journal_science.newest_master, "dark", frame.instrument, frame.detector)
-        flat = await self.journal.read(
-            journal_science.newest_master, "flat", frame.instrument, frame.detector, frame.filter
-        )
+        dark = await self._newest_master(masters, "dark", frame.instrument, frame.detector)
+        flat = await self._newest_master(masters, "flat", frame.instrument, frame.detector, frame.filter)
         notes: list[str] = []
         for kind, master, filter_ in (("dark", dark, None), ("flat", flat, frame.filter)):
             if master is not None:
