@@ -186,3 +186,21 @@ async def test_a_planning_pass_asks_for_each_detectors_masters_once_however_many
         await journal.close()
     assert sorted(asked) == [("bias", "LSSTCam", "R22_S00", None), ("bias", "LSSTCam", "R22_S01", None)]
     assert jobs == 0
+
+
+def test_rows_of_a_held_backlog_share_their_site_route_and_state_names(tmp_path: Path) -> None:
+    """The summit keeps a row per held file in memory (20,000 files: some 40 MiB of its RSS); the names every
+    row repeats are one object each, not a copy per row."""
+    with migrated(tmp_path / "journal.sqlite") as db:
+        held_backlog(db, 3)
+        files = [journal_files.file(db, f"raw/f{n:06d}.fits:100000:blake3:{n:064x}") for n in range(3)]
+        pending = journal_files.pending_transfers(db)
+    assert all(f is not None for f in files) and len(pending) == 3
+    first, *others = [f for f in files if f is not None]
+    for other in others:
+        assert (other.source, other.state) == ("inbox", "held")
+        assert other.source is first.source and other.state is first.state
+    transfers = [t for t, _ in pending]
+    for transfer in transfers[1:]:
+        assert transfer.route_sites is transfers[0].route_sites and transfer.receiver is transfers[0].receiver
+        assert transfer.route is transfers[0].route and transfer.state is transfers[0].state

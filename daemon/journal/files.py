@@ -6,8 +6,10 @@ Every function takes the connection and runs on the journal thread; writes are c
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -68,6 +70,20 @@ class AwaitingCustody:
     acked_at: float | None
 
 
+def _word(value: str | None) -> str | None:
+    """The one shared copy of a value that every row repeats (a site, route or state name).
+
+    A summit holding a night's backlog keeps a row object per file in memory (:mod:`daemon.sending.router`);
+    each had its own copies of these strings, some 350 bytes a file."""
+    return None if value is None else sys.intern(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _sites(text: str) -> tuple[str, ...]:
+    """A route's sites from their JSON column, one shared tuple per route (see :func:`_word`)."""
+    return tuple(sys.intern(site) for site in json.loads(text))
+
+
 def _file_row(row: sqlite3.Row) -> FileRow:
     return FileRow(
         file_key=row["file_key"],
@@ -76,14 +92,14 @@ def _file_row(row: sqlite3.Row) -> FileRow:
         checksum=row["checksum"],
         closed_at=row["closed_at"],
         local_path=row["local_path"],
-        source=row["source"],
+        source=sys.intern(row["source"]),
         upstream_transfer=row["upstream_transfer"],
-        route=row["route"],
-        route_sites=tuple(json.loads(row["route_sites"])) if row["route_sites"] else None,
+        route=_word(row["route"]),
+        route_sites=_sites(row["route_sites"]) if row["route_sites"] else None,
         hop=row["hop"],
         mtime_ns=row["mtime_ns"],
-        state=row["state"],
-        custody_status=row["custody_status"],
+        state=sys.intern(row["state"]),
+        custody_status=_word(row["custody_status"]),
         archive_path=row["archive_path"],
     )
 
@@ -92,11 +108,11 @@ def _transfer_row(row: sqlite3.Row) -> TransferRow:
     return TransferRow(
         transfer_id=row["transfer_id"],
         file_key=row["file_key"],
-        route=row["route"],
-        route_sites=tuple(json.loads(row["route_sites"])),
+        route=sys.intern(row["route"]),
+        route_sites=_sites(row["route_sites"]),
         hop=row["hop"],
-        receiver=row["receiver"],
-        state=row["state"],
+        receiver=sys.intern(row["receiver"]),
+        state=sys.intern(row["state"]),
         created_at=row["created_at"],
     )
 
@@ -128,11 +144,11 @@ def pending_transfers(db: sqlite3.Connection) -> list[tuple[TransferRow, FileRow
             TransferRow(
                 transfer_id=r["transfer_id"],
                 file_key=r["file_key"],
-                route=r["t_route"],
-                route_sites=tuple(json.loads(r["t_route_sites"])),
+                route=sys.intern(r["t_route"]),
+                route_sites=_sites(r["t_route_sites"]),
                 hop=r["t_hop"],
-                receiver=r["receiver"],
-                state=r["t_state"],
+                receiver=sys.intern(r["receiver"]),
+                state=sys.intern(r["t_state"]),
                 created_at=r["t_created_at"],
             ),
             _file_row(r),
