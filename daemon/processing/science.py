@@ -184,8 +184,8 @@ class Science:
     async def _newest_master(
         self, masters: _Masters, kind: str, instrument: str, detector: str, filter_: str | None = None
     ) -> journal_products.ProductRow | None:
-        """The newest master as this planning pass first read it: every frame of a detector that waits for
-        its master bias (all of a backlog's, before the day's calibrations) asked the journal again."""
+        """The newest master as this planning pass first read it. Each frame used to ask the journal, and
+        before the day's calibrations every frame of a backlog waits for its detector's master bias."""
         key = (kind, instrument, detector, filter_)
         if key not in masters:
             masters[key] = await self.journal.read(journal_science.newest_master, kind, instrument, detector, filter_)
