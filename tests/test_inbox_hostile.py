@@ -29,6 +29,7 @@ from conftest import (
     write_files,
 )
 
+from daemon.fsutil import hash_file
 from daemon.summit.intake import NotRegularFile, hash_descriptor, open_regular, signature
 from daemon.summit.watcher import scan
 
@@ -109,16 +110,18 @@ def test_a_regular_file_is_hashed_through_its_descriptor(tmp_path: Path) -> None
 
 
 def test_a_large_file_is_hashed_whole_without_its_pages_counting_in_the_daemon_rss(tmp_path: Path) -> None:
-    """A file several read buffers long hashes to its blake3; hashing a 96 MiB file raises a fresh process's
-    peak RSS by about one buffer, not the file (mapped whole, its pages all counted in the RSS)."""
+    """A file several read buffers long hashes to its blake3; hashing a 96 MiB file (the summit's hash of an
+    inbox file, then the archive's of a path) raises a fresh process's peak RSS by about one buffer, not the
+    file (mapped whole, its pages all counted in the RSS)."""
     big = tmp_path / "big.fits"
     big.write_bytes(os.urandom(96 << 20) + b"odd tail")
     with open_regular(tmp_path, "big.fits") as fd:
         taken = hash_descriptor(fd)
-    assert (taken.checksum, taken.size) == (blake3_of(big), (96 << 20) + 8)
+    assert (taken.checksum, taken.size) == (blake3_of(big), (96 << 20) + 8) == hash_file(big)
     probe = (
         "import sys\n"
         "from pathlib import Path\n"
+        "from daemon.fsutil import hash_file\n"
         "from daemon.summit.intake import hash_descriptor, open_regular\n"
         "def peak():\n"
         "    for line in open('/proc/self/status'):\n"
@@ -127,6 +130,7 @@ def test_a_large_file_is_hashed_whole_without_its_pages_counting_in_the_daemon_r
         "before = peak()\n"
         "with open_regular(Path(sys.argv[1]), 'big.fits') as fd:\n"
         "    hash_descriptor(fd)\n"
+        "hash_file(Path(sys.argv[1]) / 'big.fits')  # (the archive's hash, of fixed raws and products)\n"
         "print(peak() - before)\n"
     )
     result = subprocess.run(

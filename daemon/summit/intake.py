@@ -19,9 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import blake3
-
-from protocol.checksum import format_checksum
+from daemon.fsutil import hash_descriptor_bytes
 
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -121,32 +119,15 @@ def open_regular(inbox: Path, relative: str) -> Iterator[int]:
         os.close(fd)
 
 
-HASH_READ_BYTES = 2 << 20
-"""A file is hashed this many bytes at a time, read into a buffer of its own that goes when the hash is done.
-
-Mapped whole (as it was), every page of a file being hashed counted in the summit's RSS until the file
-was unmapped: eight registrations of 20 MB files at once took its peak RSS from 133 to 207 MiB. A
-mapping also turns a file cut short while it is read into SIGBUS, which kills the daemon; a read just
-comes back short. (A buffer kept per thread stayed resident for good: 12 MiB over the pool's threads.)"""
-
-
 def hash_descriptor(fd: int) -> Taken:
     """blake3, size and modification time of the open regular file ``fd`` (blocking).
 
     The size is the length that was hashed, not a second look at the file.
     """
     st = os.fstat(fd)
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    size, end = 0, st.st_size
-    view = memoryview(bytearray(min(end, HASH_READ_BYTES)))
-    while size < end:
-        read = os.preadv(fd, [view[: end - size]], size)
-        if not read:
-            break  # cut short since the fstat: what was read is what is registered
-        hasher.update(view[:read])
-        size += read
+    checksum, size = hash_descriptor_bytes(fd, st.st_size)  # (cut short since the fstat: what was read counts)
     return Taken(
-        checksum=format_checksum(hasher.hexdigest()),
+        checksum=checksum,
         size=size,
         mtime_ns=st.st_mtime_ns,
         device=st.st_dev,
