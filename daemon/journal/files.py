@@ -104,16 +104,17 @@ def _file_row(row: sqlite3.Row) -> FileRow:
     )
 
 
-def _transfer_row(row: sqlite3.Row) -> TransferRow:
+def _transfer_row(row: sqlite3.Row, prefix: str = "") -> TransferRow:
+    """A transfer from its row; ``prefix`` names its columns that a join with ``files`` had to rename."""
     return TransferRow(
         transfer_id=row["transfer_id"],
         file_key=row["file_key"],
-        route=sys.intern(row["route"]),
-        route_sites=_sites(row["route_sites"]),
-        hop=row["hop"],
+        route=sys.intern(row[f"{prefix}route"]),
+        route_sites=_sites(row[f"{prefix}route_sites"]),
+        hop=row[f"{prefix}hop"],
         receiver=sys.intern(row["receiver"]),
-        state=sys.intern(row["state"]),
-        created_at=row["created_at"],
+        state=sys.intern(row[f"{prefix}state"]),
+        created_at=row[f"{prefix}created_at"],
     )
 
 
@@ -139,22 +140,7 @@ def pending_transfers(db: sqlite3.Connection) -> list[tuple[TransferRow, FileRow
         " t.state AS t_state, t.created_at AS t_created_at, f.* FROM transfers t JOIN files f USING (file_key)"
         " WHERE t.state = 'pending' ORDER BY t.created_at"
     ).fetchall()
-    return [
-        (
-            TransferRow(
-                transfer_id=r["transfer_id"],
-                file_key=r["file_key"],
-                route=sys.intern(r["t_route"]),
-                route_sites=_sites(r["t_route_sites"]),
-                hop=r["t_hop"],
-                receiver=sys.intern(r["receiver"]),
-                state=sys.intern(r["t_state"]),
-                created_at=r["t_created_at"],
-            ),
-            _file_row(r),
-        )
-        for r in rows
-    ]
+    return [(_transfer_row(r, prefix="t_"), _file_row(r)) for r in rows]
 
 
 def transfers_of(db: sqlite3.Connection, file_key: str) -> list[TransferRow]:
@@ -205,7 +191,7 @@ def awaiting_custody(db: sqlite3.Connection) -> list[AwaitingCustody]:
     return [
         AwaitingCustody(
             file=_file_row(r),
-            route=r["t_route"],
+            route=sys.intern(r["t_route"]),
             acked_at=float(r["t_acked_at"]) if r["t_state"] == "acked" and r["t_acked_at"] is not None else None,
         )
         for r in rows
