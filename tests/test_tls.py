@@ -15,7 +15,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import MakeCluster, Subscribe, checksums, cli_ok, read_catalog, wait_settled, write_files
+from conftest import (
+    MakeCluster,
+    Subscribe,
+    checksums,
+    cli_ok,
+    converged,
+    read_catalog,
+    wait_settled,
+    write_files,
+)
 
 from daemon.config import Endpoint, SiteConfig, Topology, Tuning
 from daemon.errors import PullError
@@ -121,6 +130,8 @@ async def test_pulls_cross_every_hop_over_https_and_an_unverifiable_data_server_
     refuses the server before a byte is written."""
     pki = make_pki(tmp_path / "pki", "skyrelay")
     cluster = await make_cluster(http_tls=pki)
+    # A daemon is ready before its peers' presence is in: a file written earlier may rightly go direct.
+    await converged(cluster)
     arrivals = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
     files = await write_files(cluster, seqnum=1, size_bytes=3 << 20)
     sources = await checksums(files)
