@@ -303,9 +303,7 @@ class Site:
                     from daemon.processing.http import product_routes
 
                     routes += product_routes(self.journal, self.scheduler)
-                app = build_app(
-                    self.journal, access, self.trust, self.view.status, routes, served=self._served
-                )
+                app = build_app(self.journal, access, self.trust, self.view.status, routes, served=self._served)
                 app.on_shutdown.append(self.console.shutdown)
                 server = serve(app, cfg.http_listen, http_ready, cfg.http_server_tls_context())
                 tg.create_task(server, name=f"{self.name}.http")
@@ -349,16 +347,20 @@ class Site:
         """Re-queue everything the journal says is unfinished (after a crash or restart)."""
         sign = self.archivist.custody_for if self.archivist is not None else None
         items = await self.items.restore(
-            self.trust.open_receipt, functools.partial(upgrade_legacy, journal=self.journal, sign=sign)
+            self.trust.open_receipt,
+            functools.partial(upgrade_legacy, journal=self.journal, sign=sign),
+            offers=self.router is None,
         )
         for item in items:
             self.sender.add(item)
         if self.registrar is not None:
             await self.registrar.restore()
+        waiting = 0
         if self.router is not None:
             await self.router.restore()
-        if items:
-            log.info("journal_restored", items=len(items))
+            waiting = self.router.unsent_count()
+        if items or waiting:
+            log.info("journal_restored", items=len(items), waiting_offers=waiting)
 
     async def _readiness(self, http_ready: asyncio.Event, watcher_ready: asyncio.Event, ready: asyncio.Event) -> None:
         await http_ready.wait()

@@ -63,11 +63,24 @@ class Inbound:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AwaitingCustody:
-    """A summit file without custody, with its latest transfer."""
+    """A summit file without custody, with the route of its latest transfer (what the router keeps of it)."""
 
-    file: FileRow
+    file_key: str
+    name: str
     route: str
     acked_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingOffer:
+    """An outgoing transfer not yet acknowledged, as the summit's router keeps it until it goes: the rest of
+    the transfer and its file are read back from the journal then (:func:`held_offers`)."""
+
+    transfer_id: str
+    file_key: str
+    name: str
+    route: str
+    receiver: str
 
 
 def _word(value: str | None) -> str | None:
@@ -143,6 +156,55 @@ def pending_transfers(db: sqlite3.Connection) -> list[tuple[TransferRow, FileRow
     return [(_transfer_row(r, prefix="t_"), _file_row(r)) for r in rows]
 
 
+def pending_offers(db: sqlite3.Connection) -> list[PendingOffer]:
+    """Every outgoing transfer not yet acknowledged, oldest first: only what the router keeps of each."""
+    rows = db.execute(
+        "SELECT t.transfer_id, t.file_key, f.name, t.route, t.receiver FROM transfers t JOIN files f USING (file_key)"
+        " WHERE t.state = 'pending' ORDER BY t.created_at"
+    ).fetchall()
+    return [
+        PendingOffer(
+            transfer_id=r["transfer_id"],
+            file_key=r["file_key"],
+            name=r["name"],
+            route=sys.intern(r["route"]),
+            receiver=sys.intern(r["receiver"]),
+        )
+        for r in rows
+    ]
+
+
+HELD_OFFERS_CHUNK = 500
+"""Keys per ``IN (...)`` of :func:`held_offers` (SQLite's bound on host parameters is 999 in older builds)."""
+
+
+def held_offers(
+    db: sqlite3.Connection, wanted: Sequence[tuple[str, str]]
+) -> dict[str, tuple[TransferRow | None, FileRow]]:
+    """For ``(file_key, transfer_id)`` pairs: each file still held here (no custody), by key, with that transfer
+    if it is still pending (None when something superseded it meanwhile)."""
+    out: dict[str, tuple[TransferRow | None, FileRow]] = {}
+    for start in range(0, len(wanted), HELD_OFFERS_CHUNK):
+        chunk = wanted[start : start + HELD_OFFERS_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        files = db.execute(
+            f"SELECT * FROM files WHERE state = 'held' AND file_key IN ({marks})", [k for k, _ in chunk]
+        ).fetchall()
+        transfers = db.execute(
+            f"SELECT * FROM transfers WHERE state = 'pending' AND transfer_id IN ({marks})", [t for _, t in chunk]
+        ).fetchall()
+        pending = {r["transfer_id"]: _transfer_row(r) for r in transfers}
+        for row in files:
+            file_row = _file_row(row)
+            out[file_row.file_key] = (None, file_row)
+        for key, transfer_id in chunk:
+            found = out.get(key)
+            transfer = pending.get(transfer_id)
+            if found is not None and transfer is not None and transfer.file_key == key:
+                out[key] = (transfer, found[1])
+    return out
+
+
 def transfers_of(db: sqlite3.Connection, file_key: str) -> list[TransferRow]:
     """All transfers ever made of one file."""
     rows = db.execute("SELECT * FROM transfers WHERE file_key = ? ORDER BY created_at", (file_key,)).fetchall()
@@ -183,14 +245,15 @@ def inbound(db: sqlite3.Connection, transfer_id: str) -> Inbound | None:
 def awaiting_custody(db: sqlite3.Connection) -> list[AwaitingCustody]:
     """Summit files still held (no custody), each with the route of its latest transfer."""
     rows = db.execute(
-        "SELECT f.*, t.route AS t_route, t.state AS t_state, t.acked_at AS t_acked_at"
+        "SELECT f.file_key, f.name, t.route AS t_route, t.state AS t_state, t.acked_at AS t_acked_at"
         " FROM files f JOIN transfers t USING (file_key)"
         " WHERE f.state = 'held' AND f.source = 'inbox' AND t.created_at ="
         " (SELECT MAX(created_at) FROM transfers WHERE file_key = f.file_key)"
     ).fetchall()
     return [
         AwaitingCustody(
-            file=_file_row(r),
+            file_key=r["file_key"],
+            name=r["name"],
             route=sys.intern(r["t_route"]),
             acked_at=float(r["t_acked_at"]) if r["t_state"] == "acked" and r["t_acked_at"] is not None else None,
         )

@@ -101,14 +101,18 @@ class ItemFactory:
             on_accepted=accepted,
         )
 
-    async def restore(self, open_receipt: Callable[[str], Receipt], legacy: LegacyCustody) -> list[Outgoing]:
-        """Every item the journal says is unfinished (after a crash or restart).
+    async def restore(
+        self, open_receipt: Callable[[str], Receipt], legacy: LegacyCustody, *, offers: bool = True
+    ) -> list[Outgoing]:
+        """Every item the journal says is unfinished (after a crash or restart); without the offers when
+        ``offers`` is False (the summit's router restores those and queues them as there is room).
 
         A custody message journaled by a release before signed receipts (0.1.0) is handed to ``legacy``,
         which re-signs it (at the archive) or retires it (elsewhere: the summit's custody deadline gets a
         fresh, signed receipt from the archive).
         """
-        items = [self.offer(t, f) for t, f in await self.journal.read(journal_files.pending_transfers)]
+        pending = await self.journal.read(journal_files.pending_transfers) if offers else []
+        items = [self.offer(t, f) for t, f in pending]
         for row in await self.journal.read(journal_outbox.pending):
             try:
                 custody = Custody.from_json(row.payload)

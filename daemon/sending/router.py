@@ -56,21 +56,34 @@ class Awaiting:
 
     The custody clock starts at that ack, not when the file was queued: a backlog after an outage
     must not look overdue, and the first hop's own health is judged by its breaker and presence.
+    Only the file's name is kept (for reports): a night's backlog is a record per file, and its rows stay
+    in the journal, read back the rare time a file is sent again.
     """
 
-    file: FileRow
+    name: str
     route: str
     started: float | None  # monotonic time of the first hop's ack; None while the offer waits
     stuck: bool = False  # overdue with no other usable route: reported, still retried
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Held:
-    """A summit file that no route could take: its journaled (pending) transfer, not in the sender."""
+    """A summit file that no route could take: its journaled (pending) transfer, not in the sender.
 
-    transfer: TransferRow
-    file: FileRow
+    What is shown of it (``skyrelay queue``, reports) and no more: its transfer and file rows are read back
+    from the journal, a window at a time, when it goes (:meth:`Router._feed`). A 20,000-file backlog kept
+    both rows per file in memory, about 1.4 KB a file.
+    """
+
+    transfer_id: str
+    route: str
+    receiver: str
+    name: str
     since: float  # monotonic time it was held
+
+    @classmethod
+    def of(cls, offer: journal_files.PendingOffer | TransferRow, name: str, since: float) -> Held:
+        return cls(offer.transfer_id, offer.route, offer.receiver, name, since)
 
 
 HELD_ERROR = "no usable route"
@@ -136,19 +149,31 @@ class Router:
     # ---- bookkeeping -----------------------------------------------------------------------
 
     async def restore(self) -> None:
-        """Load files without custody, and the persisted operator policy, from the journal."""
+        """Load files without custody, the offers not yet acknowledged, and the persisted operator policy,
+        from the journal.
+
+        The unacknowledged offers wait here, oldest first, and go to the sender as its queue has room, as a
+        backlog's held files do once a route is usable: a summit restarted in the middle of a night's
+        backlog does not queue the whole backlog in the sender at once.
+        """
         now_wall, now = time.time(), time.monotonic()
         for row in await self.journal.read(journal_files.awaiting_custody):
             started = None if row.acked_at is None else now - max(0.0, now_wall - row.acked_at)
-            self.awaiting[row.file.file_key] = waiting = Awaiting(file=row.file, route=row.route, started=None)
+            self.awaiting[row.file_key] = waiting = Awaiting(name=row.name, route=row.route, started=None)
             if started is not None:
-                self._start_clock(row.file.file_key, waiting, started)
+                self._start_clock(row.file_key, waiting, started)
+        for offer in await self.journal.read(journal_files.pending_offers):
+            tracked = self.awaiting.get(offer.file_key)
+            name = tracked.name if tracked is not None else offer.name  # (one copy of the name)
+            self.waiting[offer.file_key] = Held.of(offer, name, now)
         await self.routes.policy.load(self.journal)
         await self._hold_forbidden(now)
+        if self.waiting:
+            self.wake.set()
 
     def track(self, file_row: FileRow, route: str) -> None:
         """A new file was offered along ``route``."""
-        self.awaiting[file_row.file_key] = Awaiting(file=file_row, route=route, started=None)
+        self.awaiting[file_row.file_key] = Awaiting(name=file_row.name, route=route, started=None)
         self._stuck.discard(file_row.file_key)
 
     def delivered(self, file_key: str, route: str) -> None:
@@ -196,7 +221,7 @@ class Router:
         return False
 
     def _hold(self, transfer: TransferRow, file_row: FileRow) -> None:
-        self.held[file_row.file_key] = Held(transfer=transfer, file=file_row, since=time.monotonic())
+        self.held[file_row.file_key] = Held.of(transfer, file_row.name, time.monotonic())
         self.wake.set()  # report it, and offer it at once if a route became usable meanwhile
 
     def held_count(self) -> int:
@@ -213,18 +238,18 @@ class Router:
         the route it is journaled on, the kind ``offer``."""
         now = time.monotonic()
         for held in itertools.chain(self.held.values(), self.waiting.values() if waiting else ()):
-            yield held.transfer.receiver, "offer", now - held.since
+            yield held.receiver, "offer", now - held.since
 
     def held_snapshot(self) -> list[dict[str, object]]:
         """Every held or waiting file, in the shape of :meth:`Sender.snapshot` rows (for ``skyrelay queue``)."""
         now = time.monotonic()
         return [
             {
-                "id": h.transfer.transfer_id,
+                "id": h.transfer_id,
                 "kind": "offer",
-                "peer": h.transfer.receiver,
-                "file": h.file.name,
-                "route": h.transfer.route,
+                "peer": h.receiver,
+                "file": h.name,
+                "route": h.route,
                 "attempt": 0,
                 "failures": 0,
                 "inflight": False,
@@ -268,16 +293,15 @@ class Router:
                 await self._take_back(item)
 
     async def _take_back(self, item: Outgoing) -> None:
-        """Hold an offer (not in flight) that the sender would otherwise send on a forbidden route."""
-        if self.sender.inflight(item) or self.sender.items.get(item.msg_id) is not item:
+        """Hold an offer (not in flight) that the sender would otherwise send on a forbidden route (what it
+        still is in the journal is read when it goes)."""
+        if self.sender.inflight(item) or self.sender.items.get(item.msg_id) is not item or item.route is None:
             return
-        found = await self.journal.read(_transfer_and_file, item.msg_id, item.file_key)
         self.sender.remove(item.msg_id)
-        if found is None:
-            return
-        transfer, file_row = found
-        self.track(file_row, transfer.route)
-        self._hold(transfer, file_row)
+        tracked = self.awaiting.get(item.file_key)
+        name = tracked.name if tracked is not None else item.name
+        self.held[item.file_key] = Held(item.msg_id, item.route, item.peer, name, time.monotonic())
+        self.wake.set()
 
     async def _release_held(self, now: float) -> None:
         """Offer the held files on the usable route, if there is one now; report a new spell of holding.
@@ -310,7 +334,7 @@ class Router:
                     f"({'; '.join(f'{k}: {v}' for k, v in why.items())}); each is offered as soon as one is usable",
                     files=len(self.held),
                     routes=why,
-                    examples=sorted(h.file.name for h in self.held.values())[:10],
+                    examples=sorted(h.name for h in self.held.values())[:10],
                 )
             return
         released = len(self.held)
@@ -327,17 +351,27 @@ class Router:
         await self._feed(route)
 
     async def _feed(self, route: Route) -> None:
-        """Give waiting files to the sender on ``route`` up to :data:`SEND_QUEUE_ROOM` queued offers."""
+        """Give waiting files to the sender on ``route`` up to :data:`SEND_QUEUE_ROOM` queued offers, their
+        transfers and files read from the journal in one read per window."""
         room = SEND_QUEUE_ROOM - self.sender.offers_count(route.name)
-        for key, waiting in list(itertools.islice(self.waiting.items(), max(0, room))):
+        window = list(itertools.islice(self.waiting.items(), max(0, room)))
+        rows = (
+            await self.journal.read(journal_files.held_offers, [(k, w.transfer_id) for k, w in window])
+            if window
+            else {}
+        )
+        for key, waiting in window:
             if self.waiting.get(key) is not waiting:
                 continue  # forgotten (custody, replaced) while we awaited the journal
-            transfer = waiting.transfer
-            if transfer.route != route.name:
+            transfer, file_row = rows.get(key, (None, None))
+            if file_row is None:
+                del self.waiting[key]  # no longer held here: custody came, or the camera replaced it
+                continue
+            if transfer is None or transfer.route != route.name:
                 transfer = await self.journal.transaction(
                     functools.partial(
                         _supersede_and_insert,
-                        old=[transfer.transfer_id],
+                        old=[waiting.transfer_id],
                         file_key=key,
                         route=route,
                         reason=f"held for want of a usable route; {route.name} is usable",
@@ -346,8 +380,8 @@ class Router:
                 if self.waiting.get(key) is not waiting:
                     continue
             del self.waiting[key]
-            self.sender.add(self.make_item(transfer, waiting.file))
-            self.track(waiting.file, route.name)
+            self.sender.add(self.make_item(transfer, file_row))
+            self.track(file_row, route.name)
         self._feeding = route.name if self.waiting else None
 
     def _on_queue_change(self) -> None:
@@ -521,9 +555,9 @@ class Router:
             await self._resend(key, waiting, alternative)
             await self.reporter.event(
                 "custody_overdue",
-                f"{waiting.file.name}: no custody {timeout:.0f}s after {old_route}'s first hop took it; re-sent by "
+                f"{waiting.name}: no custody {timeout:.0f}s after {old_route}'s first hop took it; re-sent by "
                 f"{alternative.name}",
-                file=waiting.file.name,
+                file=waiting.name,
                 old_route=old_route,
                 new_route=alternative.name,
             )
@@ -549,7 +583,7 @@ class Router:
         stuck = [self.awaiting[k] for k in self._stuck if k in self.awaiting]
         if stuck:
             self._stuck_reported_at = now
-            names = sorted(w.file.name for w in stuck)
+            names = sorted(w.name for w in stuck)
             await self.reporter.problem(
                 "custody_overdue",
                 f"{len(stuck)} file(s) without custody {period:.0f}s after their first hop took them, and no "
@@ -568,9 +602,11 @@ class Router:
         transfer = await self.journal.transaction(
             functools.partial(_supersede_and_insert, old=stale, file_key=key, route=route)
         )
-        self.sender.add(self.make_item(transfer, waiting.file))
+        file_row = await self.journal.read(journal_files.file, key)
         waiting.route, waiting.started, waiting.stuck = route.name, None, False
         self._stuck.discard(key)
+        if file_row is not None:
+            self.sender.add(self.make_item(transfer, file_row))
 
     async def _rescue_stranded(self, now: float) -> None:
         """Files the next hop already holds but reports it cannot forward go again by another route."""
@@ -591,9 +627,8 @@ class Router:
             hop = self.routes.next_hop(route)
             await self.reporter.event(
                 "failover",
-                f"{waiting.file.name}: {hop} holds it but cannot reach {', '.join(beyond)}; re-sent by "
-                f"{alternative.name}",
-                file=waiting.file.name,
+                f"{waiting.name}: {hop} holds it but cannot reach {', '.join(beyond)}; re-sent by {alternative.name}",
+                file=waiting.name,
                 old_route=route.name,
                 new_route=alternative.name,
                 reason=f"{hop} reports {', '.join(beyond)} unreachable",
@@ -644,13 +679,3 @@ def _supersede_and_insert(
     return journal_files.insert_transfer(
         db, transfer_id=new_id("t"), file_key=file_key, route=route.name, route_sites=route.sites, hop=0
     )
-
-
-def _transfer_and_file(db: sqlite3.Connection, transfer_id: str, file_key: str) -> tuple[TransferRow, FileRow] | None:
-    """A pending transfer and its file, if both are still journaled as such."""
-    transfer = next(
-        (t for t in journal_files.transfers_of(db, file_key) if t.transfer_id == transfer_id and t.state == "pending"),
-        None,
-    )
-    file_row = journal_files.file(db, file_key)
-    return (transfer, file_row) if transfer is not None and file_row is not None else None
