@@ -6,7 +6,9 @@ something falls due (expiry is time-based by nature; nothing polls):
 - **copies** (summit inbox files, relay copies): only after the archive's verified custody receipt
   (the file is ``archived`` in the journal), once the site's ``retention_s`` has passed since custody;
   at a relay also earlier, oldest first, while the cache's file system is below
-  ``[retention] cache_min_free_fraction``. Woken by each custody receipt.
+  ``[retention] cache_min_free_fraction``. Woken by each custody receipt. A copy is deleted only if the
+  file at its path is still that copy (its size, and an inbox file's mtime, as registered): a camera
+  file rewritten since is a later version, perhaps not in custody yet, and stays.
 - **products** (at the archive): per kind after ``[retention] <kind>_s`` (none by default: kept for ever);
   never one that a queued or running job reads, never the newest master of its detector; the file is
   deleted and its catalogue row kept, marked expired, so provenance still resolves.
@@ -21,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,8 @@ class CopyExpiry:
         self.min_free_fraction = min_free_fraction
         self.wake = wake or asyncio.Event()
         self.last_sweep_at: float | None = None
+        self.expired_listeners: list[Callable[[Sequence[journal_retention.CopyRow]], None]] = []
+        """Called with the copies marked expired by each deletion (the summit's registrar forgets them)."""
 
     async def run(self) -> None:
         """Sweep whenever custody arrives or the next copy falls due, until cancelled."""
@@ -138,9 +143,32 @@ class CopyExpiry:
         if not rows:
             return
         freed = 0
+        deleted: list[journal_retention.CopyRow] = []
+        rewritten: list[journal_retention.CopyRow] = []
         for row in rows:
-            freed += await asyncio.to_thread(_remove_copy, Path(row.local_path), self.cache_dir)
+            removed = await asyncio.to_thread(
+                _remove_copy, Path(row.local_path), self.cache_dir, expect=(row.size, row.mtime_ns)
+            )
+            if removed is None:
+                rewritten.append(row)
+            else:
+                deleted.append(row)
+                freed += removed
+        # Both are no longer here: the rewritten ones' path holds a later version, which has its own row.
         await self.journal.write(journal_retention.mark_copies_expired, [r.file_key for r in rows])
+        for listener in self.expired_listeners:
+            listener(rows)
+        if rewritten:
+            log.info(
+                "copies_rewritten_kept",
+                what=self.what,
+                count=len(rewritten),
+                files=[r.name for r in rewritten[:EVENT_FILES]],
+                detail="the file at the path is no longer the copy in custody (rewritten since): left in place",
+            )
+        rows = deleted
+        if not rows:
+            return
         self.counters.deleted_files[self.what] += len(rows)
         self.counters.deleted_bytes[self.what] += freed
         log.info("files_expired", what=self.what, reason=reason, count=len(rows), bytes=freed)
@@ -183,6 +211,8 @@ class ProductExpiry:
         self.retention = retention
         self.wake = wake or asyncio.Event()
         self.last_sweep_at: float | None = None
+        self.expired_listeners: list[Callable[[Sequence[journal_retention.CopyRow]], None]] = []
+        """Called with the copies marked expired by each deletion (the summit's registrar forgets them)."""
 
     async def run(self) -> None:
         """Sweep when the next product falls due (at least every ``sweep_interval_s``), until cancelled."""
@@ -219,7 +249,7 @@ class ProductExpiry:
 
     async def _delete(self, product: ProductRow) -> None:
         path = self.root / product.archive_path
-        freed = await asyncio.to_thread(_remove_copy, path, self.root / "products")
+        freed = await asyncio.to_thread(_remove_copy, path, self.root / "products") or 0
         at = time.time()
         await self.journal.write(journal_retention.mark_product_expired, product, at)
         what = f"product:{product.kind}"
@@ -322,10 +352,18 @@ def _free_bytes(directory: Path) -> tuple[int, int]:
     return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
-def _remove_copy(path: Path, stop_at: Path | None) -> int:
-    """Delete a file and the directories it leaves empty below ``stop_at``; return the bytes freed (blocking)."""
+def _remove_copy(path: Path, stop_at: Path | None, *, expect: tuple[int, int | None] | None = None) -> int | None:
+    """Delete a file and the directories it leaves empty below ``stop_at``; return the bytes freed (blocking).
+
+    With ``expect`` (size, mtime_ns or None), only if the entry at ``path`` is still a regular file of that
+    size and mtime: None, and nothing deleted, when it is not (another version was written there since).
+    """
     try:
-        size = path.stat().st_size
+        st = path.lstat()
+        if expect is not None:
+            size, mtime_ns = expect
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size or mtime_ns not in (None, st.st_mtime_ns):
+                return None
         path.unlink()
     except FileNotFoundError:
         return 0
@@ -336,4 +374,4 @@ def _remove_copy(path: Path, stop_at: Path | None) -> int:
         except OSError:
             break
         parent = parent.parent
-    return size
+    return st.st_size

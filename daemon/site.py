@@ -47,7 +47,7 @@ from daemon.sending.items import ItemFactory
 from daemon.sending.router import Router
 from daemon.sending.routes import RouteTable
 from daemon.sending.sender import Sender
-from daemon.summit.registrar import REGISTRARS, Registrar
+from daemon.summit.registrar import REGISTRARS, Registrar, forget_copies
 from daemon.summit.watcher import InboxWatcher
 from daemon.trust import Trust
 
@@ -193,6 +193,8 @@ class Site:
                 self.known_inbox,
                 self._stop_offering,
             )
+            if self.retention.copies is not None:
+                self.retention.copies.expired_listeners.append(functools.partial(forget_copies, self.known_inbox))
         self.dispatcher = Dispatcher(name, trust, self.reporter, self.sender, self.custody, self.receiver, self.router)
         self.reports = self._publisher("reports", journal_reports.unpublished, self._reports_published)
         self.reporter.publisher = self.reports

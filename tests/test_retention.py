@@ -8,6 +8,7 @@ whole: a summit with ``retention_s`` 0 deletes the camera's files once custody i
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 import time
@@ -17,7 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MakeCluster, Subscribe, operator_headers, read_catalog, site_status, write_files
+from conftest import (
+    MakeCluster,
+    Subscribe,
+    blake3_of,
+    cli_ok,
+    drop_into_inbox,
+    operator_headers,
+    query_journal,
+    read_catalog,
+    site_status,
+    until,
+    wait_settled,
+    write_files,
+)
 from parts import open_journal
 
 from daemon.config import Retention, load_topology
@@ -30,6 +44,7 @@ from daemon.journal import products as journal_products
 from daemon.journal import reports as journal_reports
 from daemon.report import Reporter
 from daemon.retention import CopyExpiry, ProductExpiry
+from daemon.summit.registrar import forget_copies
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -147,6 +162,62 @@ async def test_the_summit_deletes_the_cameras_file_only_once_custody_is_back(jou
     await expiry.sweep()
     assert not path.exists() and counters.deleted_files["summit"] == 1
     assert path.parent.is_dir()  # the camera's folders are left alone
+
+
+async def _camera_file(journal: Journal, inbox: Path, name: str, data: bytes, *, in_custody: bool) -> tuple[str, Path]:
+    """Write a camera file into ``inbox`` and journal it as the registrar does (its size and mtime as read);
+    in custody long ago, or held. Returns its file key and path."""
+    path = inbox / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    st = path.stat()
+    checksum = f"blake3:{len(data)}-{data[-1]}"
+    key = f"{checksum}/{name}"
+
+    def record(db: sqlite3.Connection) -> None:
+        journal_files.insert_file(
+            db, file_key=key, name=name, size=st.st_size, checksum=checksum, closed_at=st.st_mtime,
+            local_path=str(path), source="inbox", mtime_ns=st.st_mtime_ns,
+        )  # fmt: skip
+        if in_custody:
+            journal_files.mark_archived(db, key, status="stored", archive_path=f"raw/{name}")
+            db.execute("UPDATE files SET custody_at = ? WHERE file_key = ?", (time.time() - DAY_S, key))
+
+    await journal.transaction(record)
+    return key, path
+
+
+async def test_the_summit_leaves_a_camera_file_rewritten_since_the_version_in_custody(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """The camera rewrote a file (same name and size, new bytes) after its first version reached custody; the
+    second version is not in custody yet. Retention expires the first version and must not delete the file,
+    which is the second version now (it used to: the path is the same). A file not rewritten is deleted, and
+    the summit forgets it (it would otherwise remember every file it ever registered)."""
+    inbox = tmp_path / "inbox"
+    counters = SiteCounters()
+    expiry = CopyExpiry(
+        what="summit", journal=journal, reporter=Reporter("summit", journal, counters), counters=counters,
+        retention_s=0.0,
+    )  # fmt: skip
+    first_key, path = await _camera_file(journal, inbox, "raw/a.fits", b"a" * 2880, in_custody=True)
+    plain_key, plain = await _camera_file(journal, inbox, "raw/b.fits", b"b" * 2880, in_custody=True)
+    known: dict[str, tuple[int, int | None]] = {"raw/b.fits": (2880, plain.stat().st_mtime_ns)}
+    await asyncio.sleep(0.01)  # (a later mtime)
+    second_key, _ = await _camera_file(journal, inbox, "raw/a.fits", b"a" * 2879 + b"A", in_custody=False)
+    known["raw/a.fits"] = (2880, path.stat().st_mtime_ns)
+    expiry.expired_listeners.append(functools.partial(forget_copies, known))
+
+    await expiry.sweep()
+
+    assert path.read_bytes() == b"a" * 2879 + b"A", "the second version was deleted with the first"
+    assert not plain.exists()
+    states = await journal.read(lambda db: dict(db.execute("SELECT file_key, state FROM files").fetchall()))
+    assert states == {first_key: "expired", plain_key: "expired", second_key: "held"}
+    [event] = await _events(journal)
+    assert event["details"]["files"] == ["raw/b.fits"], "only what was deleted is announced"
+    assert counters.deleted_files["summit"] == 1
+    assert known == {"raw/a.fits": (2880, path.stat().st_mtime_ns)}, "the deleted file is forgotten, not the new one"
 
 
 async def _product(
@@ -294,3 +365,43 @@ async def test_a_summit_with_retention_0_deletes_the_exposure_after_custody_and_
     request = urllib.request.Request(f"{cluster.http_url('summit')}/metrics", headers=operator_headers(cluster))
     metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=10).read().decode())
     assert f'skyrelay_retention_deleted_files_total{{site="summit",what="summit"}} {float(len(paths))}' in metrics
+
+
+RETENTION_S = 10.0
+"""The summit's retention in the rewrite test: time to disable the routes and rewrite the file before it ends."""
+
+
+async def test_a_file_the_camera_rewrites_after_custody_of_its_first_version_is_not_lost_to_retention(
+    make_cluster: MakeCluster, subscribe: Subscribe
+) -> None:
+    """End to end: the first version of a file reaches the archive; every route is disabled and the camera
+    rewrites the file (same name and size, one byte changed), which the summit holds. Retention (RETENTION_S
+    after custody) expires the first version and leaves the file in the inbox; with the routes back the second
+    version reaches the archive with its own checksum (kept as a name conflict), and only then leaves the inbox."""
+    cluster = await make_cluster(retention={"summit": RETENTION_S})
+    arrivals = await subscribe(cluster, "archive", "skyrelay/v1/arrivals/#")
+    [path] = await write_files(cluster, seqnum=1, size_bytes=32 * 1024, detectors=["R22_S00"])
+    data = bytearray(path.read_bytes())
+    first = blake3_of(path)
+    await wait_settled(cluster, archived=1, wake=arrivals)
+    workdir = str(cluster.workdir)
+    for route in ("primary", "direct"):
+        await cli_ok("routes", "disable", route, "--workdir", workdir, timeout_s=30)
+
+    def summit_states() -> dict[str, str]:
+        sql = "SELECT checksum, state FROM files WHERE name LIKE ?"
+        rows = query_journal(cluster, "summit", sql, (f"%{path.name}",))
+        return {r["checksum"]: r["state"] for r in rows}
+
+    data[-1] ^= 0x01  # (the last pixel byte: still a good FITS file)
+    drop_into_inbox(cluster, path.relative_to(cluster.inbox).as_posix(), bytes(data))
+    second = blake3_of(path)
+    assert summit_states()[first] == "archived", f"set up too slow: the first version expired within {RETENTION_S}s"
+
+    await until(lambda: summit_states() == {first: "expired", second: "held"}, 30, "the first version expired")
+    assert path.exists() and blake3_of(path) == second, "retention deleted the version not yet in custody"
+
+    await cli_ok("routes", "auto", "--workdir", workdir, timeout_s=30)
+    await until(lambda: {r["checksum"] for r in read_catalog(cluster)} == {first, second}, 60, "both archived")
+    await until(lambda: summit_states() == {first: "expired", second: "expired"}, 30, "the second version expired")
+    assert not path.exists()

@@ -141,8 +141,11 @@ def file(db: sqlite3.Connection, file_key: str) -> FileRow | None:
 
 
 def inbox_versions(db: sqlite3.Connection) -> dict[str, tuple[int, int | None]]:
-    """For the summit's rescans: name → (size, mtime_ns) of the newest record of each inbox file."""
-    rows = db.execute("SELECT name, size, mtime_ns FROM files WHERE source = 'inbox' ORDER BY created_at").fetchall()
+    """For the summit's rescans: name → (size, mtime_ns) of the newest record of each inbox file that retention
+    has not deleted."""
+    rows = db.execute(
+        "SELECT name, size, mtime_ns FROM files WHERE source = 'inbox' AND state != 'expired' ORDER BY created_at"
+    ).fetchall()
     return {r["name"]: (r["size"], r["mtime_ns"]) for r in rows}
 
 

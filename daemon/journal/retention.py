@@ -27,6 +27,7 @@ class CopyRow:
     file_key: str
     name: str
     size: int
+    mtime_ns: int | None  # of an inbox file when it was registered (None for a relay copy)
     local_path: str
     custody_at: float
 
@@ -34,7 +35,7 @@ class CopyRow:
 def copies_in_custody(db: sqlite3.Connection, limit: int) -> list[CopyRow]:
     """Files in verified custody whose local copy still exists, the longest in custody first."""
     rows = db.execute(
-        "SELECT file_key, name, size, local_path, custody_at FROM files WHERE state = 'archived'"
+        "SELECT file_key, name, size, mtime_ns, local_path, custody_at FROM files WHERE state = 'archived'"
         " AND custody_at IS NOT NULL ORDER BY custody_at LIMIT ?",
         (limit,),
     ).fetchall()
@@ -43,6 +44,7 @@ def copies_in_custody(db: sqlite3.Connection, limit: int) -> list[CopyRow]:
             file_key=str(r["file_key"]),
             name=str(r["name"]),
             size=int(r["size"]),
+            mtime_ns=None if r["mtime_ns"] is None else int(r["mtime_ns"]),
             local_path=str(r["local_path"]),
             custody_at=float(r["custody_at"]),
         )

@@ -12,7 +12,7 @@ import asyncio
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from daemon.counters import SiteCounters
 from daemon.fitsfile import read_primary_header
 from daemon.journal import FileRow, Journal, TransferRow, new_id
 from daemon.journal import files as journal_files
+from daemon.journal.retention import CopyRow
 from daemon.logcontext import bound_file
 from daemon.report import Reporter
 from daemon.sending.items import ItemFactory
@@ -83,7 +84,7 @@ class Registrar:
         self.stop_offering = stop_offering
 
     async def restore(self) -> None:
-        """Remember every inbox file the journal has seen, so rescans enqueue only new or rewritten ones."""
+        """Remember every inbox file the journal holds, so rescans enqueue only new or rewritten ones."""
         self.known.update(await self.journal.read(journal_files.inbox_versions))
 
     async def run(self) -> None:
@@ -191,6 +192,17 @@ class Registrar:
         self.counters.files["registered"] += 1
         offered = self.router.admit(transfer, file_row)
         log.info("file_registered", size=size, checksum=checksum, route=chosen.name, held=not offered)
+
+
+def forget_copies(known: dict[str, tuple[int, int | None]], copies: Sequence[CopyRow]) -> None:
+    """Retention deleted these inbox files: forget them (``known``: name → size, mtime_ns), unless a later
+    version is what is known now.
+
+    What is known is every inbox file there is; without this it was every file the summit ever registered,
+    and each rescan copied all of them (a night is some 200,000)."""
+    for copy in copies:
+        if known.get(copy.name) == (copy.size, copy.mtime_ns):
+            del known[copy.name]
 
 
 def take(inbox: Path, relative: str) -> tuple[Taken, list[dict[str, Any]]]:
