@@ -34,7 +34,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -100,6 +100,18 @@ def _key(identity: dict[str, Any]) -> str:
 
 def _mjd_tai_now() -> float:
     return time.time() / 86400.0 + 40587.0 + 37.0 / 86400.0
+
+
+def _pairs_made(diff_jobs: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], set[tuple[int, int]]]:
+    """(science, reference) CURINDEX of the diff jobs journaled, by detector and GROUPID (a job's sequence is
+    ``GROUPID/science-reference``). Each group used to scan every diff job: a pass over a day of quads took
+    seconds of the event loop, and grew with the square of the catalog."""
+    out: dict[tuple[str, str], set[tuple[int, int]]] = {}
+    for detector, sequence in diff_jobs:
+        groupid, _, pair = sequence.rpartition("/")
+        science, _, reference = pair.partition("-")
+        out.setdefault((detector, groupid), set()).add((int(science), int(reference)))
+    return out
 
 
 def _fsync(path: Path) -> None:
@@ -249,7 +261,7 @@ class Science:
     async def _plan_pairs(self, frames: list[journal_science.ScienceFrame]) -> float | None:
         calexps = await self.journal.read(journal_science.calexps)
         calexp_jobs = await self.journal.read(journal_science.science_jobs, "calexp")
-        diff_jobs = await self.journal.read(journal_science.science_jobs, "diff")
+        made = _pairs_made(await self.journal.read(journal_science.science_jobs, "diff"))
         groups: dict[tuple[str, str, str], list[journal_science.ScienceFrame]] = {}
         for frame in frames:
             groups.setdefault((frame.instrument, frame.detector, frame.groupid), []).append(frame)
@@ -278,12 +290,7 @@ class Science:
             if now < chunk_end and len(visits) < MAX_INDEX:
                 # Past the chunk end but unsettled, the calexp still running wakes the scheduler when done.
                 deadline = chunk_end if deadline is None else min(deadline, chunk_end)
-            prefix = f"{groupid}/"
-            done = set()
-            for job_detector, sequence in diff_jobs:
-                if job_detector == detector and sequence.startswith(prefix):
-                    science, reference = sequence[len(prefix) :].split("-")
-                    done.add((int(science), int(reference)))
+            done = made.get((detector, groupid), set())
             for pair in pairs_to_make(visits, chunk_ended=chunk_ended, done=done):
                 await self._queue_diff(
                     instrument, detector, groupid, pair.reason, products[pair.science], products[pair.reference]
@@ -356,25 +363,20 @@ class Science:
             return
         calexps = await self.journal.read(journal_science.calexps)
         made = await self.journal.read(journal_science.science_jobs, "diff_template")
+        newest: dict[tuple[str, str, str | None, object], tuple[journal_products.ProductRow, frozenset[str]]] = {}
+        for t in templates:  # newest first: the first of each field and band is kept, with its input names
+            key = (t.instrument, t.detector, t.filter, t.provenance["field"])
+            if key not in newest:
+                newest[key] = (t, frozenset(i["name"] for i in t.provenance["inputs"]))
         for (_, obsid), calexp in calexps.items():
             prov = calexp.provenance
             if not prov["quality"]["ok"] or not prov.get("field"):
                 continue
-            band = _band(prov.get("filter"))
-            template = next(
-                (
-                    t
-                    for t in templates  # newest first
-                    if t.instrument == calexp.instrument
-                    and t.detector == calexp.detector
-                    and t.filter == band
-                    and t.provenance["field"] == prov["field"]
-                ),
-                None,
-            )
-            if template is None or calexp.created_at <= template.created_at:
+            found = newest.get((calexp.instrument, calexp.detector, _band(prov.get("filter")), prov["field"]))
+            if found is None:
                 continue
-            if obsid in {i["name"] for i in template.provenance["inputs"]}:
+            template, inputs = found
+            if calexp.created_at <= template.created_at or obsid in inputs:
                 continue
             sequence = f"{obsid}/{template.product_id}"
             if (calexp.detector, sequence) in made:
