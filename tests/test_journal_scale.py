@@ -26,9 +26,11 @@ from parts import open_journal
 
 from daemon.config import Processing
 from daemon.counters import SiteCounters
+from daemon.journal import Journal, schema
 from daemon.journal import catalog as journal_catalog
 from daemon.journal import files as journal_files
-from daemon.journal import schema
+from daemon.journal import jobs as journal_jobs
+from daemon.journal import products as journal_products
 from daemon.journal import science as journal_science
 from daemon.processing.executor import PoolExecutor
 from daemon.processing.science import Science
@@ -90,38 +92,62 @@ def catalogued(db: sqlite3.Connection, files: int, *, detectors: int = 20) -> No
     """``files`` archived OBJECT files of quads (GROUPID, CURINDEX, MAXINDEX), ``detectors`` to an exposure."""
     db.execute("BEGIN")
     for n in range(files):
-        exposure, detector = divmod(n, detectors)
-        obsid = f"MC_O_20261204_{exposure:06d}"
-        journal_catalog.insert(
-            db,
-            file_key=f"k{n}",
-            name=f"raw/f{n:06d}.fits",
-            size=100_000,
-            checksum=f"blake3:{n:064x}",
-            archived_checksum=f"blake3:{n:064x}",
-            archived_size=100_000,
-            archive_path=f"raw/LSSTCam/20261204/{obsid}/f{n:06d}.fits",
-            status="archived",
-            reason=None,
-            summary={
-                "obsid": obsid,
-                "instrument": "LSSTCam",
-                "detector": f"R22_S{detector:02d}",
-                "imgtype": "OBJECT",
-                "filter": "r",
-                "groupid": f"quad-{exposure // 4}",
-                "curindex": exposure % 4 + 1,
-                "maxindex": 4,
-            },
-            fixes=[],
-            proof_path=None,
-            findings=[],
-            closed_at=1.0,
-            arrived_at=2.0,
-            route="primary",
-            sender="base",
-        )
+        catalogue_frame(db, n, detectors=detectors)
     db.execute("COMMIT")
+
+
+def frame_identity(n: int, detectors: int) -> tuple[str, str, str, int]:
+    """(OBSID, detector, GROUPID, CURINDEX) of frame ``n``: exposure ``n // detectors``, four to a quad."""
+    exposure, detector = divmod(n, detectors)
+    return f"MC_O_20261204_{exposure:06d}", f"R22_S{detector:02d}", f"quad-{exposure // 4}", exposure % 4 + 1
+
+
+def catalogue_frame(db: sqlite3.Connection, n: int, *, detectors: int, arrived_at: float = 2.0) -> None:
+    """Archived OBJECT file ``n`` (see :func:`frame_identity`)."""
+    obsid, detector, groupid, curindex = frame_identity(n, detectors)
+    journal_catalog.insert(
+        db,
+        file_key=f"k{n}",
+        name=f"raw/f{n:06d}.fits",
+        size=100_000,
+        checksum=f"blake3:{n:064x}",
+        archived_checksum=f"blake3:{n:064x}",
+        archived_size=100_000,
+        archive_path=f"raw/LSSTCam/20261204/{obsid}/f{n:06d}.fits",
+        status="archived",
+        reason=None,
+        summary={
+            "obsid": obsid,
+            "instrument": "LSSTCam",
+            "detector": detector,
+            "imgtype": "OBJECT",
+            "filter": "r",
+            "groupid": groupid,
+            "curindex": curindex,
+            "maxindex": 4,
+        },
+        fixes=[],
+        proof_path=None,
+        findings=[],
+        closed_at=1.0,
+        arrived_at=arrived_at,
+        route="primary",
+        sender="base",
+    )
+
+
+def calexp_made(db: sqlite3.Connection, n: int, *, detectors: int) -> None:
+    """Frame ``n``'s calexp job, done, and its calexp (of good quality), as a calexp job leaves them."""
+    obsid, detector, groupid, curindex = frame_identity(n, detectors)
+    journal_jobs.insert(
+        db, job_key=f"calexp-{n}", step="calexp", instrument="LSSTCam", detector=detector, sequence=obsid, spec={}
+    )
+    db.execute("UPDATE jobs SET state = 'done' WHERE job_key = ?", (f"calexp-{n}",))
+    journal_products.insert(
+        db, product_id=f"p{n}", job_key=f"calexp-{n}", kind="calexp", instrument="LSSTCam", detector=detector,
+        filter_="r", archive_path=f"products/calexp/{n}.fits", checksum=f"blake3:{n + 10**6:064x}",
+        provenance={"obsid": obsid, "groupid": groupid, "curindex": curindex, "quality": {"ok": True}}, at=3.0,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -204,3 +230,90 @@ def test_rows_of_a_held_backlog_share_their_site_route_and_state_names(tmp_path:
     for transfer in transfers[1:]:
         assert transfer.route_sites is transfers[0].route_sites and transfer.receiver is transfers[0].receiver
         assert transfer.route is transfers[0].route and transfer.state is transfers[0].state
+
+
+def science(journal: Journal, tmp_path: Path) -> Science:
+    """The archive's science planner on ``journal`` (its executor never started: these tests only plan)."""
+    return Science(
+        root=tmp_path / "archive",
+        journal=journal,
+        executor=PoolExecutor(1),
+        reporter=Reporter("archive", journal, SiteCounters()),
+        processing=Processing(),
+        notices_wake=asyncio.Event(),
+    )
+
+
+async def pass_steps(journal: Journal, planner: Science) -> int:
+    """SQLite VM steps (in units of 10) of one planning pass."""
+    count = 0
+
+    def tick() -> int:
+        nonlocal count
+        count += 1
+        return 0
+
+    await journal.read(lambda db: db.set_progress_handler(tick, 10))
+    try:
+        await planner.plan()
+    finally:
+        await journal.read(lambda db: db.set_progress_handler(None, 0))
+    return count
+
+
+async def diff_jobs(journal: Journal) -> list[str]:
+    rows = await journal.read(lambda db: db.execute("SELECT sequence FROM jobs WHERE step = 'diff'").fetchall())
+    return sorted(r[0] for r in rows)
+
+
+async def test_a_planning_pass_reads_what_changed_not_the_whole_catalog(tmp_path: Path) -> None:
+    """Over a day of finished quads (each frame with its calexp, every pair journaled), a pass after the first
+    costs the same with 4,000 frames as with 40: it reads the frames and calexps since the last pass, not the
+    catalog. Every pass read every frame and calexp (and paired each quad against every diff job)."""
+    costs = {}
+    small, large = 40, 4000  # (whole quads: four exposures of 10 detectors)
+    for files in (small, large):
+        path = tmp_path / f"journal-{files}.sqlite"
+        with migrated(path) as db:
+            db.execute("BEGIN")
+            for n in range(files):
+                catalogue_frame(db, n, detectors=10)
+                calexp_made(db, n, detectors=10)
+            db.execute("COMMIT")
+        journal = await open_journal(path)
+        try:
+            planner = science(journal, tmp_path)
+            await planner.plan()  # the first pass reads everything and journals the pairs
+            assert len(await diff_jobs(journal)) == files // 2
+            costs[files] = await pass_steps(journal, planner)
+            assert len(await diff_jobs(journal)) == files // 2, "a pair journaled twice"
+        finally:
+            await journal.close()
+    assert costs[large] <= costs[small] * 2 + 20, costs
+
+
+async def test_a_late_frame_reopens_the_finished_quad_it_belongs_to(tmp_path: Path) -> None:
+    """A quad's chunk ended with its third visit lost: 2-1 and the lost-visit pair 4-2 are made and the planner
+    lets the quad go. The third visit then arrives (after an outage) and its calexp is made: the planner reads
+    the quad back by its GROUPID and makes 4-3 with the calexp of visit 4, which it had let go."""
+    path = tmp_path / "journal.sqlite"
+    with migrated(path) as db:
+        for n in (0, 1, 3):
+            catalogue_frame(db, n, detectors=1)
+            calexp_made(db, n, detectors=1)
+    journal = await open_journal(path)
+    try:
+        planner = science(journal, tmp_path)
+        await planner.plan()
+        assert await diff_jobs(journal) == ["quad-0/2-1", "quad-0/4-2"]
+        assert planner._open.groups == {}, "the finished quad was kept"
+
+        def late(db: sqlite3.Connection) -> None:
+            catalogue_frame(db, 2, detectors=1, arrived_at=1000.0)
+            calexp_made(db, 2, detectors=1)
+
+        await journal.transaction(late)
+        await planner.plan()
+        assert await diff_jobs(journal) == ["quad-0/2-1", "quad-0/4-2", "quad-0/4-3"]
+    finally:
+        await journal.close()

@@ -7,6 +7,8 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from daemon.journal import science as journal_science
+
 CONTEXT_FIELDS = {
     "IMGTYPE": "imgtype",
     "FILTER": "filter",
@@ -127,8 +129,10 @@ def set_reason(db: sqlite3.Connection, quarantine_id: int, reason: str | None) -
 
 
 def remove(db: sqlite3.Connection, entry_id: int) -> None:
-    """Drop a quarantine row that a release replaces (inside the release transaction)."""
+    """Drop a quarantine row that a release replaces (inside the release transaction); its rowid may be
+    given again, so the science planner's mark is renewed (:data:`~daemon.journal.science.CATALOG_EPOCH`)."""
     db.execute("DELETE FROM catalog WHERE rowid = ?", (entry_id,))
+    journal_science.bump_catalog_epoch(db)
 
 
 def mark_released(db: sqlite3.Connection, file_key: str, at: float) -> None:

@@ -183,7 +183,13 @@ V4_OBSID_INDEX = """
 CREATE INDEX catalog_obsid ON catalog(obsid);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1_RELEASE_0_1, V2_REPORTS, V3_PROCESSING, V4_OBSID_INDEX)
+V5_GROUPID_INDEX = """
+-- The science planner keeps only unfinished quads between passes and reads a quad back by its GROUPID when a
+-- late frame reopens it; the GROUPID is in the summary's JSON, so it is indexed as that expression.
+CREATE INDEX catalog_groupid ON catalog(json_extract(summary, '$.groupid'));
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1_RELEASE_0_1, V2_REPORTS, V3_PROCESSING, V4_OBSID_INDEX, V5_GROUPID_INDEX)
 """Migration N (1-based) brings a journal from version N-1 to N. Append only; never edit a shipped one."""
 
 LATEST = len(MIGRATIONS)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from daemon.journal import settings as journal_settings
 from daemon.journal.products import ProductRow
 from daemon.journal.products import _row as _product
 
@@ -36,12 +38,16 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def science_frames(db: sqlite3.Connection) -> list[ScienceFrame]:
-    """Archived OBJECT frames that carry GROUPID, CURINDEX, MAXINDEX and OBSID, oldest first."""
-    rows = db.execute(
-        "SELECT name, archive_path, archived_checksum, instrument, detector, summary, arrived_at FROM catalog"
-        " WHERE status = 'archived' AND upper(imgtype) = 'OBJECT' ORDER BY rowid"
-    ).fetchall()
+_FRAME_COLUMNS = "rowid, name, archive_path, archived_checksum, instrument, detector, summary, arrived_at"
+_SCIENCE = "status = 'archived' AND upper(imgtype) = 'OBJECT'"
+GROUPID = "json_extract(summary, '$.groupid')"
+"""The catalog's GROUPID, as its index (journal migration 5) has it: a query must name it exactly so."""
+CATALOG_EPOCH = "catalog_epoch"
+"""Settings key, bumped when a catalog row is removed (a release out of quarantine replaces its row): the
+catalog's rowids may then be reused, so a reader that keeps a rowid mark must read everything again."""
+
+
+def _frames(rows: Iterable[sqlite3.Row]) -> list[ScienceFrame]:
     out: list[ScienceFrame] = []
     for row in rows:
         summary = json.loads(row["summary"])
@@ -67,6 +73,99 @@ def science_frames(db: sqlite3.Connection) -> list[ScienceFrame]:
                 arrived_at=float(row["arrived_at"]),
             )
         )
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Changes:
+    """What a planning pass reads: science frames catalogued and calexps made since the last pass's marks."""
+
+    epoch: int
+    full: bool
+    """Everything was read: the first pass, or the catalog's rowids may have been reused since (a release)."""
+    frames: list[ScienceFrame]
+    catalog_mark: int
+    calexps: list[ProductRow]
+    products_mark: int
+
+
+def changes(db: sqlite3.Connection, epoch: int | None, catalog_mark: int, products_mark: int) -> Changes:
+    """Science frames catalogued after ``catalog_mark`` and calexps catalogued after ``products_mark`` (rowids),
+    oldest first, with the marks to pass next time; everything when ``epoch`` is not the catalog's now."""
+    now = int(journal_settings.get(db, CATALOG_EPOCH) or 0)
+    full = epoch != now
+    if full:
+        catalog_mark = products_mark = 0
+    new_frames = f"SELECT {_FRAME_COLUMNS} FROM catalog WHERE {_SCIENCE} AND rowid > ? ORDER BY rowid"
+    frames = _frames(db.execute(new_frames, (catalog_mark,)))
+    # (+kind: by the rowid range, not the kind index, which SQLite would take and read every calexp ever made)
+    new_calexps = "SELECT * FROM products WHERE +kind = 'calexp' AND rowid > ? ORDER BY rowid"
+    calexps = [_product(r) for r in db.execute(new_calexps, (products_mark,))]
+    return Changes(
+        epoch=now,
+        full=full,
+        frames=frames,
+        catalog_mark=int(db.execute("SELECT COALESCE(MAX(rowid), 0) FROM catalog").fetchone()[0]),
+        calexps=calexps,
+        products_mark=int(db.execute("SELECT COALESCE(MAX(rowid), 0) FROM products").fetchone()[0]),
+    )
+
+
+def bump_catalog_epoch(db: sqlite3.Connection) -> None:
+    """A catalog row was removed (inside that transaction): see :data:`CATALOG_EPOCH`."""
+    journal_settings.put(db, CATALOG_EPOCH, str(int(journal_settings.get(db, CATALOG_EPOCH) or 0) + 1))
+
+
+def earlier_frames(
+    db: sqlite3.Connection, groups: Iterable[tuple[str, str, str]], through: int
+) -> dict[tuple[str, str, str], tuple[list[ScienceFrame], list[ProductRow]]]:
+    """For quads on a detector, (instrument, detector, GROUPID): their science frames catalogued up to rowid
+    ``through`` and those frames' calexps, oldest first (a planner reads back a quad it let go when a late
+    frame reopens it; a new quad has none, found by the GROUPID index)."""
+    out: dict[tuple[str, str, str], tuple[list[ScienceFrame], list[ProductRow]]] = {}
+    for instrument, detector, groupid in groups:
+        rows = db.execute(
+            f"SELECT {_FRAME_COLUMNS} FROM catalog WHERE {GROUPID} = ? AND instrument = ? AND detector = ?"
+            f" AND rowid <= ? AND {_SCIENCE} ORDER BY rowid",
+            (groupid, instrument, detector, through),
+        )
+        frames = [f for f in _frames(rows) if f.groupid == groupid]
+        if not frames:
+            continue
+        obsids = sorted({f.obsid for f in frames})
+        marks = ",".join("?" * len(obsids))
+        products = db.execute(
+            "SELECT * FROM products WHERE kind = 'calexp' AND instrument = ? AND detector = ?"
+            f" AND json_extract(provenance, '$.obsid') IN ({marks}) ORDER BY created_at",
+            (instrument, detector, *obsids),
+        )
+        out[(instrument, detector, groupid)] = (frames, [_product(r) for r in products])
+    return out
+
+
+def job_states(db: sqlite3.Connection, step: str, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str], str]:
+    """(detector, sequence) → state of the ``step`` jobs of these (instrument, detector, sequence), each found
+    by the jobs' unique index."""
+    out: dict[tuple[str, str], str] = {}
+    query = "SELECT state FROM jobs WHERE step = ? AND instrument = ? AND detector = ? AND sequence = ?"
+    for instrument, detector, sequence in keys:
+        row = db.execute(query, (step, instrument, detector, sequence)).fetchone()
+        if row is not None:
+            out[(detector, sequence)] = str(row["state"])
+    return out
+
+
+def diffs_of(db: sqlite3.Connection, groups: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str], str]:
+    """(detector, sequence) → state of the ``diff`` jobs of these (instrument, detector, GROUPID): their
+    sequences are ``GROUPID/...``, a range of the jobs' unique index."""
+    out: dict[tuple[str, str], str] = {}
+    query = (
+        "SELECT detector, sequence, state FROM jobs WHERE step = 'diff' AND instrument = ? AND detector = ?"
+        " AND sequence >= ? AND sequence < ?"
+    )
+    for instrument, detector, groupid in groups:
+        for r in db.execute(query, (instrument, detector, f"{groupid}/", f"{groupid}0")):  # ('0' follows '/')
+            out[(r["detector"], r["sequence"])] = str(r["state"])
     return out
 
 
@@ -97,16 +196,6 @@ def calexps(db: sqlite3.Connection) -> dict[tuple[str, str], ProductRow]:
         product = _product(row)
         out[(product.detector, str(product.provenance["obsid"]))] = product
     return out
-
-
-def science_jobs(db: sqlite3.Connection, step: str) -> dict[tuple[str, str], str]:
-    """(detector, sequence) → state of every journaled job of one science step (``calexp`` or ``diff``).
-
-    Work is per detector: the jobs of one exposure (calexp) or one quad's pair (diff) on different
-    detectors share their sequence.
-    """
-    rows = db.execute("SELECT detector, sequence, state FROM jobs WHERE step = ?", (step,))
-    return {(r["detector"], r["sequence"]): r["state"] for r in rows}
 
 
 def alert_payload(db: sqlite3.Connection, alert_id: int) -> str | None:
