@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import SITES, MakeCluster, operator_headers, wait_settled, write_files
+from conftest import SITES, MakeCluster, converged, operator_headers, wait_settled, write_files
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops.cluster import Cluster
@@ -49,6 +49,7 @@ async def test_the_operators_metric_families_exist_and_move_with_a_transfer(make
     summit shows the one route in use, its breakers closed and nothing held, the archive its catalog (and failed
     jobs at 0), and every site its build info and process metrics."""
     cluster = await make_cluster()
+    await converged(cluster)  # (else the exposure may go direct, before the base's link is up: nothing relayed)
     paths = await write_files(cluster, seqnum=1, size_bytes=64 * 1024)
     total = sum(p.stat().st_size for p in paths)
     await wait_settled(cluster, archived=len(paths))
@@ -60,10 +61,9 @@ async def test_the_operators_metric_families_exist_and_move_with_a_transfer(make
     relayed = _value(base, "skyrelay_bytes_total", site="base", direction="in", peer="summit")
     assert relayed <= _value(base, "skyrelay_bytes_total", site="base", direction="out", peer="archive")
 
-    # The route in use is primary unless the exposure came before the base's link was up (then direct).
     in_use = [labels for labels, value in summit["skyrelay_route_in_use"] if value == 1.0]
     assert len(in_use) == 1 and len(summit["skyrelay_route_in_use"]) == 2
-    assert in_use[0]["preferred"] == ("true" if in_use[0]["route"] == "primary" else "false")
+    assert (in_use[0]["route"], in_use[0]["preferred"]) == ("primary", "true")
     assert _value(summit, "skyrelay_breaker_state", peer="base", state="closed") == 1.0
     assert _value(summit, "skyrelay_breaker_state", peer="archive", state="open") == 0.0
     assert _value(summit, "skyrelay_held_files", site="summit") == 0.0

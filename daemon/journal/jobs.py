@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from daemon.journal import science as journal_science
 
 CALIB_IMGTYPES = ("BIAS", "DARK", "FLAT")
 """IMGTYPEs of the frames that calibration sequences are made of."""
@@ -54,13 +57,13 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def calib_frames(db: sqlite3.Connection) -> list[CalibFrame]:
-    """Archived bias, dark and flat frames that carry a GROUPID, oldest first."""
-    rows = db.execute(
-        "SELECT name, archive_path, archived_checksum, instrument, detector, upper(imgtype) AS imgtype, summary,"
-        " arrived_at FROM catalog WHERE status = 'archived' AND upper(imgtype) IN (?, ?, ?) ORDER BY rowid",
-        CALIB_IMGTYPES,
-    ).fetchall()
+_CALIB_COLUMNS = (
+    "name, archive_path, archived_checksum, instrument, detector, upper(imgtype) AS imgtype, summary, arrived_at"
+)
+_CALIB = f"status = 'archived' AND upper(imgtype) IN {CALIB_IMGTYPES!r}"
+
+
+def _calib_frames(rows: Iterable[sqlite3.Row]) -> list[CalibFrame]:
     frames: list[CalibFrame] = []
     for row in rows:
         summary = json.loads(row["summary"])
@@ -84,6 +87,34 @@ def calib_frames(db: sqlite3.Connection) -> list[CalibFrame]:
             )
         )
     return frames
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CalibChanges:
+    """Calibration frames catalogued since a reader's mark (see :func:`daemon.journal.science.changes`)."""
+
+    epoch: int
+    full: bool
+    frames: list[CalibFrame]
+    catalog_mark: int
+
+
+def calib_changes(db: sqlite3.Connection, epoch: int | None, catalog_mark: int) -> CalibChanges:
+    """Archived bias, dark and flat frames with a GROUPID catalogued after rowid ``catalog_mark``, oldest first,
+    and the mark to pass next time; all of them when ``epoch`` is not the catalog's now."""
+    now = journal_science.catalog_epoch(db)
+    full = epoch != now
+    query = f"SELECT {_CALIB_COLUMNS} FROM catalog WHERE {_CALIB} AND rowid > ? ORDER BY rowid"
+    frames = _calib_frames(db.execute(query, (0 if full else catalog_mark,)))
+    return CalibChanges(epoch=now, full=full, frames=frames, catalog_mark=journal_science.newest_rowid(db, "catalog"))
+
+
+def earlier_calib_frames(
+    db: sqlite3.Connection, groups: Iterable[tuple[str, str, str]], through: int
+) -> dict[tuple[str, str, str], list[CalibFrame]]:
+    """The calibration frames of each (instrument, detector, GROUPID) catalogued up to rowid ``through``."""
+    found = journal_science.group_rows(db, _CALIB_COLUMNS, _CALIB, groups, through)
+    return {key: [f for f in _calib_frames(rows) if f.groupid == key[2]] for key, rows in found.items()}
 
 
 def _job(row: sqlite3.Row) -> JobRow:
@@ -120,12 +151,10 @@ def insert(
     return cursor.rowcount == 1
 
 
-def claimed(db: sqlite3.Connection) -> set[tuple[str, str, str, str]]:
-    """(step, instrument, detector, sequence) of every journaled job."""
-    return {
-        (r["step"], r["instrument"], r["detector"], r["sequence"])
-        for r in db.execute("SELECT step, instrument, detector, sequence FROM jobs")
-    }
+def claimed_of(db: sqlite3.Connection, keys: Iterable[tuple[str, str, str, str]]) -> set[tuple[str, str, str, str]]:
+    """Which of these (step, instrument, detector, sequence) have a journaled job (by the unique index)."""
+    query = "SELECT 1 FROM jobs WHERE step = ? AND instrument = ? AND detector = ? AND sequence = ?"
+    return {key for key in keys if db.execute(query, key).fetchone() is not None}
 
 
 def unfinished(db: sqlite3.Connection) -> list[JobRow]:

@@ -184,8 +184,9 @@ CREATE INDEX catalog_obsid ON catalog(obsid);
 """
 
 V5_GROUPID_INDEX = """
--- The science planner keeps only unfinished quads between passes and reads a quad back by its GROUPID when a
--- late frame reopens it; the GROUPID is in the summary's JSON, so it is indexed as that expression.
+-- The science and calibration planners keep only unfinished quads and unclaimed sequences between passes and
+-- read one back by its GROUPID when a late frame reopens it; the GROUPID is in the summary's JSON, so it is
+-- indexed as that expression.
 CREATE INDEX catalog_groupid ON catalog(json_extract(summary, '$.groupid'));
 """
 

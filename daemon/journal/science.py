@@ -92,7 +92,7 @@ class Changes:
 def changes(db: sqlite3.Connection, epoch: int | None, catalog_mark: int, products_mark: int) -> Changes:
     """Science frames catalogued after ``catalog_mark`` and calexps catalogued after ``products_mark`` (rowids),
     oldest first, with the marks to pass next time; everything when ``epoch`` is not the catalog's now."""
-    now = int(journal_settings.get(db, CATALOG_EPOCH) or 0)
+    now = catalog_epoch(db)
     full = epoch != now
     if full:
         catalog_mark = products_mark = 0
@@ -105,15 +105,43 @@ def changes(db: sqlite3.Connection, epoch: int | None, catalog_mark: int, produc
         epoch=now,
         full=full,
         frames=frames,
-        catalog_mark=int(db.execute("SELECT COALESCE(MAX(rowid), 0) FROM catalog").fetchone()[0]),
+        catalog_mark=newest_rowid(db, "catalog"),
         calexps=calexps,
-        products_mark=int(db.execute("SELECT COALESCE(MAX(rowid), 0) FROM products").fetchone()[0]),
+        products_mark=newest_rowid(db, "products"),
     )
+
+
+def catalog_epoch(db: sqlite3.Connection) -> int:
+    """The catalog's epoch: see :data:`CATALOG_EPOCH`."""
+    return int(journal_settings.get(db, CATALOG_EPOCH) or 0)
 
 
 def bump_catalog_epoch(db: sqlite3.Connection) -> None:
     """A catalog row was removed (inside that transaction): see :data:`CATALOG_EPOCH`."""
-    journal_settings.put(db, CATALOG_EPOCH, str(int(journal_settings.get(db, CATALOG_EPOCH) or 0) + 1))
+    journal_settings.put(db, CATALOG_EPOCH, str(catalog_epoch(db) + 1))
+
+
+def newest_rowid(db: sqlite3.Connection, table: str) -> int:
+    """The newest rowid of ``catalog`` or ``products`` (0 when empty): the mark of a reader of what is new."""
+    assert table in ("catalog", "products")
+    return int(db.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0])
+
+
+def group_rows(
+    db: sqlite3.Connection, columns: str, where: str, groups: Iterable[tuple[str, str, str]], through: int
+) -> dict[tuple[str, str, str], list[sqlite3.Row]]:
+    """Catalog rows (``columns``, and ``where`` holds) of each (instrument, detector, GROUPID), catalogued up to
+    rowid ``through``, oldest first, found by the GROUPID index; groups without any are left out."""
+    out: dict[tuple[str, str, str], list[sqlite3.Row]] = {}
+    query = (
+        f"SELECT {columns} FROM catalog WHERE {GROUPID} = ? AND instrument = ? AND detector = ? AND rowid <= ?"
+        f" AND {where} ORDER BY rowid"
+    )
+    for instrument, detector, groupid in groups:
+        rows = db.execute(query, (groupid, instrument, detector, through)).fetchall()
+        if rows:
+            out[(instrument, detector, groupid)] = rows
+    return out
 
 
 def earlier_frames(
@@ -121,14 +149,9 @@ def earlier_frames(
 ) -> dict[tuple[str, str, str], tuple[list[ScienceFrame], list[ProductRow]]]:
     """For quads on a detector, (instrument, detector, GROUPID): their science frames catalogued up to rowid
     ``through`` and those frames' calexps, oldest first (a planner reads back a quad it let go when a late
-    frame reopens it; a new quad has none, found by the GROUPID index)."""
+    frame reopens it; a new quad has none)."""
     out: dict[tuple[str, str, str], tuple[list[ScienceFrame], list[ProductRow]]] = {}
-    for instrument, detector, groupid in groups:
-        rows = db.execute(
-            f"SELECT {_FRAME_COLUMNS} FROM catalog WHERE {GROUPID} = ? AND instrument = ? AND detector = ?"
-            f" AND rowid <= ? AND {_SCIENCE} ORDER BY rowid",
-            (groupid, instrument, detector, through),
-        )
+    for (instrument, detector, groupid), rows in group_rows(db, _FRAME_COLUMNS, _SCIENCE, groups, through).items():
         frames = [f for f in _frames(rows) if f.groupid == groupid]
         if not frames:
             continue

@@ -26,10 +26,11 @@ from daemon.journal import jobs as journal_jobs
 from daemon.journal import products as journal_products
 from daemon.journal.connection import Journal
 from daemon.processing import products
+from daemon.processing.calibrations import OpenSequences
 from daemon.processing.executor import Executor, WorkerLost
 from daemon.processing.science import STEPS as SCIENCE_STEPS
 from daemon.processing.science import Science
-from daemon.processing.sequences import Sequence, group_sequences, job_key, job_spec, master_ref
+from daemon.processing.sequences import Sequence, job_key, job_spec, master_ref
 from daemon.report import Reporter
 from processors.calib import CalibError, CalibParams
 
@@ -73,7 +74,10 @@ class Scheduler:
         self._running: set[str] = set()
         self.product_built = asyncio.Event()
         """Set after each product is catalogued (tests and operators wait on it)."""
+        self.calibrations = OpenSequences(journal)
+        """The calibration sequences without a job yet (shared with the science planner)."""
         self.science = Science(
+            calibrations=self.calibrations,
             root=root,
             journal=journal,
             executor=executor,
@@ -115,17 +119,13 @@ class Scheduler:
 
     async def _plan(self) -> float | None:
         """Journal a job for every ready sequence; return when the next waiting one may become ready."""
-        frames = await self.journal.read(journal_jobs.calib_frames)
-        claimed = await self.journal.read(journal_jobs.claimed)
-        sequences = group_sequences(frames)
-        dark_known = {(s.instrument, s.detector) for s in sequences if s.kind == "dark"}
+        sequences = await self.calibrations.unclaimed()
+        dark_known = self.calibrations.dark_known
         quiet_s = self.processing.quiet_s
         now = time.time()
         deadline: float | None = None
         order = {"bias": 0, "dark": 1, "flat": 2}
         for sequence in sorted(sequences, key=lambda s: order[s.kind]):
-            if (sequence.step, sequence.instrument, sequence.detector, sequence.name) in claimed:
-                continue
             if not (_SEGMENT.match(sequence.instrument) and _SEGMENT.match(sequence.detector)):
                 continue
             quiet_at = sequence.last_arrival + quiet_s

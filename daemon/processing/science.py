@@ -48,9 +48,10 @@ from daemon.journal import notices as journal_notices
 from daemon.journal import products as journal_products
 from daemon.journal import science as journal_science
 from daemon.journal.connection import Journal
+from daemon.processing.calibrations import OpenSequences
 from daemon.processing.executor import Executor, WorkerLost
 from daemon.processing.products import Rebuilt
-from daemon.processing.sequences import code_version, group_sequences, master_ref
+from daemon.processing.sequences import code_version, master_ref
 from daemon.report import Reporter
 from processors.calib import CalibError
 from processors.pairing import MAX_INDEX, VisitState, pairs_to_make
@@ -169,9 +170,12 @@ class Science:
         reporter: Reporter,
         processing: Processing,
         notices_wake: asyncio.Event,
+        calibrations: OpenSequences | None = None,
     ) -> None:
         self.root = root
         self.journal = journal
+        self.calibrations = calibrations or OpenSequences(journal)
+        """The calibration sequences without a job yet: masters still to come (the scheduler's, when it runs)."""
         self.executor = executor
         self.reporter = reporter
         self.processing = processing
@@ -199,21 +203,22 @@ class Science:
         changes = await self.journal.read(journal_science.changes, open_.epoch, open_.catalog_mark, open_.products_mark)
         if changes.full:
             open_ = self._open = _Open(epoch=changes.epoch)
-        reopened: list[GroupKey] = []
+        new: dict[GroupKey, list[journal_science.ScienceFrame]] = {}
         for frame in changes.frames:
-            key = (frame.instrument, frame.detector, frame.groupid)
-            if key not in open_.groups:
-                open_.groups[key] = {}
-                if not changes.full:
-                    reopened.append(key)  # a new quad, or one let go that a late frame reopens
-            open_.groups[key][frame.name] = frame
-        if reopened:
-            earlier = await self.journal.read(journal_science.earlier_frames, reopened, open_.catalog_mark)
-            for key, (frames, products) in earlier.items():
-                for frame in frames:
-                    open_.groups[key].setdefault(frame.name, frame)
-                for product in products:
-                    open_.calexps[_calexp_key(product)] = product
+            new.setdefault((frame.instrument, frame.detector, frame.groupid), []).append(frame)
+        # A new quad, or one let go that a late frame reopens: its earlier frames and their calexps.
+        reopened = [key for key in new if key not in open_.groups and not changes.full]
+        earlier = (
+            await self.journal.read(journal_science.earlier_frames, reopened, open_.catalog_mark) if reopened else {}
+        )
+        for key, frames in new.items():
+            old_frames, products = earlier.get(key, ([], []))
+            # Oldest first, as the catalog has them: a repeated CURINDEX keeps its first frame.
+            members = open_.groups.setdefault(key, {f.name: f for f in old_frames})
+            for frame in frames:
+                members.setdefault(frame.name, frame)
+            for product in products:
+                open_.calexps[_calexp_key(product)] = product
         for product in changes.calexps:  # (after the earlier ones: the newest calexp of a visit counts)
             open_.calexps[_calexp_key(product)] = product
         open_.catalog_mark, open_.products_mark = changes.catalog_mark, changes.products_mark
@@ -239,12 +244,9 @@ class Science:
         A master is to come while its calibration sequence is archived but not yet a job (not complete
         nor quiet yet), or its job is queued or running; a refused sequence is not waited for.
         """
-        frames = await self.journal.read(journal_jobs.calib_frames)
-        claimed = await self.journal.read(journal_jobs.claimed)
-        to_come: set[tuple[str, str, str, str | None]] = set()
-        for sequence in group_sequences(frames):
-            if (sequence.step, sequence.instrument, sequence.detector, sequence.name) not in claimed:
-                to_come.add((sequence.kind, sequence.instrument, sequence.detector, sequence.filter))
+        to_come: set[tuple[str, str, str, str | None]] = {
+            (s.kind, s.instrument, s.detector, s.filter) for s in await self.calibrations.unclaimed()
+        }
         for job in await self.journal.read(journal_jobs.unfinished):
             if job.step.startswith("master_"):
                 kind = job.step.removeprefix("master_")
