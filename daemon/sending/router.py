@@ -567,10 +567,10 @@ class Router:
     def custody_summary(self) -> dict[str, int]:
         """Files awaiting custody; those ``stuck`` (overdue with no other usable route, or held for want
         of any usable route); and of those the ``held`` ones."""
-        held = set(self.held)
+        held = self.held  # (counted in place: status and metrics ask often, and a backlog is a night of files)
         return {
-            "awaiting": len(set(self.awaiting) | held),
-            "stuck": len(self._stuck - held) + len(held),
+            "awaiting": len(self.awaiting) + sum(1 for key in held if key not in self.awaiting),
+            "stuck": sum(1 for key in self._stuck if key not in held) + len(held),
             "held": len(held),
         }
 
