@@ -103,7 +103,9 @@ def frame_identity(n: int, detectors: int) -> tuple[str, str, str, int]:
     return f"MC_O_20261204_{exposure:06d}", f"R22_S{detector:02d}", f"quad-{exposure // 4}", exposure % 4 + 1
 
 
-def catalogue_frame(db: sqlite3.Connection, n: int, *, detectors: int, arrived_at: float = 2.0) -> None:
+def catalogue_frame(
+    db: sqlite3.Connection, n: int, *, detectors: int, arrived_at: float = 2.0, maxindex: int = 4
+) -> None:
     """Archived OBJECT file ``n`` (see :func:`frame_identity`)."""
     obsid, detector, groupid, curindex = frame_identity(n, detectors)
     journal_catalog.insert(
@@ -125,7 +127,7 @@ def catalogue_frame(db: sqlite3.Connection, n: int, *, detectors: int, arrived_a
             "filter": "r",
             "groupid": groupid,
             "curindex": curindex,
-            "maxindex": 4,
+            "maxindex": maxindex,
         },
         fixes=[],
         proof_path=None,
@@ -316,6 +318,32 @@ async def test_a_late_frame_reopens_the_finished_quad_it_belongs_to(tmp_path: Pa
         await journal.transaction(late)
         await planner.plan()
         assert await diff_jobs(journal) == ["quad-0/2-1", "quad-0/4-2", "quad-0/4-3"]
+    finally:
+        await journal.close()
+
+
+async def test_a_frame_of_no_quad_is_kept_until_its_calexp_is_journaled(tmp_path: Path) -> None:
+    """A science frame whose group is no quad (MAXINDEX 1) is never paired, but it still gets its calexp: it
+    waits for its detector's master bias across passes, and the planner lets its group go only once the
+    calexp job is journaled."""
+    path = tmp_path / "journal.sqlite"
+    with migrated(path) as db:
+        catalogue_frame(db, 0, detectors=1, maxindex=1)
+    journal = await open_journal(path)
+    try:
+        planner = science(journal, tmp_path)
+        await planner.plan()
+        assert list(planner._open.groups) == [("LSSTCam", "R22_S00", "quad-0")], "let go while it waits"
+        await journal.write(
+            journal_products.insert, product_id="bias-1", job_key="master-bias-1", kind="bias",
+            instrument="LSSTCam", detector="R22_S00", filter_=None, archive_path="products/bias/1.fits",
+            checksum=f"blake3:{1:064x}", provenance={"inputs": []}, at=1.0,
+        )  # fmt: skip
+        await planner.plan()
+        jobs = await journal.read(lambda db: db.execute("SELECT step, sequence FROM jobs").fetchall())
+        assert [tuple(j) for j in jobs] == [("calexp", "MC_O_20261204_000000")]
+        await planner.plan()
+        assert planner._open.groups == {}
     finally:
         await journal.close()
 

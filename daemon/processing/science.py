@@ -331,7 +331,10 @@ class Science:
             instrument, detector, groupid = key
             members = list(by_name.values())
             if any(f.maxindex != MAX_INDEX or not 1 <= f.curindex <= MAX_INDEX for f in members):
-                finished.append(key)  # never a quad to pair (read back, and refused again, if a frame comes)
+                # Never a quad to pair (read back, and refused again, if a frame comes); let go once each frame
+                # has its calexp job (one waiting for its masters is looked at again next pass).
+                if all((detector, f.obsid) in calexp_jobs for f in members):
+                    finished.append(key)
                 continue
             visits: dict[int, VisitState] = {}
             products: dict[int, journal_products.ProductRow] = {}
