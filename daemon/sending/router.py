@@ -71,8 +71,8 @@ class Held:
     """A summit file that no route could take: its journaled (pending) transfer, not in the sender.
 
     What is shown of it (``skyrelay queue``, reports) and no more: its transfer and file rows are read back
-    from the journal, a window at a time, when it goes (:meth:`Router._feed`). A 20,000-file backlog kept
-    both rows per file in memory, about 1.4 KB a file.
+    from the journal, a window at a time, when it goes (:meth:`Router._feed`). Both rows were kept in memory:
+    2,029 bytes a held file by tracemalloc, now 623 with the :class:`Awaiting` record.
     """
 
     transfer_id: str
