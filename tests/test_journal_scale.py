@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from parts import open_journal
@@ -38,6 +38,7 @@ from daemon.processing.science import Science
 from daemon.report import Reporter
 
 SMALL, LARGE = 50, 5000
+T = TypeVar("T")
 ROUTE = ("summit", "base", "archive")
 
 
@@ -199,17 +200,10 @@ async def test_a_planning_pass_asks_for_each_detectors_masters_once_however_many
     with migrated(tmp_path / "journal.sqlite") as db:
         catalogued(db, frames, detectors=2)
     journal = await open_journal(tmp_path / "journal.sqlite")
-    science = Science(
-        root=tmp_path / "archive",
-        journal=journal,
-        executor=PoolExecutor(1),  # (never started: nothing is ready to run)
-        reporter=Reporter("archive", journal, SiteCounters()),
-        processing=Processing(),
-        notices_wake=asyncio.Event(),
-    )
+    planner = science(journal, tmp_path)
     monkeypatch.setattr(journal_science, "newest_master", counted)
     try:
-        await science.plan()
+        await planner.plan()
         jobs = await journal.read(lambda db: db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
     finally:
         await journal.close()
@@ -247,8 +241,8 @@ def science(journal: Journal, tmp_path: Path) -> Science:
     )
 
 
-async def pass_steps(journal: Journal, planner: Science) -> int:
-    """SQLite VM steps (in units of 10) of one planning pass."""
+async def journal_steps(journal: Journal, work: Callable[[], Awaitable[T]]) -> tuple[int, T]:
+    """SQLite VM steps (in units of 10) the journal took while ``work`` ran, and what it gave."""
     count = 0
 
     def tick() -> int:
@@ -258,10 +252,10 @@ async def pass_steps(journal: Journal, planner: Science) -> int:
 
     await journal.read(lambda db: db.set_progress_handler(tick, 10))
     try:
-        await planner.plan()
+        result = await work()
     finally:
         await journal.read(lambda db: db.set_progress_handler(None, 0))
-    return count
+    return count, result
 
 
 async def diff_jobs(journal: Journal) -> list[str]:
@@ -288,7 +282,7 @@ async def test_a_planning_pass_reads_what_changed_not_the_whole_catalog(tmp_path
             planner = science(journal, tmp_path)
             await planner.plan()  # the first pass reads everything and journals the pairs
             assert len(await diff_jobs(journal)) == files // 2
-            costs[files] = await pass_steps(journal, planner)
+            costs[files], _ = await journal_steps(journal, planner.plan)
             assert len(await diff_jobs(journal)) == files // 2, "a pair journaled twice"
         finally:
             await journal.close()
@@ -385,17 +379,8 @@ async def test_the_calibration_sequences_without_a_job_are_read_from_what_change
         try:
             sequences = OpenSequences(journal)
             assert await sequences.unclaimed() == []
-            count = 0
-
-            def tick() -> int:
-                nonlocal count
-                count += 1
-                return 0
-
-            await journal.read(lambda db: db.set_progress_handler(tick, 10))
-            assert await sequences.unclaimed() == []
-            await journal.read(lambda db: db.set_progress_handler(None, 0))
-            costs[files] = count
+            costs[files], unclaimed = await journal_steps(journal, sequences.unclaimed)
+            assert unclaimed == []
         finally:
             await journal.close()
     journal = await open_journal(tmp_path / "journal-40.sqlite")
