@@ -76,6 +76,8 @@ async def test_a_storage_failure_at_the_base_is_reported_and_retried_without_los
     assert cluster.daemons["base"].pid == base_pid
     await asyncio.to_thread(relay.unlink)
     await wait_settled(cluster, archived=1, wake=arrivals, timeout_s=60)
+    # (custody can reach the summit before the archive's notice reaches the subscriber: both follow the commit)
+    await arrivals.wait_for(lambda _: bool(arrivals.of_type("arrival")), timeout_s=10)
     assert [n["name"] for n in arrivals.of_type("arrival")] == ["AT_O_20261120_000001_R00_S00.fits"]
 
 
