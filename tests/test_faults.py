@@ -26,6 +26,8 @@ from conftest import (
     drop_into_inbox,
     read_catalog,
     site_status,
+    summit_status,
+    until_async,
     wait_settled,
     write_exposures,
     write_files,
@@ -186,6 +188,12 @@ async def test_a_file_rewritten_before_it_left_is_sent_in_its_latest_version_onl
     notices = await subscribe(cluster, "archive", ARRIVALS)
     for site in ("base", "archive"):  # no first hop can take the file
         await cluster.daemons[site].kill()
+
+    async def first_hops_gone() -> bool:  # (killed just after start-up, a peer may still look online a moment)
+        links = (await summit_status(cluster))["links"]
+        return not any(links[site]["connected"] and links[site]["peer_online"] for site in ("base", "archive"))
+
+    await until_async(first_hops_gone, 15, "the summit sees that neither first hop is there")
     versions = [
         await asyncio.to_thread(
             write_exposure, tmp_path / version, INSTRUMENT, dayobs=DAYOBS, seqnum=1, size_bytes=size,

@@ -32,6 +32,8 @@ class ScienceFrame:
     curindex: int
     maxindex: int
     arrived_at: float
+    rowid: int = 0
+    """Its catalog row (planning's marks are rowids)."""
 
 
 def _int(value: object) -> int | None:
@@ -71,6 +73,7 @@ def _frames(rows: Iterable[sqlite3.Row]) -> list[ScienceFrame]:
                 curindex=curindex,
                 maxindex=maxindex,
                 arrived_at=float(row["arrived_at"]),
+                rowid=int(row["rowid"]),
             )
         )
     return out
@@ -84,9 +87,16 @@ class Changes:
     full: bool
     """Everything was read: the first pass, or the catalog's rowids may have been reused since (a release)."""
     frames: list[ScienceFrame]
+    since: int
+    """The frames are those catalogued after this rowid (earlier frames of their quads are not among them)."""
     catalog_mark: int
     calexps: list[ProductRow]
     products_mark: int
+    resumed: bool = False
+    """Read from the resume point the last run saved (:func:`resume`): the frames' quads may have earlier frames
+    and calexps, to be read back as for a late frame."""
+    templates: tuple[str, ...] = ()
+    """On resuming: the templates the last run had seen (``calexps`` holds every calexp made since it looked)."""
 
 
 def changes(db: sqlite3.Connection, epoch: int | None, catalog_mark: int, products_mark: int) -> Changes:
@@ -105,10 +115,65 @@ def changes(db: sqlite3.Connection, epoch: int | None, catalog_mark: int, produc
         epoch=now,
         full=full,
         frames=frames,
+        since=catalog_mark,
         catalog_mark=newest_rowid(db, "catalog"),
         calexps=calexps,
         products_mark=newest_rowid(db, "products"),
     )
+
+
+RESUME = "science_resume"
+"""Settings key: where a planner started after a restart may begin reading (JSON: the catalog's ``epoch``,
+``catalog_low``, ``products_mark`` and the ``templates`` seen; see :func:`save_resume`)."""
+
+
+def resume(db: sqlite3.Connection) -> Changes:
+    """A first pass's read after a start: the frames catalogued from the resume point the last run saved
+    (:func:`save_resume`) and their calexps, if the catalog's epoch is still the one it was saved in; else
+    everything (:func:`changes`)."""
+    now = catalog_epoch(db)
+    saved = journal_settings.get(db, RESUME)
+    point = json.loads(saved) if saved else {}
+    fields = ("catalog_low", "products_mark")
+    if not isinstance(point, dict) or point.get("epoch") != now or any(type(point.get(k)) is not int for k in fields):
+        return changes(db, None, 0, 0)
+    low, products_mark = int(point["catalog_low"]), int(point["products_mark"])
+    query = f"SELECT {_FRAME_COLUMNS} FROM catalog WHERE {_SCIENCE} AND rowid >= ? ORDER BY rowid"
+    frames = _frames(db.execute(query, (low,)))
+    new_calexps = "SELECT * FROM products WHERE +kind = 'calexp' AND rowid > ? ORDER BY rowid"  # (see changes)
+    calexps = {p.product_id: p for p in calexps_of(db, frames)}
+    calexps.update((p.product_id, p) for p in map(_product, db.execute(new_calexps, (products_mark,))))
+    return Changes(
+        epoch=now,
+        full=False,
+        frames=frames,
+        since=low - 1,
+        catalog_mark=newest_rowid(db, "catalog"),
+        calexps=sorted(calexps.values(), key=lambda p: p.created_at),
+        products_mark=newest_rowid(db, "products"),
+        resumed=True,
+        templates=tuple(str(t) for t in point.get("templates", [])),
+    )
+
+
+def save_resume(
+    db: sqlite3.Connection, *, epoch: int, catalog_low: int, products_mark: int, templates: Iterable[str]
+) -> None:
+    """Every quad a planner keeps has a frame catalogued at or after ``catalog_low`` (every quad it let go is
+    finished), and every calexp up to ``products_mark`` was looked at against ``templates``: a planner started
+    later may read from there (:func:`resume`)."""
+    point = {"epoch": epoch, "catalog_low": catalog_low, "products_mark": products_mark, "templates": list(templates)}
+    journal_settings.put(db, RESUME, json.dumps(point))
+
+
+def calexps_of(db: sqlite3.Connection, frames: Iterable[ScienceFrame]) -> list[ProductRow]:
+    """The calexps of these frames, oldest first, each found through its calexp job (the jobs' unique index)."""
+    query = (
+        "SELECT p.* FROM jobs j JOIN products p ON p.job_key = j.job_key WHERE j.step = 'calexp'"
+        " AND j.instrument = ? AND j.detector = ? AND j.sequence = ? AND p.kind = 'calexp'"
+    )
+    found = [_product(r) for f in frames for r in db.execute(query, (f.instrument, f.detector, f.obsid))]
+    return sorted(found, key=lambda p: p.created_at)
 
 
 def catalog_epoch(db: sqlite3.Connection) -> int:
@@ -153,16 +218,8 @@ def earlier_frames(
     out: dict[tuple[str, str, str], tuple[list[ScienceFrame], list[ProductRow]]] = {}
     for (instrument, detector, groupid), rows in group_rows(db, _FRAME_COLUMNS, _SCIENCE, groups, through).items():
         frames = [f for f in _frames(rows) if f.groupid == groupid]
-        if not frames:
-            continue
-        obsids = sorted({f.obsid for f in frames})
-        marks = ",".join("?" * len(obsids))
-        products = db.execute(
-            "SELECT * FROM products WHERE kind = 'calexp' AND instrument = ? AND detector = ?"
-            f" AND json_extract(provenance, '$.obsid') IN ({marks}) ORDER BY created_at",
-            (instrument, detector, *obsids),
-        )
-        out[(instrument, detector, groupid)] = (frames, [_product(r) for r in products])
+        if frames:
+            out[(instrument, detector, groupid)] = (frames, calexps_of(db, frames))
     return out
 
 

@@ -121,6 +121,12 @@ class _Open:
     groups: dict[GroupKey, dict[str, journal_science.ScienceFrame]] = dataclasses.field(default_factory=dict)
     calexps: dict[tuple[str, str], journal_products.ProductRow] = dataclasses.field(default_factory=dict)
     templates: tuple[str, ...] = ()
+    resume_saved: tuple[int, int, tuple[str, ...]] | None = None
+    resume_saved_at: float | None = None
+
+
+RESUME_SAVE_S = 60.0
+"""How often at most science planning journals its resume point (:func:`daemon.journal.science.save_resume`)."""
 
 
 def _calexp_key(product: journal_products.ProductRow) -> tuple[str, str]:
@@ -200,17 +206,20 @@ class Science:
         journal and the event loop per pass, for nothing new).
         """
         open_ = self._open
-        changes = await self.journal.read(journal_science.changes, open_.epoch, open_.catalog_mark, open_.products_mark)
-        if changes.full:
-            open_ = self._open = _Open(epoch=changes.epoch)
+        if open_.epoch is None:  # (the first pass: from where the last run left off, if it saved that)
+            changes = await self.journal.read(journal_science.resume)
+        else:
+            changes = await self.journal.read(
+                journal_science.changes, open_.epoch, open_.catalog_mark, open_.products_mark
+            )
+        if changes.full or changes.resumed:
+            open_ = self._open = _Open(epoch=changes.epoch, templates=changes.templates)
         new: dict[GroupKey, list[journal_science.ScienceFrame]] = {}
         for frame in changes.frames:
             new.setdefault((frame.instrument, frame.detector, frame.groupid), []).append(frame)
         # A new quad, or one let go that a late frame reopens: its earlier frames and their calexps.
         reopened = [key for key in new if key not in open_.groups and not changes.full]
-        earlier = (
-            await self.journal.read(journal_science.earlier_frames, reopened, open_.catalog_mark) if reopened else {}
-        )
+        earlier = await self.journal.read(journal_science.earlier_frames, reopened, changes.since) if reopened else {}
         for key, frames in new.items():
             old_frames, products = earlier.get(key, ([], []))
             # Oldest first, as the catalog has them: a repeated CURINDEX keeps its first frame.
@@ -236,7 +245,26 @@ class Science:
                 await self._queue_calexp(frame, to_come, masters)
         deadline = await self._plan_pairs(open_, calexp_jobs)
         await self._plan_template_diffs(changes)
+        await self._save_resume(open_)
         return deadline
+
+    async def _save_resume(self, open_: _Open) -> None:
+        """Journal where a planner started later may begin reading: the oldest frame of a quad kept, or what
+        comes next. At most every :data:`RESUME_SAVE_S` (an older point is as good, only slower to resume)."""
+        low = min((f.rowid for members in open_.groups.values() for f in members.values()), default=None)
+        point = (open_.catalog_mark + 1 if low is None else low, open_.products_mark, open_.templates)
+        now = time.monotonic()
+        recent = open_.resume_saved_at is not None and now < open_.resume_saved_at + RESUME_SAVE_S
+        if point == open_.resume_saved or recent or open_.epoch is None:
+            return
+        await self.journal.write(
+            journal_science.save_resume,
+            epoch=open_.epoch,
+            catalog_low=point[0],
+            products_mark=point[1],
+            templates=point[2],
+        )
+        open_.resume_saved, open_.resume_saved_at = point, now
 
     async def _masters_to_come(self) -> set[tuple[str, str, str, str | None]]:
         """(kind, instrument, detector, filter for flats) of every master still to be built.
