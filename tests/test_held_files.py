@@ -117,6 +117,8 @@ async def test_every_route_disabled_holds_the_file_until_routes_auto(
     sources = await checksums(await write_files(cluster, seqnum=1, detectors=["R22_S00", "R22_S11"]))
     await wait_summit(cluster, held(2), problems, timeout_s=15, what="two files held")
     await assert_counted_as_held(cluster, set(sources))
+    # (the report follows the hold through the journaled report log: status can show the files held first)
+    await problems.wait_for(lambda _: any(p["kind"] == "no_route" for p in problems.of_type("problem")), 15)
     no_route = [p for p in problems.of_type("problem") if p["kind"] == "no_route"]
     assert len(no_route) == 1 and "disabled by operator" in no_route[0]["reason"], no_route
     assert not arrivals.of_type("arrival")
