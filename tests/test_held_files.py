@@ -126,6 +126,7 @@ async def test_every_route_disabled_holds_the_file_until_routes_auto(
     await cli_ok("routes", "auto", "--workdir", workdir, timeout_s=30)
     await wait_settled(cluster, archived=2, wake=arrivals, timeout_s=30)
     assert_archived_once(cluster, sources)
+    await events.wait_for(lambda _: bool(held_offered(events)), 10)  # (published on its own path)
     assert [e["details"]["files"] for e in held_offered(events)] == [2]
     await wait_summit(cluster, held(0), events, timeout_s=5, what="nothing held")
 
@@ -150,7 +151,7 @@ async def test_a_file_held_while_the_base_is_away_goes_when_its_presence_returns
     await cluster.restart_daemon("base")
     await wait_settled(cluster, archived=1, wake=arrivals, timeout_s=45)
     assert_archived_once(cluster, sources)
-    assert held_offered(events), "no held_offered event"
+    await events.wait_for(lambda _: bool(held_offered(events)), 10)  # (published on its own path)
 
 
 async def test_a_file_held_while_the_breaker_is_open_goes_when_it_half_opens(
@@ -179,6 +180,7 @@ async def test_a_file_held_while_the_breaker_is_open_goes_when_it_half_opens(
     await wait_settled(cluster, archived=2, wake=arrivals, timeout_s=45)
     assert_archived_once(cluster, sources)
     # (the first file may have been held and offered at start-up, before the route first connected)
+    await events.wait_for(lambda _: any(e["at"] > opened_at for e in held_offered(events)), 10)
     (offered,) = [e for e in held_offered(events) if e["at"] > opened_at]
     assert offered["at"] - opened_at >= hold_down_s - 0.5, "offered before the breaker's hold-down ended"
 
@@ -215,7 +217,7 @@ async def test_a_file_held_while_the_route_is_degraded_goes_when_the_hold_down_e
     sources.update(later)
     await wait_settled(cluster, archived=2, wake=arrivals, timeout_s=60)
     assert_archived_once(cluster, sources)
-    assert held_offered(events), "no held_offered event"
+    await events.wait_for(lambda _: bool(held_offered(events)), 10)  # (published on its own path)
 
 
 async def test_verify_reports_files_in_flight_and_exits_3_once_one_is_overdue(
