@@ -264,6 +264,16 @@ async def diff_jobs(journal: Journal) -> list[str]:
     return sorted(r[0] for r in rows)
 
 
+def finished_frames(path: Path, files: int) -> None:
+    """A journal at ``path`` with ``files`` frames of 10 detectors, long since archived, each with its calexp."""
+    with migrated(path) as db:
+        db.execute("BEGIN")
+        for n in range(files):
+            catalogue_frame(db, n, detectors=10)
+            calexp_made(db, n, detectors=10)
+        db.execute("COMMIT")
+
+
 async def test_a_planning_pass_reads_what_changed_not_the_whole_catalog(tmp_path: Path) -> None:
     """Over a day of finished quads (each frame with its calexp, every pair journaled), a pass after the first
     costs the same with 4,000 frames as with 40: it reads the frames and calexps since the last pass, not the
@@ -272,12 +282,7 @@ async def test_a_planning_pass_reads_what_changed_not_the_whole_catalog(tmp_path
     small, large = 40, 4000  # (whole quads: four exposures of 10 detectors)
     for files in (small, large):
         path = tmp_path / f"journal-{files}.sqlite"
-        with migrated(path) as db:
-            db.execute("BEGIN")
-            for n in range(files):
-                catalogue_frame(db, n, detectors=10)
-                calexp_made(db, n, detectors=10)
-            db.execute("COMMIT")
+        finished_frames(path, files)
         journal = await open_journal(path)
         try:
             planner = science(journal, tmp_path)
@@ -298,15 +303,11 @@ async def test_a_restarted_planner_reads_from_where_the_last_run_left_off(tmp_pa
     costs = {}
     for files in (40, 4000):
         path = tmp_path / f"journal-{files}.sqlite"
+        finished_frames(path, files)
         with migrated(path) as db:
-            db.execute("BEGIN")
-            for n in range(files):
-                catalogue_frame(db, n, detectors=10)
-                calexp_made(db, n, detectors=10)
             for n in (files, files + 1):  # visits 1 and 2 of one more quad on one detector, arriving now
                 catalogue_frame(db, n * 10, detectors=10, arrived_at=time.time())
                 calexp_made(db, n * 10, detectors=10)
-            db.execute("COMMIT")
         journal = await open_journal(path)
         try:
             await science(journal, tmp_path).plan()  # the last run: reads everything, keeps the open quad
