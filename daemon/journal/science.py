@@ -108,18 +108,22 @@ def changes(db: sqlite3.Connection, epoch: int | None, catalog_mark: int, produc
         catalog_mark = products_mark = 0
     new_frames = f"SELECT {_FRAME_COLUMNS} FROM catalog WHERE {_SCIENCE} AND rowid > ? ORDER BY rowid"
     frames = _frames(db.execute(new_frames, (catalog_mark,)))
-    # (+kind: by the rowid range, not the kind index, which SQLite would take and read every calexp ever made)
-    new_calexps = "SELECT * FROM products WHERE +kind = 'calexp' AND rowid > ? ORDER BY rowid"
-    calexps = [_product(r) for r in db.execute(new_calexps, (products_mark,))]
     return Changes(
         epoch=now,
         full=full,
         frames=frames,
         since=catalog_mark,
         catalog_mark=newest_rowid(db, "catalog"),
-        calexps=calexps,
+        calexps=_calexps_after(db, products_mark),
         products_mark=newest_rowid(db, "products"),
     )
+
+
+def _calexps_after(db: sqlite3.Connection, products_mark: int) -> list[ProductRow]:
+    """The calexps catalogued after products rowid ``products_mark``, oldest first."""
+    # (+kind: by the rowid range, not the kind index, which SQLite would take and read every calexp ever made)
+    query = "SELECT * FROM products WHERE +kind = 'calexp' AND rowid > ? ORDER BY rowid"
+    return [_product(r) for r in db.execute(query, (products_mark,))]
 
 
 RESUME = "science_resume"
@@ -140,9 +144,8 @@ def resume(db: sqlite3.Connection) -> Changes:
     low, products_mark = int(point["catalog_low"]), int(point["products_mark"])
     query = f"SELECT {_FRAME_COLUMNS} FROM catalog WHERE {_SCIENCE} AND rowid >= ? ORDER BY rowid"
     frames = _frames(db.execute(query, (low,)))
-    new_calexps = "SELECT * FROM products WHERE +kind = 'calexp' AND rowid > ? ORDER BY rowid"  # (see changes)
     calexps = {p.product_id: p for p in calexps_of(db, frames)}
-    calexps.update((p.product_id, p) for p in map(_product, db.execute(new_calexps, (products_mark,))))
+    calexps.update((p.product_id, p) for p in _calexps_after(db, products_mark))
     return Changes(
         epoch=now,
         full=False,
