@@ -257,8 +257,9 @@ async def test_an_unanswered_offer_is_retried_after_the_ack_timeout_with_growing
 async def test_an_ack_with_another_checksum_is_refused_and_the_offer_retried(tmp_path: Path) -> None:
     """A 'stored' ack whose checksum is not the file's is a failure (counted, reported) and the offer is
     repeated; only the ack carrying the file's own checksum completes the transfer."""
+    ack_timeout_s = 30.0  # (far beyond the backoff: a loaded CI machine once took 5 s to carry the ack)
     async with link(
-        tmp_path, ack_timeout_s=5.0, backoff_initial_s=0.1, backoff_max_s=0.2, report_retry_every=1
+        tmp_path, ack_timeout_s=ack_timeout_s, backoff_initial_s=0.1, backoff_max_s=0.2, report_retry_every=1
     ) as parts:
         item = await parts.offer("AT_O_20261201_000003_R00_S00.fits")
         accepted = accepted_event(item)
@@ -268,7 +269,7 @@ async def test_an_ack_with_another_checksum_is_refused_and_the_offer_retried(tmp
         await parts.ack(first.offer, checksum=wrong)
         second = await parts.next_offer()
         assert (second.offer.transfer_id, second.offer.attempt) == (item.msg_id, 2)
-        assert second.at - first.at < 5.0, "retried after the backoff, not after the ack timeout"
+        assert second.at - first.at < ack_timeout_s, "retried after the backoff, not after the ack timeout"
         assert (parts.counters.delivery_failures, parts.counters.deliveries_acked) == (1, 0)
         assert await parts.state_of(item) == "pending"
         await parts.problems.wait_for(has_kind("delivery_retrying"), timeout_s=5)
